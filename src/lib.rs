@@ -1,0 +1,6 @@
+//! fanout: a WebSocket server for Linux on a hand-tuned epoll (mio) reactor.
+//!
+//! Layers, each knowing only the one below it:
+//! `server` (sockets, buffers, timers) -> `proto` (sans-IO RFC 6455) -> `apps` (handlers).
+
+pub mod proto;
