@@ -3,4 +3,7 @@
 //! Layers, each knowing only the one below it:
 //! `server` (sockets, buffers, timers) -> `proto` (sans-IO RFC 6455) -> `apps` (handlers).
 
+pub mod apps;
+pub mod cli;
 pub mod proto;
+pub mod server;

@@ -1,0 +1,3 @@
+//! Thin applications plugged into the server: each is a `Handler`. Owns no I/O.
+
+pub mod echo;

@@ -1,0 +1,321 @@
+//! The `fanout` command line: `fanout serve` flags, each also a key of an optional TOML file
+//! (`--config fanout.toml`; a flag wins over the file). Owns parsing and merging; must not
+//! start anything.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+use crate::server::{Config, SlowConsumerPolicy};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fanout",
+    version,
+    about = "A WebSocket server for Linux on an epoll reactor"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+}
+
+#[derive(ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AppKind {
+    /// Echo every message back.
+    Echo,
+}
+
+#[derive(ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlowConsumer {
+    Pause,
+    Disconnect,
+}
+
+/// Every option is optional: unset ones come from the config file, then the defaults.
+#[derive(clap::Args, Deserialize, Debug, Default, Clone)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ServeArgs {
+    /// TOML file whose keys are these flags' long names (e.g. `max-connections = 20000`).
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:9001].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Shard threads [default: one per CPU].
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// The application [default: echo].
+    #[arg(long, value_enum)]
+    pub app: Option<AppKind>,
+    /// Listen backlog (capped by net.core.somaxconn) [default: 4096].
+    #[arg(long)]
+    pub backlog: Option<u32>,
+    /// Open connections past which new clients get 503 [default: what RLIMIT_NOFILE allows].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Largest message, e.g. 16MiB [default: 16MiB]; larger closes with 1009.
+    #[arg(long, value_parser = parse_size)]
+    #[serde(default, deserialize_with = "de_size")]
+    pub max_message_size: Option<usize>,
+    /// Largest HTTP request head [default: 8KiB]; larger answers 431.
+    #[arg(long, value_parser = parse_size)]
+    #[serde(default, deserialize_with = "de_size")]
+    pub max_header_bytes: Option<usize>,
+    /// Largest plain HTTP request body [default: 1MiB]; larger answers 413.
+    #[arg(long, value_parser = parse_size)]
+    #[serde(default, deserialize_with = "de_size")]
+    pub max_http_body: Option<usize>,
+    /// Each shard's read buffer [default: 64KiB].
+    #[arg(long, value_parser = parse_size)]
+    #[serde(default, deserialize_with = "de_size")]
+    pub read_buffer_size: Option<usize>,
+    /// Unsent bytes per connection before the slow-consumer policy applies [default: 1MiB].
+    #[arg(long, value_parser = parse_size)]
+    #[serde(default, deserialize_with = "de_size")]
+    pub write_queue_limit: Option<usize>,
+    /// What to do with a connection past the write queue limit [default: pause for echo].
+    #[arg(long, value_enum)]
+    pub slow_consumer: Option<SlowConsumer>,
+    /// Time to complete the HTTP handshake, e.g. 10s [default: 10s].
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub handshake_timeout: Option<Duration>,
+    /// Close connections silent this long; 0 disables [default: 0].
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// Ping connections silent this long; 0 disables [default: 30s].
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub ping_interval: Option<Duration>,
+    /// Drop a pinged connection still silent after this [default: 10s].
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub pong_timeout: Option<Duration>,
+    /// Time allowed for a close handshake [default: 5s].
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub close_timeout: Option<Duration>,
+    /// On SIGINT/SIGTERM, how long to wait for connections to close [default: 10s].
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub drain_timeout: Option<Duration>,
+    /// Connections accepted per shard per loop turn [default: 256].
+    #[arg(long)]
+    pub accept_batch: Option<usize>,
+    /// Print a stats line this often (open, accepts/s, messages/s, RSS); 0 disables [default: 0].
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub stats_interval: Option<Duration>,
+}
+
+macro_rules! merge_fields {
+    ($dst:ident, $src:ident, $($f:ident),*) => {
+        $( if $dst.$f.is_none() { $dst.$f = $src.$f; } )*
+    };
+}
+
+impl ServeArgs {
+    /// Flags first, then the config file's keys.
+    pub fn merged(mut self) -> Result<ServeArgs, String> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let file: ServeArgs =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        merge_fields!(
+            self,
+            file,
+            listen,
+            shards,
+            app,
+            backlog,
+            max_connections,
+            max_message_size,
+            max_header_bytes,
+            max_http_body,
+            read_buffer_size,
+            write_queue_limit,
+            slow_consumer,
+            handshake_timeout,
+            idle_timeout,
+            ping_interval,
+            pong_timeout,
+            close_timeout,
+            drain_timeout,
+            accept_batch,
+            stats_interval
+        );
+        Ok(self)
+    }
+
+    pub fn app(&self) -> AppKind {
+        self.app.unwrap_or(AppKind::Echo)
+    }
+
+    /// The server configuration these arguments describe.
+    pub fn config(&self) -> Config {
+        let d = Config::default();
+        Config {
+            listen: self.listen.unwrap_or(d.listen),
+            shards: self.shards.unwrap_or(d.shards).max(1),
+            backlog: self.backlog.unwrap_or(d.backlog),
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            max_message_size: self.max_message_size.unwrap_or(d.max_message_size),
+            max_header_bytes: self.max_header_bytes.unwrap_or(d.max_header_bytes),
+            max_http_body: self.max_http_body.unwrap_or(d.max_http_body),
+            read_buffer_size: self.read_buffer_size.unwrap_or(d.read_buffer_size),
+            write_queue_limit: self.write_queue_limit.unwrap_or(d.write_queue_limit),
+            slow_consumer: match self.slow_consumer {
+                Some(SlowConsumer::Disconnect) => SlowConsumerPolicy::Disconnect,
+                Some(SlowConsumer::Pause) => SlowConsumerPolicy::Pause,
+                None => d.slow_consumer,
+            },
+            handshake_timeout: self.handshake_timeout.unwrap_or(d.handshake_timeout),
+            idle_timeout: self.idle_timeout.unwrap_or(d.idle_timeout),
+            ping_interval: self.ping_interval.unwrap_or(d.ping_interval),
+            pong_timeout: self.pong_timeout.unwrap_or(d.pong_timeout),
+            close_timeout: self.close_timeout.unwrap_or(d.close_timeout),
+            drain_timeout: self.drain_timeout.unwrap_or(d.drain_timeout),
+            accept_batch: self.accept_batch.unwrap_or(d.accept_batch).max(1),
+        }
+    }
+}
+
+/// Parses `16MiB`, `64KiB`, `1M`, `4096`, `2k` (binary multiples).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (try 4096, 64KiB, 16MiB)"))?;
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("`{s}`: unknown size unit (use KiB, MiB or GiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+/// Parses `10s`, `500ms`, `2m`, `1h`, or a number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (try 500ms, 10s, 2m)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("`{s}`: unknown duration unit (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("`{s}` is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// In TOML, sizes are numbers or strings like "16MiB".
+fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum V {
+        N(usize),
+        S(String),
+    }
+    match Option::<V>::deserialize(d)? {
+        None => Ok(None),
+        Some(V::N(n)) => Ok(Some(n)),
+        Some(V::S(s)) => parse_size(&s).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+/// In TOML, durations are seconds or strings like "500ms".
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum V {
+        N(f64),
+        S(String),
+    }
+    match Option::<V>::deserialize(d)? {
+        None => Ok(None),
+        Some(V::N(n)) if n >= 0.0 && n.is_finite() => Ok(Some(Duration::from_secs_f64(n))),
+        Some(V::N(n)) => Err(serde::de::Error::custom(format!("{n} is not a duration"))),
+        Some(V::S(s)) => parse_duration(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12 parsecs").is_err());
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = std::env::temp_dir().join(format!("fanout-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("fanout.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:7000\"\nshards = 3\nmax-message-size = \"1MiB\"\nping-interval = 5\nslow-consumer = \"disconnect\"\n",
+        )
+        .unwrap();
+        let cli = Cli::parse_from([
+            "fanout",
+            "serve",
+            "--config",
+            path.to_str().unwrap(),
+            "--shards",
+            "2",
+        ]);
+        let Command::Serve(args) = cli.command;
+        let cfg = args.merged().unwrap().config();
+        assert_eq!(cfg.shards, 2);
+        assert_eq!(cfg.listen.port(), 7000);
+        assert_eq!(cfg.max_message_size, 1 << 20);
+        assert_eq!(cfg.ping_interval, Duration::from_secs(5));
+        assert_eq!(cfg.slow_consumer, SlowConsumerPolicy::Disconnect);
+        std::fs::write(&path, "no-such-key = 1\n").unwrap();
+        let cli = Cli::parse_from(["fanout", "serve", "--config", path.to_str().unwrap()]);
+        let Command::Serve(args) = cli.command;
+        let err = args.merged().unwrap_err();
+        assert!(err.contains("no-such-key"), "{err}");
+    }
+}

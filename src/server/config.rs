@@ -1,0 +1,70 @@
+//! Server settings with their defaults. Owns no parsing of command lines or files (see
+//! `crate::cli`); every field here is a key of `fanout.toml` and a `fanout serve` flag.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// What to do with a connection whose queue of unsent bytes passes the cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowConsumerPolicy {
+    /// Stop reading from it until its queue is written out (the echo default).
+    Pause,
+    /// Close it with 1008 "slow consumer" (the push default).
+    Disconnect,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Shard threads, each with its own SO_REUSEPORT listener and epoll instance.
+    pub shards: usize,
+    /// Listen backlog, capped by net.core.somaxconn by the kernel.
+    pub backlog: u32,
+    /// Open connections across shards past which new clients get 503. 0: the fd limit.
+    pub max_connections: usize,
+    pub max_message_size: usize,
+    pub max_header_bytes: usize,
+    pub max_http_body: usize,
+    /// The shard's read buffer.
+    pub read_buffer_size: usize,
+    /// Unsent bytes a connection may have queued before the slow-consumer policy applies.
+    pub write_queue_limit: usize,
+    pub slow_consumer: SlowConsumerPolicy,
+    pub handshake_timeout: Duration,
+    /// Close (1001) a connection that sent nothing for this long. Zero: never.
+    pub idle_timeout: Duration,
+    /// Ping a connection that sent nothing for this long. Zero: never.
+    pub ping_interval: Duration,
+    /// After a ping, drop a connection still silent this long.
+    pub pong_timeout: Duration,
+    /// How long a close handshake (or the last flush before closing) may take.
+    pub close_timeout: Duration,
+    /// How long a graceful shutdown waits for connections to close.
+    pub drain_timeout: Duration,
+    /// Connections accepted per listener per loop turn before other work runs.
+    pub accept_batch: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9001)),
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            backlog: 4096,
+            max_connections: 0,
+            max_message_size: 16 << 20,
+            max_header_bytes: crate::proto::handshake::DEFAULT_MAX_HEADER_BYTES,
+            max_http_body: 1 << 20,
+            read_buffer_size: 64 << 10,
+            write_queue_limit: 1 << 20,
+            slow_consumer: SlowConsumerPolicy::Pause,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::ZERO,
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(10),
+            accept_batch: 256,
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! One connection's slab entry and its outgoing path. The entry of an idle open connection is
+//! the whole of its user-space cost: a socket, a few ticks and flags, and three pointers that
+//! stay null until something is pending. Owns per-connection state; the shard drives it.
+
+use std::sync::Arc;
+
+use mio::net::TcpStream;
+
+use super::stats::{Counter, ShardStats};
+use super::write_queue::WriteQueue;
+use crate::proto::frame::{close_payload, encode_header, MAX_HEADER_LEN};
+use crate::proto::{Decoder, OpCode};
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Reading the HTTP request head (deadline: handshake timeout).
+    Handshaking,
+    /// WebSocket open (deadlines: ping interval, pong timeout, idle timeout).
+    Open,
+    /// We sent a close frame and wait for the peer's (deadline: close timeout).
+    Closing,
+    /// Our last bytes are queued (close frame or HTTP response); once written, the write side
+    /// is shut down (deadline: close timeout).
+    Finishing,
+    /// Write side shut down; input is read and discarded until EOF (deadline: close timeout),
+    /// so the peer gets our last bytes rather than a reset.
+    Draining,
+}
+
+// Flags.
+pub(crate) const CLOSE_SENT: u8 = 1 << 0;
+pub(crate) const READ_PAUSED: u8 = 1 << 1;
+pub(crate) const WANT_WRITABLE: u8 = 1 << 2;
+pub(crate) const PING_OUTSTANDING: u8 = 1 << 3;
+/// The app saw `on_open` and is owed one `on_close`.
+pub(crate) const APP_OPEN: u8 = 1 << 4;
+/// In the shard's list of connections to flush at the end of the loop turn.
+pub(crate) const DIRTY: u8 = 1 << 5;
+/// In the shard's list of connections with input left to read.
+pub(crate) const PENDING_READ: u8 = 1 << 6;
+
+/// Input bytes kept between reads: an unfinished request head or frame header, or a control
+/// frame cut by the read boundary. Null when there are none.
+/// Boxed so the idle case costs one null pointer (8 bytes) rather than an empty `Vec` (24).
+#[allow(clippy::box_collection)]
+#[derive(Debug, Default)]
+pub(crate) struct Stash(Option<Box<Vec<u8>>>);
+
+#[allow(clippy::box_collection)]
+impl Stash {
+    /// Keeps a buffer as it is (freed when empty).
+    pub fn set(&mut self, v: Box<Vec<u8>>) {
+        self.0 = if v.is_empty() { None } else { Some(v) };
+    }
+
+    pub fn take(&mut self) -> Option<Box<Vec<u8>>> {
+        self.0.take()
+    }
+
+    /// Keeps `rest` (copied); an empty rest frees the stash.
+    pub fn keep(&mut self, rest: &[u8], mut reuse: Option<Box<Vec<u8>>>) {
+        if rest.is_empty() {
+            self.0 = None;
+            return;
+        }
+        let v = reuse.get_or_insert_with(|| Box::new(Vec::with_capacity(rest.len())));
+        v.clear();
+        v.extend_from_slice(rest);
+        v.shrink_to(rest.len().max(256));
+        self.0 = reuse;
+    }
+}
+
+pub(crate) struct Conn<S> {
+    pub sock: TcpStream,
+    pub phase: Phase,
+    pub flags: u8,
+    pub gen: u32,
+    /// A tick whose meaning depends on the phase: accept time, last input, or when closing began.
+    pub since: u32,
+    /// The tick of this connection's live timer entry (`timer::NOT_ARMED` when none).
+    pub armed_at: u32,
+    pub decoder: Decoder,
+    pub stash: Stash,
+    pub queue: Option<Box<WriteQueue>>,
+    /// The app's state, present while the connection is open for the app.
+    pub state: Option<S>,
+}
+
+impl<S> Conn<S> {
+    pub fn queued(&self) -> usize {
+        self.queue.as_ref().map_or(0, |q| q.len())
+    }
+}
+
+/// The outgoing side of one connection during an event. While the shard's cork buffer belongs
+/// to this connection and its queue is empty, frames are encoded straight into the cork and
+/// written with one syscall when the event is done; otherwise they go to the queue.
+pub(crate) struct Out<'a> {
+    pub queue: &'a mut Option<Box<WriteQueue>>,
+    /// The shard's cork buffer, when it belongs to this connection.
+    pub cork: Option<&'a mut Vec<u8>>,
+    pub flags: &'a mut u8,
+    pub stats: &'a ShardStats,
+}
+
+impl Out<'_> {
+    pub fn queued(&self) -> usize {
+        self.queue.as_ref().map_or(0, |q| q.len()) + self.cork.as_ref().map_or(0, |c| c.len())
+    }
+
+    fn queue_is_empty(&self) -> bool {
+        self.queue.as_ref().is_none_or(|q| q.is_empty())
+    }
+
+    /// Encodes and queues one unmasked frame.
+    pub fn frame(&mut self, opcode: OpCode, payload: &[u8]) {
+        if *self.flags & CLOSE_SENT != 0 {
+            return; // Nothing may follow a close frame.
+        }
+        let mut header = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&mut header, true, 0, opcode, payload.len() as u64, None);
+        if !opcode.is_control() {
+            self.stats.inc(Counter::MessagesOut);
+        }
+        self.raw(&header[..n], payload);
+    }
+
+    /// Queues bytes that are already a frame (or an HTTP response).
+    pub fn raw(&mut self, head: &[u8], body: &[u8]) {
+        if self.queue_is_empty() {
+            if let Some(cork) = self.cork.as_deref_mut() {
+                cork.extend_from_slice(head);
+                cork.extend_from_slice(body);
+                return;
+            }
+        }
+        let q = self.queue.get_or_insert_with(Default::default);
+        q.push_bytes(head);
+        q.push_bytes(body);
+    }
+
+    /// Queues a shared, already encoded frame.
+    pub fn shared(&mut self, frame: Arc<[u8]>) {
+        if *self.flags & CLOSE_SENT != 0 {
+            return;
+        }
+        self.stats.inc(Counter::MessagesOut);
+        let q = self.queue.get_or_insert_with(Default::default);
+        // Keep order: whatever is corked goes first.
+        if let Some(cork) = self.cork.as_deref_mut() {
+            if !cork.is_empty() {
+                q.push_bytes(cork);
+                cork.clear();
+            }
+        }
+        q.push_shared(frame);
+    }
+
+    /// Queues a close frame; nothing is sent after it.
+    pub fn close(&mut self, code: u16, reason: &str) {
+        if *self.flags & CLOSE_SENT != 0 {
+            return;
+        }
+        let (payload, n) = close_payload(code, reason);
+        let mut header = [0u8; MAX_HEADER_LEN];
+        let h = encode_header(&mut header, true, 0, OpCode::Close, n as u64, None);
+        self.raw(&header[..h], &payload[..n]);
+        *self.flags |= CLOSE_SENT;
+    }
+
+    /// Queues an empty close frame (the answer to a close without a status code).
+    pub fn close_empty(&mut self) {
+        if *self.flags & CLOSE_SENT != 0 {
+            return;
+        }
+        self.raw(&[0x88, 0x00], &[]);
+        *self.flags |= CLOSE_SENT;
+    }
+}

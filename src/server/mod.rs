@@ -1,0 +1,161 @@
+//! The reactor server: N shard threads, each with its own epoll, SO_REUSEPORT listener, slab
+//! of connections and timer wheel. Owns sockets, buffers, syscalls, timers and rlimits; must
+//! not know about topics (that is `pubsub`/`apps`).
+
+pub mod config;
+pub(crate) mod conn;
+pub mod handler;
+pub mod limits;
+pub(crate) mod shard;
+pub mod stats;
+pub mod timer;
+pub mod write_queue;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+pub use config::{Config, SlowConsumerPolicy};
+pub use handler::{Accept, ConnError, ConnId, ConnInfo, Ctx, Handler, HttpResponse, Message};
+pub use stats::{Counter, ShardStats};
+
+/// State every shard shares: the connection count behind `max_connections` and the
+/// shutdown flag.
+pub(crate) struct Global {
+    pub open: AtomicUsize,
+    pub max_connections: usize,
+    pub shutdown: AtomicBool,
+}
+
+/// A running server.
+pub struct Server {
+    local_addr: SocketAddr,
+    threads: Vec<JoinHandle<()>>,
+    shutdown: ShutdownHandle,
+    stats: Arc<[Arc<ShardStats>]>,
+    global: Arc<Global>,
+}
+
+/// Starts a graceful shutdown from anywhere (a signal thread, a test).
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    global: Arc<Global>,
+    wakers: Arc<[mio::Waker]>,
+}
+
+impl ShutdownHandle {
+    /// Stop accepting, send 1001 to every open connection, wait up to the drain timeout.
+    pub fn shutdown(&self) {
+        self.global.shutdown.store(true, SeqCst);
+        for w in self.wakers.iter() {
+            let _ = w.wake();
+        }
+    }
+}
+
+/// Binds one non-blocking SO_REUSEPORT listener.
+fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(socket.into())
+}
+
+impl Server {
+    /// Binds the listeners (so errors surface here) and starts the shards.
+    pub fn start<H: Handler>(config: Config, handler: H) -> io::Result<Server> {
+        let shards = config.shards.max(1);
+        let capacity = limits::socket_capacity();
+        let max_connections = if config.max_connections == 0 {
+            capacity
+        } else {
+            config.max_connections
+        };
+        let global = Arc::new(Global {
+            open: AtomicUsize::new(0),
+            max_connections,
+            shutdown: AtomicBool::new(false),
+        });
+        // The first listener fixes the port (port 0 picks one); the others share it.
+        let first = bind_listener(config.listen, config.backlog)?;
+        let local_addr = first.local_addr()?;
+        let mut listeners = vec![first];
+        for _ in 1..shards {
+            listeners.push(bind_listener(local_addr, config.backlog)?);
+        }
+        let config = Arc::new(config);
+        let mut polls = Vec::new();
+        let mut wakers = Vec::new();
+        for _ in 0..shards {
+            let poll = mio::Poll::new()?;
+            wakers.push(mio::Waker::new(poll.registry(), shard::WAKER)?);
+            polls.push(poll);
+        }
+        let stats: Arc<[Arc<ShardStats>]> = (0..shards)
+            .map(|_| Arc::new(ShardStats::default()))
+            .collect();
+        let mut threads = Vec::new();
+        for (i, (poll, listener)) in polls.into_iter().zip(listeners).enumerate() {
+            let shard = shard::Shard::new(
+                i as u16,
+                handler.clone(),
+                poll,
+                mio::net::TcpListener::from_std(listener),
+                config.clone(),
+                stats[i].clone(),
+                global.clone(),
+            )?;
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("fanout-shard-{i}"))
+                    .spawn(move || shard.run())?,
+            );
+        }
+        Ok(Server {
+            local_addr,
+            threads,
+            shutdown: ShutdownHandle {
+                global: global.clone(),
+                wakers: wakers.into(),
+            },
+            stats,
+            global,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    pub fn stats(&self) -> Arc<[Arc<ShardStats>]> {
+        self.stats.clone()
+    }
+
+    /// Open connections across shards.
+    pub fn open_connections(&self) -> usize {
+        self.global.open.load(SeqCst)
+    }
+
+    /// The connection cap in force.
+    pub fn max_connections(&self) -> usize {
+        self.global.max_connections
+    }
+
+    /// Waits for every shard to finish (after a shutdown).
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}

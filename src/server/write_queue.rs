@@ -1,0 +1,237 @@
+//! A connection's outgoing bytes: chunks that are owned or shared (`Arc<[u8]>`, a broadcast
+//! frame encoded once for every subscriber), flushed with one `writev`. Owns the bytes and the
+//! partial-write offset; must not know about frames or sockets beyond `Write`.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::sync::Arc;
+
+/// Chunks passed to one `writev`.
+const MAX_IOVECS: usize = 64;
+/// Small owned writes are appended to the last owned chunk up to this size.
+const COALESCE_LIMIT: usize = 16 << 10;
+
+#[derive(Debug)]
+pub enum Chunk {
+    Owned(Vec<u8>),
+    Shared(Arc<[u8]>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Owned(v) => v,
+            Chunk::Shared(a) => a,
+        }
+    }
+}
+
+/// Queued output. An empty queue is dropped by its owner, so an idle connection holds none.
+#[derive(Debug, Default)]
+pub struct WriteQueue {
+    chunks: VecDeque<Chunk>,
+    /// Bytes of the front chunk already written.
+    head_offset: usize,
+    /// Bytes still to write.
+    len: usize,
+}
+
+pub enum Flush {
+    /// Everything was written.
+    Done,
+    /// The socket's buffer is full; wait for WRITABLE.
+    Blocked,
+}
+
+impl WriteQueue {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends owned bytes, coalescing small writes into the last owned chunk.
+    pub fn push_bytes(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.len += bytes.len();
+        if let Some(Chunk::Owned(last)) = self.chunks.back_mut() {
+            // The front chunk may be partly written; appending keeps its offset valid.
+            if last.len() + bytes.len() <= COALESCE_LIMIT {
+                last.extend_from_slice(bytes);
+                return;
+            }
+        }
+        self.chunks.push_back(Chunk::Owned(bytes.to_vec()));
+    }
+
+    pub fn push_owned(&mut self, bytes: Vec<u8>) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.len += bytes.len();
+        self.chunks.push_back(Chunk::Owned(bytes));
+    }
+
+    pub fn push_shared(&mut self, frame: Arc<[u8]>) {
+        if frame.is_empty() {
+            return;
+        }
+        self.len += frame.len();
+        self.chunks.push_back(Chunk::Shared(frame));
+    }
+
+    /// Drops the oldest whole chunks not yet started until at most `keep` bytes remain queued.
+    /// Returns the number of chunks dropped. (For a drop-oldest slow-consumer policy.)
+    pub fn drop_oldest(&mut self, keep: usize) -> usize {
+        let mut dropped = 0;
+        let start = usize::from(self.head_offset > 0);
+        while self.len > keep && self.chunks.len() > start {
+            if let Some(c) = self.chunks.remove(start) {
+                self.len -= c.bytes().len();
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
+    /// Writes as much as the socket takes, with one `writev` per call of at most 64 chunks,
+    /// repeated while the socket keeps taking everything offered.
+    pub fn flush<W: Write>(&mut self, w: &mut W) -> io::Result<(Flush, usize)> {
+        let mut total = 0;
+        while self.len > 0 {
+            let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut n = 0;
+            let mut offered = 0;
+            for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
+                let bytes = if i == 0 {
+                    &chunk.bytes()[self.head_offset..]
+                } else {
+                    chunk.bytes()
+                };
+                slices[n] = IoSlice::new(bytes);
+                offered += bytes.len();
+                n += 1;
+            }
+            let written = match w.write_vectored(&slices[..n]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(k) => k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok((Flush::Blocked, total))
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            total += written;
+            self.consume(written);
+            if written < offered {
+                return Ok((Flush::Blocked, total));
+            }
+        }
+        Ok((Flush::Done, total))
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            let Some(front) = self.chunks.front() else {
+                break;
+            };
+            let left = front.bytes().len() - self.head_offset;
+            if n >= left {
+                n -= left;
+                self.head_offset = 0;
+                self.chunks.pop_front();
+            } else {
+                self.head_offset += n;
+                n = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes at most `cap` bytes per call, then blocks.
+    struct Trickle {
+        out: Vec<u8>,
+        cap: usize,
+        calls: usize,
+        block_after: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            if self.calls == self.block_after {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.calls += 1;
+            let mut left = self.cap;
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(left);
+                self.out.extend_from_slice(&b[..take]);
+                n += take;
+                left -= take;
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn partial_writes_keep_order_across_owned_and_shared() {
+        let mut q = WriteQueue::default();
+        let shared: Arc<[u8]> = Arc::from(&b"SHARED"[..]);
+        q.push_bytes(b"abc");
+        q.push_shared(shared.clone());
+        q.push_bytes(b"def");
+        q.push_owned(b"ghij".to_vec());
+        assert_eq!(q.len(), 16);
+        let mut w = Trickle {
+            out: Vec::new(),
+            cap: 5,
+            calls: 0,
+            block_after: 2,
+        };
+        assert!(matches!(q.flush(&mut w).unwrap(), (Flush::Blocked, 10)));
+        assert_eq!(q.len(), 6);
+        w.block_after = usize::MAX;
+        assert!(matches!(q.flush(&mut w).unwrap(), (Flush::Done, 6)));
+        assert_eq!(w.out, b"abcSHAREDdefghij");
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn drop_oldest_keeps_the_started_chunk() {
+        let mut q = WriteQueue::default();
+        for i in 0..10u8 {
+            q.push_owned(vec![i; 100]);
+        }
+        let mut w = Trickle {
+            out: Vec::new(),
+            cap: 50,
+            calls: 0,
+            block_after: 1,
+        };
+        q.flush(&mut w).unwrap();
+        let dropped = q.drop_oldest(250);
+        assert_eq!(dropped, 7);
+        assert_eq!(q.len(), 250);
+        w.block_after = usize::MAX;
+        w.cap = usize::MAX;
+        q.flush(&mut w).unwrap();
+        assert_eq!(&w.out[..100], &[0u8; 100][..]);
+        assert_eq!(&w.out[100..200], &[8u8; 100][..]);
+    }
+}
