@@ -1,0 +1,81 @@
+//! Shared by the integration tests: start a real server on 127.0.0.1:0 in-process.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use fanout::apps::echo::Echo;
+use fanout::server::{Config, Server};
+
+pub fn config() -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shards: 2,
+        ..Config::default()
+    }
+}
+
+pub fn echo_server(cfg: Config) -> Server {
+    Server::start(cfg, Echo).expect("server starts")
+}
+
+pub fn url(addr: SocketAddr) -> String {
+    format!("ws://{addr}/")
+}
+
+/// Sends raw bytes and reads until the server closes (or 5 s pass).
+pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+pub const UPGRADE: &str = "GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// A masked client frame.
+pub fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+    let key = [0x12, 0x34, 0x56, 0x78];
+    let mut v = vec![first];
+    if payload.len() < 126 {
+        v.push(0x80 | payload.len() as u8);
+    } else {
+        v.push(0x80 | 126);
+        v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    v.extend_from_slice(&key);
+    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    v
+}
+
+/// The close code in the first close frame of a server's byte stream after the 101 head.
+pub fn close_code_in(stream: &[u8]) -> Option<u16> {
+    let head_end = stream.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let mut p = head_end;
+    while p + 2 <= stream.len() {
+        let op = stream[p] & 0x0f;
+        let len = (stream[p + 1] & 0x7f) as usize;
+        let (hl, len) = match len {
+            126 => (
+                4,
+                u16::from_be_bytes([stream[p + 2], stream[p + 3]]) as usize,
+            ),
+            127 => return None,
+            n => (2, n),
+        };
+        if op == 0x8 {
+            let body = &stream[p + hl..p + hl + len];
+            return Some(if body.len() >= 2 {
+                u16::from_be_bytes([body[0], body[1]])
+            } else {
+                1005
+            });
+        }
+        p += hl + len;
+    }
+    None
+}
