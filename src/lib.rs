@@ -5,5 +5,6 @@
 
 pub mod apps;
 pub mod cli;
+pub mod client;
 pub mod proto;
 pub mod server;

@@ -1,0 +1,844 @@
+//! The client role of `proto` on a mio reactor: many connections per reactor, the same four
+//! events as the server (open, message, close, error), masked sends. The load generator is
+//! built on it. Owns client sockets and their lifecycles; no async runtime, no threads.
+
+mod url;
+
+pub use url::{UrlError, WsUrl};
+
+use std::io::{self, Read};
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::proto::frame::{close_payload, encode_header, MAX_HEADER_LEN};
+use crate::proto::handshake::{self, ClientHandshakeError};
+use crate::proto::mask::apply_mask;
+use crate::proto::{
+    close_code, Decoded, Decoder, DecoderConfig, Event, OpCode, ProtocolError, Role,
+};
+use crate::server::timer::{ms_to_ticks, same_slot, Entry, TimerWheel, NOT_ARMED, TICK_MS};
+use crate::server::write_queue::WriteQueue;
+
+pub use crate::server::Message;
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub max_message_size: usize,
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub close_timeout: Duration,
+    pub read_buffer_size: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            max_message_size: 64 << 20,
+            connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+            read_buffer_size: 64 << 10,
+        }
+    }
+}
+
+/// Per-connection options of `Client::connect`.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    pub headers: Vec<(String, String)>,
+    pub protocols: Vec<String>,
+    /// Bind the socket to this source address (port chosen at connect time, with
+    /// IP_BIND_ADDRESS_NO_PORT, so many source addresses multiply the ephemeral ports).
+    pub source: Option<IpAddr>,
+}
+
+/// Where a connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Connect,
+    Handshake,
+    Close,
+}
+
+#[derive(Debug)]
+pub enum ClientError {
+    /// The TCP connect failed (refused, unreachable, no source port...).
+    Connect(io::Error),
+    Timeout(Stage),
+    /// The server refused the upgrade or answered wrongly (an HTTP status included).
+    Handshake(ClientHandshakeError),
+    /// The server broke RFC 6455; we closed with this code.
+    Protocol(ProtocolError),
+    /// The socket failed after connecting (e.g. reset).
+    Io(io::Error),
+    /// The server closed the TCP connection before the handshake completed.
+    ClosedDuringHandshake,
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Connect(e) => write!(f, "connect: {e}"),
+            ClientError::Timeout(s) => write!(f, "timeout during {s:?}"),
+            ClientError::Handshake(e) => write!(f, "handshake: {e}"),
+            ClientError::Protocol(e) => write!(f, "protocol: {e}"),
+            ClientError::Io(e) => write!(f, "i/o: {e}"),
+            ClientError::ClosedDuringHandshake => f.write_str("closed during handshake"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// The application side of a client reactor.
+pub trait ClientHandler {
+    type State;
+
+    /// The upgrade succeeded.
+    fn on_open(&mut self, _ctx: &mut ClientCtx<'_, Self::State>, _protocol: Option<&str>) {}
+
+    fn on_message(&mut self, ctx: &mut ClientCtx<'_, Self::State>, msg: Message<'_>);
+
+    fn on_pong(&mut self, _ctx: &mut ClientCtx<'_, Self::State>, _payload: &[u8]) {}
+
+    /// The connection failed; `on_close` follows.
+    fn on_error(&mut self, _key: usize, _state: &mut Self::State, _err: &ClientError) {}
+
+    /// Called exactly once for every connection `connect` returned: with the server's close
+    /// code, the code we failed it with, or 1006.
+    fn on_close(&mut self, _key: usize, _state: Self::State, _code: u16, _reason: &str) {}
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Connecting,
+    Handshaking,
+    Open,
+    /// We sent close; waiting for the server's.
+    Closing,
+    /// Close handshake done; waiting for the server to close TCP.
+    AwaitEof,
+}
+
+const CLOSE_SENT: u8 = 1;
+const WANT_WRITABLE: u8 = 2;
+const DIRTY: u8 = 4;
+const APP_OPEN: u8 = 8;
+
+struct Conn<S> {
+    sock: TcpStream,
+    phase: Phase,
+    flags: u8,
+    gen: u32,
+    since: u32,
+    armed_at: u32,
+    key: [u8; 24],
+    offered: Vec<String>,
+    decoder: Decoder,
+    stash: Vec<u8>,
+    queue: Option<Box<WriteQueue>>,
+    state: Option<S>,
+}
+
+/// A fast generator of masking keys, seeded from the OS.
+struct MaskRng(u64);
+
+impl MaskRng {
+    fn new() -> Self {
+        let mut seed = [0u8; 8];
+        let _ = getrandom::fill(&mut seed);
+        MaskRng(u64::from_ne_bytes(seed) | 1)
+    }
+
+    fn next(&mut self) -> [u8; 4] {
+        // xorshift64*
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32).to_le_bytes()[..4]
+            .try_into()
+            .unwrap_or([0x5a; 4])
+    }
+}
+
+/// The sending side of one open connection.
+pub struct ClientCtx<'a, S> {
+    key: usize,
+    state: &'a mut S,
+    queue: &'a mut Option<Box<WriteQueue>>,
+    flags: &'a mut u8,
+    rng: &'a mut MaskRng,
+    scratch: &'a mut Vec<u8>,
+}
+
+impl<S> ClientCtx<'_, S> {
+    pub fn key(&self) -> usize {
+        self.key
+    }
+
+    pub fn state(&mut self) -> &mut S {
+        self.state
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.queue.as_ref().map_or(0, |q| q.len())
+    }
+
+    fn frame(&mut self, opcode: OpCode, payload: &[u8]) {
+        if *self.flags & CLOSE_SENT != 0 {
+            return;
+        }
+        let mask = self.rng.next();
+        let mut header = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(
+            &mut header,
+            true,
+            0,
+            opcode,
+            payload.len() as u64,
+            Some(mask),
+        );
+        let q = self.queue.get_or_insert_with(Default::default);
+        q.push_bytes(&header[..n]);
+        // Mask a copy: the payload is the caller's.
+        self.scratch.clear();
+        self.scratch.extend_from_slice(payload);
+        apply_mask(self.scratch, mask, 0);
+        if self.scratch.len() > 16 << 10 {
+            q.push_owned(std::mem::take(self.scratch));
+        } else {
+            q.push_bytes(self.scratch);
+        }
+        if opcode == OpCode::Close {
+            *self.flags |= CLOSE_SENT;
+        }
+    }
+
+    pub fn send_text(&mut self, text: &str) {
+        self.frame(OpCode::Text, text.as_bytes());
+    }
+
+    pub fn send_binary(&mut self, bytes: &[u8]) {
+        self.frame(OpCode::Binary, bytes);
+    }
+
+    pub fn ping(&mut self, payload: &[u8]) {
+        self.frame(OpCode::Ping, &payload[..payload.len().min(125)]);
+    }
+
+    /// Starts the closing handshake.
+    pub fn close(&mut self, code: u16, reason: &str) {
+        let (payload, n) = close_payload(code, reason);
+        self.frame(OpCode::Close, &payload[..n]);
+    }
+}
+
+/// A client reactor holding many connections.
+pub struct Client<H: ClientHandler> {
+    poll: Poll,
+    events: Events,
+    conns: Slab<Conn<H::State>>,
+    handler: H,
+    cfg: ClientConfig,
+    dec_cfg: DecoderConfig,
+    rbuf: Box<[u8]>,
+    rng: MaskRng,
+    scratch: Vec<u8>,
+    wheel: TimerWheel,
+    start: Instant,
+    now: u32,
+    next_gen: u32,
+    dirty: Vec<(usize, u32)>,
+    ticks: [u32; 3],
+}
+
+fn to_ticks(d: Duration) -> u32 {
+    ms_to_ticks(d.as_millis().min(u32::MAX as u128 / 2) as u64).max(1)
+}
+
+impl<H: ClientHandler> Client<H> {
+    pub fn new(cfg: ClientConfig, handler: H) -> io::Result<Self> {
+        Ok(Self {
+            poll: Poll::new()?,
+            events: Events::with_capacity(1024),
+            conns: Slab::new(),
+            handler,
+            dec_cfg: DecoderConfig {
+                role: Role::Client,
+                max_message_size: cfg.max_message_size,
+                rsv_allowed: 0,
+            },
+            rbuf: vec![0u8; cfg.read_buffer_size.max(4096)].into_boxed_slice(),
+            rng: MaskRng::new(),
+            scratch: Vec::new(),
+            wheel: TimerWheel::new(0),
+            start: Instant::now(),
+            now: 0,
+            next_gen: 0,
+            dirty: Vec::new(),
+            ticks: [
+                to_ticks(cfg.connect_timeout),
+                to_ticks(cfg.handshake_timeout),
+                to_ticks(cfg.close_timeout),
+            ],
+            cfg,
+        })
+    }
+
+    pub fn handler(&mut self) -> &mut H {
+        &mut self.handler
+    }
+
+    /// Connections not yet closed.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Starts a connection. An error here (no socket, no source port) calls no handler method.
+    pub fn connect(
+        &mut self,
+        addr: SocketAddr,
+        url: &WsUrl,
+        opts: &ConnectOptions,
+        state: H::State,
+    ) -> Result<usize, ClientError> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .map_err(ClientError::Connect)?;
+        socket.set_nonblocking(true).map_err(ClientError::Connect)?;
+        socket.set_tcp_nodelay(true).map_err(ClientError::Connect)?;
+        if let Some(src) = opts.source {
+            // Without a port, the kernel picks it at connect() per destination, so each source
+            // address has the whole ephemeral range for each server address.
+            if src.is_ipv4() {
+                set_bind_address_no_port(&socket);
+            }
+            socket
+                .bind(&SocketAddr::new(src, 0).into())
+                .map_err(ClientError::Connect)?;
+        }
+        match socket.connect(&addr.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(ClientError::Connect(e)),
+        }
+        let mut sock = TcpStream::from_std(socket.into());
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        self.poll
+            .registry()
+            .register(
+                &mut sock,
+                Token(key),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(ClientError::Connect)?;
+        let mut random = [0u8; 16];
+        let _ = getrandom::fill(&mut random);
+        self.next_gen = self.next_gen.wrapping_add(1);
+        self.now = (self.start.elapsed().as_millis() as u64 / TICK_MS) as u32;
+        let mut request = Vec::with_capacity(256);
+        let ws_key = handshake::client_key(random);
+        let protocols: Vec<&str> = opts.protocols.iter().map(String::as_str).collect();
+        let headers: Vec<(&str, &str)> = opts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        handshake::write_client_request(
+            &mut request,
+            &url.host_header(),
+            &url.path,
+            &ws_key,
+            &protocols,
+            &headers,
+        );
+        let mut queue = Box::<WriteQueue>::default();
+        queue.push_owned(request);
+        let conn = entry.insert(Conn {
+            sock,
+            phase: Phase::Connecting,
+            flags: WANT_WRITABLE,
+            gen: self.next_gen,
+            since: self.now,
+            armed_at: NOT_ARMED,
+            key: ws_key,
+            offered: opts.protocols.clone(),
+            decoder: Decoder::new(),
+            stash: Vec::new(),
+            queue: Some(queue),
+            state: Some(state),
+        });
+        schedule(&mut self.wheel, &self.ticks, key, conn);
+        Ok(key)
+    }
+
+    /// Runs `f` on an open connection (to send from outside the event handlers). Returns
+    /// false when the connection is not open.
+    pub fn with_conn(&mut self, key: usize, f: impl FnOnce(&mut ClientCtx<'_, H::State>)) -> bool {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
+        if conn.phase != Phase::Open {
+            return false;
+        }
+        let Some(state) = conn.state.as_mut() else {
+            return false;
+        };
+        let mut ctx = ClientCtx {
+            key,
+            state,
+            queue: &mut conn.queue,
+            flags: &mut conn.flags,
+            rng: &mut self.rng,
+            scratch: &mut self.scratch,
+        };
+        f(&mut ctx);
+        if conn.flags & CLOSE_SENT != 0 && conn.phase == Phase::Open {
+            conn.phase = Phase::Closing;
+            conn.since = self.now;
+            schedule(&mut self.wheel, &self.ticks, key, conn);
+        }
+        if conn.flags & DIRTY == 0 {
+            conn.flags |= DIRTY;
+            self.dirty.push((key, conn.gen));
+        }
+        true
+    }
+
+    /// Starts the closing handshake of an open connection, or drops one still connecting.
+    pub fn close(&mut self, key: usize, code: u16, reason: &str) {
+        let open = self.with_conn(key, |ctx| ctx.close(code, reason));
+        if !open
+            && self.conns.contains(key)
+            && matches!(
+                self.conns[key].phase,
+                Phase::Connecting | Phase::Handshaking
+            )
+        {
+            self.drop_conn(key, close_code::ABNORMAL, "closed before open");
+        }
+    }
+
+    /// Keys of every connection.
+    pub fn keys(&self) -> Vec<usize> {
+        self.conns.iter().map(|(k, _)| k).collect()
+    }
+
+    fn tick_now(&self) -> u32 {
+        (self.start.elapsed().as_millis() as u64 / TICK_MS) as u32
+    }
+
+    /// One turn of the loop: flush, wait for events up to `timeout`, dispatch, fire timers,
+    /// flush.
+    pub fn poll(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.flush_dirty();
+        let timeout = if self.wheel.is_empty() {
+            timeout
+        } else {
+            let next_ms = self.wheel.next_tick() as u64 * TICK_MS;
+            let now_ms = self.start.elapsed().as_millis() as u64;
+            let t = Duration::from_millis(next_ms.saturating_sub(now_ms).max(1));
+            Some(timeout.map_or(t, |x| x.min(t)))
+        };
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        self.now = self.tick_now();
+        let ready: Vec<(usize, bool, bool)> = self
+            .events
+            .iter()
+            .map(|e| {
+                (
+                    e.token().0,
+                    e.is_readable() || e.is_read_closed() || e.is_error(),
+                    e.is_writable() || e.is_error(),
+                )
+            })
+            .collect();
+        for (key, readable, writable) in ready {
+            if writable {
+                self.on_writable(key);
+            }
+            if readable {
+                self.on_readable(key);
+            }
+        }
+        self.fire_timers();
+        self.flush_dirty();
+        Ok(())
+    }
+
+    fn on_writable(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.phase == Phase::Connecting {
+            match conn.sock.take_error() {
+                Ok(None) => {}
+                Ok(Some(e)) | Err(e) => {
+                    self.fail(key, ClientError::Connect(e));
+                    return;
+                }
+            }
+            if let Err(e) = conn.sock.peer_addr() {
+                if e.kind() == io::ErrorKind::NotConnected {
+                    return; // not yet
+                }
+                self.fail(key, ClientError::Connect(e));
+                return;
+            }
+            conn.phase = Phase::Handshaking;
+            conn.since = self.now;
+            conn.flags &= !WANT_WRITABLE;
+            schedule(&mut self.wheel, &self.ticks, key, conn);
+        }
+        self.flush_conn(key);
+    }
+
+    fn on_readable(&mut self, key: usize) {
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            if conn.phase == Phase::Connecting {
+                return;
+            }
+            // Input is what was kept from the last read followed by the new bytes.
+            let kept = conn.stash.len();
+            let mut rbuf = std::mem::take(&mut self.rbuf);
+            if rbuf.len() < kept + 4096 {
+                rbuf = vec![0u8; kept + self.cfg.read_buffer_size.max(4096)].into_boxed_slice();
+            }
+            rbuf[..kept].copy_from_slice(&conn.stash);
+            let space = rbuf.len() - kept;
+            let result = conn.sock.read(&mut rbuf[kept..]);
+            let n = match result {
+                Ok(0) => {
+                    self.rbuf = rbuf;
+                    return self.on_eof(key);
+                }
+                Ok(n) => n,
+                Err(e) => {
+                    self.rbuf = rbuf;
+                    match e.kind() {
+                        io::ErrorKind::WouldBlock => break,
+                        io::ErrorKind::Interrupted => continue,
+                        _ => return self.fail(key, ClientError::Io(e)),
+                    }
+                }
+            };
+            let total = kept + n;
+            let used = self.process(key, &mut rbuf[..total]).min(total);
+            if let Some(c) = self.conns.get_mut(key) {
+                c.stash.clear();
+                c.stash.extend_from_slice(&rbuf[used..total]);
+                if c.stash.is_empty() && c.stash.capacity() > 0 {
+                    c.stash = Vec::new();
+                }
+            }
+            self.rbuf = rbuf;
+            if n < space {
+                break;
+            }
+        }
+        self.flush_conn(key);
+    }
+
+    /// Processes input; returns bytes consumed. May drop the connection.
+    fn process(&mut self, key: usize, data: &mut [u8]) -> usize {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return data.len();
+        };
+        let mut pos = 0;
+        if conn.phase == Phase::Handshaking {
+            let offered: Vec<&str> = conn.offered.iter().map(String::as_str).collect();
+            let protocol;
+            match handshake::parse_response(data, &conn.key, &offered, 16 << 10) {
+                Ok(None) => return 0,
+                Ok(Some((resp, n))) => {
+                    protocol = resp.protocol.map(str::to_string);
+                    pos = n;
+                }
+                Err(e) => {
+                    self.fail(key, ClientError::Handshake(e));
+                    return data.len();
+                }
+            }
+            conn.phase = Phase::Open;
+            conn.flags |= APP_OPEN;
+            conn.offered = Vec::new();
+            if let Some(state) = conn.state.as_mut() {
+                let mut ctx = ClientCtx {
+                    key,
+                    state,
+                    queue: &mut conn.queue,
+                    flags: &mut conn.flags,
+                    rng: &mut self.rng,
+                    scratch: &mut self.scratch,
+                };
+                self.handler.on_open(&mut ctx, protocol.as_deref());
+            }
+        }
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return data.len();
+            };
+            if conn.phase == Phase::AwaitEof {
+                return data.len();
+            }
+            let Conn {
+                decoder,
+                state,
+                queue,
+                flags,
+                phase,
+                since,
+                ..
+            } = conn;
+            let step = decoder.next(&self.dec_cfg, &mut data[pos..]);
+            let Some(st) = state.as_mut() else {
+                return data.len();
+            };
+            let mut ctx = ClientCtx {
+                key,
+                state: st,
+                queue,
+                flags,
+                rng: &mut self.rng,
+                scratch: &mut self.scratch,
+            };
+            match step {
+                Ok(Decoded::Event(n, ev)) => {
+                    pos += n;
+                    match ev {
+                        Event::Text(t) => self.handler.on_message(&mut ctx, Message::Text(t)),
+                        Event::Binary(b) => self.handler.on_message(&mut ctx, Message::Binary(b)),
+                        Event::Ping(p) => ctx.frame(OpCode::Pong, p),
+                        Event::Pong(p) => self.handler.on_pong(&mut ctx, p),
+                        Event::Close(cf) => {
+                            if *ctx.flags & CLOSE_SENT == 0 {
+                                if cf.code == close_code::NO_STATUS {
+                                    ctx.frame(OpCode::Close, &[]);
+                                } else {
+                                    ctx.close(cf.code, "");
+                                }
+                            }
+                            let (code, reason) = (cf.code, cf.reason.to_string());
+                            *phase = Phase::AwaitEof;
+                            *since = self.now;
+                            self.notify_close(key, code, &reason);
+                            if let Some(c) = self.conns.get_mut(key) {
+                                schedule(&mut self.wheel, &self.ticks, key, c);
+                            }
+                            return data.len();
+                        }
+                    }
+                    if let Some(c) = self.conns.get_mut(key) {
+                        if c.flags & CLOSE_SENT != 0 && c.phase == Phase::Open {
+                            c.phase = Phase::Closing;
+                            c.since = self.now;
+                            schedule(&mut self.wheel, &self.ticks, key, c);
+                        }
+                    }
+                }
+                Ok(Decoded::Progress(n)) => pos += n,
+                Ok(Decoded::Incomplete) => return pos,
+                Err(e) => {
+                    ctx.close(e.code, e.reason);
+                    self.fail(key, ClientError::Protocol(e));
+                    return data.len();
+                }
+            }
+        }
+    }
+
+    fn on_eof(&mut self, key: usize) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        match conn.phase {
+            Phase::Handshaking | Phase::Connecting => {
+                self.fail(key, ClientError::ClosedDuringHandshake)
+            }
+            _ => self.drop_conn(key, close_code::ABNORMAL, "connection closed"),
+        }
+    }
+
+    fn notify_close(&mut self, key: usize, code: u16, reason: &str) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.flags &= !APP_OPEN;
+            if let Some(state) = conn.state.take() {
+                self.handler.on_close(key, state, code, reason);
+            }
+        }
+    }
+
+    /// Reports an error, then closes.
+    fn fail(&mut self, key: usize, err: ClientError) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if let Some(state) = conn.state.as_mut() {
+                self.handler.on_error(key, state, &err);
+            }
+        }
+        let code = match &err {
+            ClientError::Protocol(e) => e.code,
+            _ => close_code::ABNORMAL,
+        };
+        // A protocol error's close frame is queued: try to send it before dropping.
+        if matches!(err, ClientError::Protocol(_)) {
+            if let Some(conn) = self.conns.get_mut(key) {
+                if let Some(q) = conn.queue.as_mut() {
+                    let _ = q.flush(&mut conn.sock);
+                }
+            }
+        }
+        self.drop_conn(key, code, "failed");
+    }
+
+    fn drop_conn(&mut self, key: usize, code: u16, reason: &str) {
+        self.notify_close(key, code, reason);
+        if let Some(mut conn) = self.conns.try_remove(key) {
+            let _ = self.poll.registry().deregister(&mut conn.sock);
+            let _ = conn.sock.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for (key, gen) in dirty {
+            match self.conns.get_mut(key) {
+                Some(c) if c.gen == gen => c.flags &= !DIRTY,
+                _ => continue,
+            }
+            self.flush_conn(key);
+        }
+    }
+
+    fn flush_conn(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.phase == Phase::Connecting {
+            return;
+        }
+        let Some(q) = conn.queue.as_mut() else {
+            return;
+        };
+        match q.flush(&mut conn.sock) {
+            Ok(_) => {}
+            Err(e) => return self.fail(key, ClientError::Io(e)),
+        }
+        if q.is_empty() {
+            conn.queue = None;
+            if conn.flags & WANT_WRITABLE != 0 {
+                conn.flags &= !WANT_WRITABLE;
+                let _ =
+                    self.poll
+                        .registry()
+                        .reregister(&mut conn.sock, Token(key), Interest::READABLE);
+            }
+        } else if conn.flags & WANT_WRITABLE == 0 {
+            conn.flags |= WANT_WRITABLE;
+            let _ = self.poll.registry().reregister(
+                &mut conn.sock,
+                Token(key),
+                Interest::READABLE | Interest::WRITABLE,
+            );
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let mut due = Vec::new();
+        let conns = &self.conns;
+        self.wheel.advance(self.now, |e, tick| {
+            let c = conns.get(e.key as usize)?;
+            if c.gen != e.gen {
+                return None;
+            }
+            if c.armed_at == tick {
+                due.push(e);
+                None
+            } else if c.armed_at != NOT_ARMED && c.armed_at > tick && same_slot(c.armed_at, tick) {
+                Some(c.armed_at)
+            } else {
+                None
+            }
+        });
+        for e in due {
+            let key = e.key as usize;
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            conn.armed_at = NOT_ARMED;
+            let Some(deadline) = deadline(&self.ticks, conn) else {
+                continue;
+            };
+            if self.now < deadline {
+                schedule(&mut self.wheel, &self.ticks, key, conn);
+                continue;
+            }
+            let stage = match conn.phase {
+                Phase::Connecting => Stage::Connect,
+                Phase::Handshaking => Stage::Handshake,
+                _ => Stage::Close,
+            };
+            if conn.phase == Phase::AwaitEof {
+                self.drop_conn(key, close_code::NORMAL, "closed");
+            } else {
+                self.fail(key, ClientError::Timeout(stage));
+            }
+        }
+    }
+}
+
+fn deadline<S>(ticks: &[u32; 3], conn: &Conn<S>) -> Option<u32> {
+    match conn.phase {
+        Phase::Connecting => Some(conn.since + ticks[0]),
+        Phase::Handshaking => Some(conn.since + ticks[1]),
+        Phase::Open => None,
+        Phase::Closing | Phase::AwaitEof => Some(conn.since + ticks[2]),
+    }
+}
+
+fn schedule<S>(wheel: &mut TimerWheel, ticks: &[u32; 3], key: usize, conn: &mut Conn<S>) {
+    if let Some(due) = deadline(ticks, conn) {
+        if conn.armed_at == NOT_ARMED || due < conn.armed_at {
+            conn.armed_at = wheel.arm(
+                Entry {
+                    key: key as u32,
+                    gen: conn.gen,
+                },
+                due,
+            );
+        }
+    }
+}
+
+/// IP_BIND_ADDRESS_NO_PORT: defer the source port choice to connect().
+fn set_bind_address_no_port(socket: &Socket) {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket fd and a c_int option value of the right size.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}

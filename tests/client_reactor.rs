@@ -1,0 +1,131 @@
+//! fanout's client reactor against fanout's server (and against refusals).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use fanout::client::{
+    Client, ClientConfig, ClientCtx, ClientError, ClientHandler, ConnectOptions, WsUrl,
+};
+use fanout::proto::handshake::ClientHandshakeError;
+use fanout::server::{Config, Message};
+
+#[derive(Default)]
+struct Tally {
+    opened: usize,
+    echoed: usize,
+    closed: Vec<u16>,
+    errors: Vec<String>,
+    statuses: Vec<u16>,
+}
+
+struct St {
+    sent: u32,
+    got: u32,
+}
+
+impl ClientHandler for Tally {
+    type State = St;
+
+    fn on_open(&mut self, ctx: &mut ClientCtx<'_, St>, _: Option<&str>) {
+        self.opened += 1;
+        for i in 0..5 {
+            ctx.send_text(&format!("m{i}"));
+        }
+        ctx.send_binary(&vec![9u8; 100_000]);
+        ctx.state().sent = 6;
+    }
+
+    fn on_message(&mut self, ctx: &mut ClientCtx<'_, St>, msg: Message<'_>) {
+        let i = ctx.state().got;
+        match msg {
+            Message::Text(t) => assert_eq!(t, format!("m{i}")),
+            Message::Binary(b) => assert_eq!(b, &vec![9u8; 100_000][..]),
+        }
+        self.echoed += 1;
+        ctx.state().got += 1;
+        if ctx.state().got == ctx.state().sent {
+            ctx.close(1000, "");
+        }
+    }
+
+    fn on_error(&mut self, _: usize, _: &mut St, err: &ClientError) {
+        if let ClientError::Handshake(ClientHandshakeError::Status(s)) = err {
+            self.statuses.push(*s);
+        }
+        self.errors.push(err.to_string());
+    }
+
+    fn on_close(&mut self, _: usize, _: St, code: u16, _: &str) {
+        self.closed.push(code);
+    }
+}
+
+fn run_until(client: &mut Client<Tally>, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.handler().closed.len() < n && Instant::now() < deadline {
+        client.poll(Some(Duration::from_millis(50))).unwrap();
+    }
+}
+
+#[test]
+fn many_connections_echo_and_close_cleanly() {
+    let server = echo_server(config());
+    let url = WsUrl::parse(&url(server.local_addr())).unwrap();
+    let mut client = Client::new(ClientConfig::default(), Tally::default()).unwrap();
+    for _ in 0..300 {
+        client
+            .connect(
+                server.local_addr(),
+                &url,
+                &ConnectOptions::default(),
+                St { sent: 0, got: 0 },
+            )
+            .unwrap();
+    }
+    run_until(&mut client, 300);
+    let t = client.handler();
+    assert_eq!(t.opened, 300, "{:?}", t.errors);
+    assert_eq!(t.echoed, 300 * 6);
+    assert_eq!(t.closed.len(), 300);
+    assert!(t.closed.iter().all(|&c| c == 1000), "{:?}", t.closed);
+    assert!(t.errors.is_empty(), "{:?}", t.errors);
+}
+
+#[test]
+fn refusals_are_reported_by_reason() {
+    // Nothing listens on this port (bound then dropped).
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let server = echo_server(Config {
+        max_connections: 1,
+        ..config()
+    });
+    let addr = server.local_addr();
+    let url = WsUrl::parse(&url(addr)).unwrap();
+    let mut client = Client::new(ClientConfig::default(), Tally::default()).unwrap();
+    let opts = ConnectOptions {
+        source: Some("127.0.0.2".parse().unwrap()),
+        ..Default::default()
+    };
+    client
+        .connect(free, &url, &opts, St { sent: 0, got: 0 })
+        .unwrap();
+    run_until(&mut client, 1);
+    assert!(
+        client.handler().errors[0].contains("refused"),
+        "{:?}",
+        client.handler().errors
+    );
+    // Hold the only slot with a raw socket, then a client gets 503.
+    let _held = std::net::TcpStream::connect(addr).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    client
+        .connect(addr, &url, &opts, St { sent: 0, got: 0 })
+        .unwrap();
+    run_until(&mut client, 2);
+    assert_eq!(client.handler().statuses, vec![503]);
+}
