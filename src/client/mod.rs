@@ -99,6 +99,9 @@ impl std::error::Error for ClientError {}
 pub trait ClientHandler {
     type State;
 
+    /// The TCP connection is established; the upgrade request is being sent.
+    fn on_connected(&mut self, _key: usize, _state: &mut Self::State) {}
+
     /// The upgrade succeeded.
     fn on_open(&mut self, _ctx: &mut ClientCtx<'_, Self::State>, _protocol: Option<&str>) {}
 
@@ -386,6 +389,15 @@ impl<H: ClientHandler> Client<H> {
     /// Runs `f` on an open connection (to send from outside the event handlers). Returns
     /// false when the connection is not open.
     pub fn with_conn(&mut self, key: usize, f: impl FnOnce(&mut ClientCtx<'_, H::State>)) -> bool {
+        self.with_conn_and_handler(key, |_, ctx| f(ctx))
+    }
+
+    /// Like `with_conn`, also lending the handler.
+    pub fn with_conn_and_handler(
+        &mut self,
+        key: usize,
+        f: impl FnOnce(&mut H, &mut ClientCtx<'_, H::State>),
+    ) -> bool {
         let Some(conn) = self.conns.get_mut(key) else {
             return false;
         };
@@ -403,7 +415,7 @@ impl<H: ClientHandler> Client<H> {
             rng: &mut self.rng,
             scratch: &mut self.scratch,
         };
-        f(&mut ctx);
+        f(&mut self.handler, &mut ctx);
         if conn.flags & CLOSE_SENT != 0 && conn.phase == Phase::Open {
             conn.phase = Phase::Closing;
             conn.since = self.now;
@@ -457,7 +469,7 @@ impl<H: ClientHandler> Client<H> {
             Err(e) => return Err(e),
         }
         self.now = self.tick_now();
-        let ready: Vec<(usize, bool, bool)> = self
+        let ready: Vec<(usize, bool, bool, bool)> = self
             .events
             .iter()
             .map(|e| {
@@ -465,15 +477,16 @@ impl<H: ClientHandler> Client<H> {
                     e.token().0,
                     e.is_readable() || e.is_read_closed() || e.is_error(),
                     e.is_writable() || e.is_error(),
+                    e.is_read_closed() || e.is_error(),
                 )
             })
             .collect();
-        for (key, readable, writable) in ready {
+        for (key, readable, writable, to_eof) in ready {
             if writable {
                 self.on_writable(key);
             }
             if readable {
-                self.on_readable(key);
+                self.on_readable(key, to_eof);
             }
         }
         self.fire_timers();
@@ -504,11 +517,16 @@ impl<H: ClientHandler> Client<H> {
             conn.since = self.now;
             conn.flags &= !WANT_WRITABLE;
             schedule(&mut self.wheel, &self.ticks, key, conn);
+            if let Some(state) = conn.state.as_mut() {
+                self.handler.on_connected(key, state);
+            }
         }
         self.flush_conn(key);
     }
 
-    fn on_readable(&mut self, key: usize) {
+    /// Reads until a short read (drained: the next byte brings a new edge) or, when the
+    /// server's FIN is already in (`to_eof`), until EOF or WouldBlock.
+    fn on_readable(&mut self, key: usize, to_eof: bool) {
         loop {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
@@ -550,7 +568,7 @@ impl<H: ClientHandler> Client<H> {
                 }
             }
             self.rbuf = rbuf;
-            if n < space {
+            if n < space && !to_eof {
                 break;
             }
         }

@@ -153,7 +153,9 @@ impl<H: Handler> Shard<H> {
                             self.flush(key);
                         }
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.read(key);
+                            // With the peer's FIN already in, a short read does not mean
+                            // drained: the EOF after the data brings no new edge.
+                            self.read(key, ev.is_read_closed() || ev.is_error());
                         }
                     }
                 }
@@ -263,8 +265,9 @@ impl<H: Handler> Shard<H> {
 
     // ----- reading -----
 
-    /// Reads what the socket has and processes it, up to the fairness cap.
-    fn read(&mut self, key: usize) {
+    /// Reads what the socket has and processes it, up to the fairness cap. `to_eof`: keep
+    /// reading past short reads (the peer has shut down its side).
+    fn read(&mut self, key: usize, to_eof: bool) {
         let Self { conns, rbuf, core } = self;
         let Some(conn) = conns.get_mut(key) else {
             return;
@@ -345,7 +348,7 @@ impl<H: Handler> Shard<H> {
                 core.remove(conns, key);
                 return;
             }
-            if conn.flags & READ_PAUSED != 0 || result < space {
+            if conn.flags & READ_PAUSED != 0 || (result < space && !to_eof) {
                 // A short read drained the socket: the next byte brings a new edge.
                 break;
             }
@@ -365,7 +368,7 @@ impl<H: Handler> Shard<H> {
                 }
                 _ => continue,
             }
-            self.read(key);
+            self.read(key, true);
         }
     }
 

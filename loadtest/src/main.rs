@@ -1,0 +1,629 @@
+//! `fanout-load`: a load generator for WebSocket servers on fanout's client reactor.
+//! Scenarios `connect` and `echo` against any ws:// URL; past one process's fd limit it splits
+//! the connections across child processes and merges their histograms and counts.
+
+mod procinfo;
+mod report;
+mod run;
+
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use fanout::cli::{parse_duration, parse_size};
+use fanout::client::{ClientConfig, ConnectOptions, WsUrl};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use report::{Merged, Partial, ServerFigures};
+use run::{Observer, Plan, Progress, Scenario, PHASE_CLOSE, PHASE_HOLD};
+
+/// A child process learns its share from this variable: "index/of/connections".
+const CHILD_ENV: &str = "FANOUT_LOAD_CHILD";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fanout-load",
+    version,
+    about = "Load generator for WebSocket servers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Open N connections at a ramp rate, hold them, close them.
+    Connect(ConnectArgs),
+    /// N connections each sending messages and timing the echoes.
+    Echo(EchoArgs),
+}
+
+#[derive(Args, Debug)]
+struct ConnectArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Connections opened per second (0: as fast as --max-in-flight allows).
+    #[arg(long, visible_alias = "connect-rate", default_value_t = 0.0)]
+    rate: f64,
+}
+
+#[derive(Args, Debug)]
+struct EchoArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Connections opened per second during the ramp (0: as fast as possible).
+    #[arg(long, default_value_t = 0.0)]
+    connect_rate: f64,
+    /// Message size (at least 16 bytes: a timestamp and a sequence number lead it).
+    #[arg(long, default_value = "64", value_parser = parse_size)]
+    message_size: usize,
+    /// Messages per second per connection; without it, each connection keeps --pipeline
+    /// messages in flight, as fast as the server answers.
+    #[arg(long, conflicts_with = "pipeline")]
+    rate: Option<f64>,
+    /// Messages in flight per connection when no --rate is given.
+    #[arg(long, default_value_t = 1)]
+    pipeline: u32,
+    /// Send text frames (hex timestamp) instead of binary.
+    #[arg(long)]
+    text: bool,
+}
+
+#[derive(Args, Debug)]
+struct Common {
+    /// Target ws:// URL; repeat to spread connections over several (round robin).
+    #[arg(long = "url", required = true)]
+    urls: Vec<String>,
+    /// Connections to open.
+    #[arg(long, short = 'n')]
+    connections: u64,
+    /// Hold (connect) or run (echo) time after the ramp, e.g. 60s.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Source addresses to bind, e.g. 127.0.0.1-127.0.0.16 or 127.0.0.1,127.0.0.2.
+    #[arg(long)]
+    source_ips: Option<String>,
+    /// Processes to split the connections across: auto (as RLIMIT_NOFILE requires) or N.
+    #[arg(long, default_value = "auto")]
+    processes: String,
+    /// A server process to sample (RSS, CPU); repeat for several.
+    #[arg(long = "server-pid")]
+    server_pids: Vec<u32>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write HdrHistogram percentile distributions here.
+    #[arg(long)]
+    hgrm: Option<PathBuf>,
+    /// Write an SVG plot of latency by percentile here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Extra request header, 'Name: value'; repeatable.
+    #[arg(long = "header")]
+    headers: Vec<String>,
+    /// Subprotocol to offer; repeatable.
+    #[arg(long = "protocol")]
+    protocols: Vec<String>,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+    /// Connections connecting or handshaking at once, per process.
+    #[arg(long, default_value_t = 1000)]
+    max_in_flight: u64,
+    /// No live progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (scenario_name, common, scenario, connect_rate) = match &cli.cmd {
+        Cmd::Connect(a) => ("connect", &a.common, Scenario::Connect, a.rate),
+        Cmd::Echo(a) => (
+            "echo",
+            &a.common,
+            Scenario::Echo {
+                size: a.message_size,
+                pipeline: a.pipeline,
+                rate: a.rate.unwrap_or(0.0),
+                text: a.text,
+            },
+            a.connect_rate,
+        ),
+    };
+    match main_inner(scenario_name, common, scenario, connect_rate) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fanout-load: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn parse_sources(s: &str) -> Result<Vec<IpAddr>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        let part = part.trim();
+        if let Some((a, b)) = part.split_once('-') {
+            let a: std::net::Ipv4Addr = a
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad address `{a}` in --source-ips"))?;
+            let b: std::net::Ipv4Addr = b
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad address `{b}` in --source-ips"))?;
+            let (a, b) = (u32::from(a), u32::from(b));
+            if b < a || b - a > 65535 {
+                return Err(format!("bad range `{part}` in --source-ips"));
+            }
+            out.extend((a..=b).map(|x| IpAddr::from(std::net::Ipv4Addr::from(x))));
+        } else {
+            out.push(
+                part.parse()
+                    .map_err(|_| format!("bad address `{part}` in --source-ips"))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn ephemeral_ports() -> u64 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let v: Vec<u64> = s
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            (v.len() == 2 && v[1] >= v[0]).then(|| v[1] - v[0] + 1)
+        })
+        .unwrap_or(28232)
+}
+
+fn main_inner(
+    name: &str,
+    c: &Common,
+    scenario: Scenario,
+    connect_rate: f64,
+) -> Result<ExitCode, String> {
+    let mut targets = Vec::new();
+    for u in &c.urls {
+        let url = WsUrl::parse(u).map_err(|e| e.to_string())?;
+        let addr = url
+            .resolve()
+            .map_err(|e| format!("{u}: cannot resolve {}: {e}", url.host))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("{u}: no address for {}", url.host))?;
+        targets.push((addr, url));
+    }
+    let sources = match &c.source_ips {
+        Some(s) => parse_sources(s)?,
+        None => Vec::new(),
+    };
+    let mut headers = Vec::new();
+    for h in &c.headers {
+        let (n, v) = h
+            .split_once(':')
+            .ok_or_else(|| format!("--header `{h}`: expected 'Name: value'"))?;
+        headers.push((n.trim().to_string(), v.trim().to_string()));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signals: {e}"))?;
+    }
+    let (soft, hard) = procinfo::raise_nofile();
+    let per_process = soft.saturating_sub(64).max(1);
+
+    // A child runs its share and reports on stdout.
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        let v: Vec<u64> = spec.split('/').filter_map(|x| x.parse().ok()).collect();
+        let [index, of, share] = v[..] else {
+            return Err(format!("bad {CHILD_ENV}={spec}"));
+        };
+        let plan = make_plan(
+            c,
+            scenario,
+            connect_rate,
+            targets,
+            sources,
+            headers,
+            share,
+            index,
+            of,
+        );
+        let mut obs = ChildObserver {
+            out: std::io::stdout(),
+        };
+        let result = run::run(&plan, &stop, &mut obs);
+        let line = match result {
+            Ok(p) => serde_json::json!({ "result": p }),
+            Err(e) => serde_json::json!({ "error": e }),
+        };
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    // Limits that make the request impossible, said plainly.
+    let ports = ephemeral_ports();
+    let per_target = ports * sources.len().max(1) as u64;
+    let needed_pairs = c.connections.div_ceil(targets.len() as u64);
+    if needed_pairs > per_target {
+        let need_sources = needed_pairs.div_ceil(ports);
+        return Err(format!(
+            "{} connections to {} target(s) need {needed_pairs} source ports per target, but net.ipv4.ip_local_port_range gives {ports} per source address and {} source address(es) are in use: add --source-ips with at least {need_sources} addresses (e.g. --source-ips 127.0.0.1-127.0.0.{}), add target ports, or widen ip_local_port_range",
+            c.connections,
+            targets.len(),
+            sources.len().max(1),
+            need_sources.min(254)
+        ));
+    }
+    for (addr, url) in &targets {
+        // Only "nothing there" stops the run; a server that resets is measured and reported.
+        if let Err(e) = std::net::TcpStream::connect_timeout(addr, Duration::from_secs(3)) {
+            use std::io::ErrorKind::*;
+            if matches!(
+                e.kind(),
+                ConnectionRefused
+                    | TimedOut
+                    | HostUnreachable
+                    | NetworkUnreachable
+                    | AddrNotAvailable
+            ) {
+                return Err(format!("cannot reach {url} ({addr}): {e}"));
+            }
+        }
+    }
+    let processes = match c.processes.as_str() {
+        "auto" => c.connections.div_ceil(per_process).max(1),
+        n => n
+            .parse::<u64>()
+            .ok()
+            .filter(|&n| n >= 1)
+            .ok_or_else(|| format!("--processes `{n}`: expected auto or a number >= 1"))?,
+    };
+    if c.connections.div_ceil(processes) > per_process {
+        return Err(format!(
+            "{} connections in {processes} process(es) need {} file descriptors each, but RLIMIT_NOFILE is {soft} (hard {hard}): use --processes {} (or auto), or raise the limit (ulimit -n; scripts/tune-limits.sh apply)",
+            c.connections,
+            c.connections.div_ceil(processes),
+            c.connections.div_ceil(per_process)
+        ));
+    }
+
+    let mut sampler = Sampler::new(&c.server_pids);
+    let bar = make_bar(c);
+    let parts: Vec<Partial> = if processes == 1 {
+        let plan = make_plan(
+            c,
+            scenario.clone(),
+            connect_rate,
+            targets,
+            sources,
+            headers,
+            c.connections,
+            0,
+            1,
+        );
+        let mut obs = LocalObserver {
+            bar: &bar,
+            sampler: &mut sampler,
+        };
+        vec![run::run(&plan, &stop, &mut obs)?]
+    } else {
+        run_children(c, processes, &stop, &bar, &mut sampler)?
+    };
+    bar.finish_and_clear();
+    let merged = Merged::from_parts(&parts)?;
+    let server = (!c.server_pids.is_empty()).then(|| sampler.figures(&merged.p));
+    let mut stdout = std::io::stdout().lock();
+    report::print_table(name, &merged, server.as_ref(), &mut stdout).map_err(|e| e.to_string())?;
+    let params = serde_json::json!({
+        "urls": c.urls,
+        "connections": c.connections,
+        "processes": processes,
+        "duration_s": c.duration.as_secs_f64(),
+        "connect_rate": connect_rate,
+        "source_ips": sources_len(&c.source_ips),
+        "scenario": format!("{scenario:?}"),
+    });
+    if let Some(path) = &c.json {
+        let v = report::json_report(name, &merged, server.as_ref(), params);
+        let text = serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?;
+        std::fs::write(path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if let Some(path) = &c.hgrm {
+        let mut f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        report::write_hgrm(&merged, &mut f).map_err(|e| e.to_string())?;
+    }
+    if let Some(path) = &c.plot {
+        report::write_plot(
+            &merged,
+            path,
+            &format!("fanout-load {name}: latency by percentile"),
+        )?;
+    }
+    let bad = merged.p.failed.values().sum::<u64>() + merged.p.dropped.values().sum::<u64>();
+    Ok(if bad > 0 || merged.p.interrupted {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn sources_len(s: &Option<String>) -> usize {
+    s.as_deref()
+        .and_then(|s| parse_sources(s).ok())
+        .map_or(0, |v| v.len())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn make_plan(
+    c: &Common,
+    scenario: Scenario,
+    connect_rate: f64,
+    targets: Vec<(std::net::SocketAddr, WsUrl)>,
+    sources: Vec<IpAddr>,
+    headers: Vec<(String, String)>,
+    connections: u64,
+    index: u64,
+    of: u64,
+) -> Plan {
+    Plan {
+        scenario,
+        targets,
+        connections,
+        connect_rate: connect_rate / of as f64,
+        duration: c.duration,
+        sources,
+        max_in_flight: c.max_in_flight.max(1),
+        options: ConnectOptions {
+            headers,
+            protocols: c.protocols.clone(),
+            source: None,
+        },
+        client: ClientConfig {
+            connect_timeout: c.connect_timeout,
+            handshake_timeout: c.handshake_timeout,
+            ..ClientConfig::default()
+        },
+        index,
+        of,
+    }
+}
+
+fn make_bar(c: &Common) -> ProgressBar {
+    if c.no_progress || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(c.connections);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} opened ({per_sec}) {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+fn show(bar: &ProgressBar, p: &Progress) {
+    bar.set_position(p.opened);
+    let phase = match p.phase {
+        run::PHASE_RAMP => "ramp",
+        run::PHASE_HOLD => "run",
+        run::PHASE_CLOSE => "closing",
+        _ => "done",
+    };
+    bar.set_message(format!(
+        "{phase}: open {} failed {} dropped {} received {}",
+        p.open_now, p.failed, p.dropped, p.received
+    ));
+}
+
+/// Samples the server processes at phase changes.
+struct Sampler {
+    pids: Vec<u32>,
+    fig: ServerFigures,
+    cpu_base: f64,
+    cpu_hold: Option<f64>,
+    hold_at: Option<Instant>,
+    open_at_sample: u64,
+    closed: bool,
+}
+
+impl Sampler {
+    fn new(pids: &[u32]) -> Self {
+        Sampler {
+            pids: pids.to_vec(),
+            fig: ServerFigures {
+                pids: pids.to_vec(),
+                rss_bytes_before: procinfo::sum_rss(pids),
+                ..Default::default()
+            },
+            cpu_base: procinfo::sum_cpu(pids),
+            cpu_hold: None,
+            hold_at: None,
+            open_at_sample: 0,
+            closed: false,
+        }
+    }
+
+    /// `phase` is the least advanced phase across processes; `open` the open connections.
+    fn update(&mut self, phase: u8, open: u64) {
+        if self.pids.is_empty() {
+            return;
+        }
+        if phase >= PHASE_HOLD && self.cpu_hold.is_none() {
+            let cpu = procinfo::sum_cpu(&self.pids);
+            self.cpu_hold = Some(cpu);
+            self.fig.cpu_seconds_ramp = cpu - self.cpu_base;
+            self.hold_at = Some(Instant::now());
+        }
+        if phase >= PHASE_CLOSE && !self.closed {
+            self.closed = true;
+            // Connections are still open: this is the held memory.
+            self.fig.rss_bytes_held = procinfo::sum_rss(&self.pids);
+            self.open_at_sample = open;
+            if let (Some(c), Some(t)) = (self.cpu_hold, self.hold_at) {
+                self.fig.cpu_seconds_run = procinfo::sum_cpu(&self.pids) - c;
+                self.fig.cpu_cores_run =
+                    self.fig.cpu_seconds_run / t.elapsed().as_secs_f64().max(1e-9);
+            }
+        }
+    }
+
+    fn figures(&self, p: &Partial) -> ServerFigures {
+        let mut f = self.fig.clone();
+        if self.open_at_sample > 0 && f.rss_bytes_held > 0 {
+            f.rss_bytes_per_connection = Some(
+                f.rss_bytes_held.saturating_sub(f.rss_bytes_before) as f64
+                    / self.open_at_sample as f64,
+            );
+        }
+        if p.opened > 0 && self.cpu_hold.is_some() {
+            f.cpu_us_per_handshake = Some(f.cpu_seconds_ramp * 1e6 / p.opened as f64);
+        }
+        f
+    }
+}
+
+struct LocalObserver<'a> {
+    bar: &'a ProgressBar,
+    sampler: &'a mut Sampler,
+}
+
+impl Observer for LocalObserver<'_> {
+    fn progress(&mut self, p: &Progress) {
+        self.sampler.update(p.phase, p.open_now);
+        show(self.bar, p);
+    }
+}
+
+struct ChildObserver {
+    out: std::io::Stdout,
+}
+
+impl Observer for ChildObserver {
+    fn progress(&mut self, p: &Progress) {
+        let mut out = self.out.lock();
+        let _ = writeln!(out, "{}", serde_json::json!({ "progress": p }));
+        let _ = out.flush();
+    }
+}
+
+enum FromChild {
+    Progress(usize, Progress),
+    Result(usize, Box<Partial>),
+    Error(usize, String),
+    Exited,
+}
+
+fn run_children(
+    c: &Common,
+    processes: u64,
+    stop: &Arc<AtomicBool>,
+    bar: &ProgressBar,
+    sampler: &mut Sampler,
+) -> Result<Vec<Partial>, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (tx, rx) = mpsc::channel();
+    let mut children = Vec::new();
+    for i in 0..processes {
+        let share = c.connections / processes + u64::from(i < c.connections % processes);
+        let mut child = Command::new(&exe)
+            .args(&args)
+            .env(CHILD_ENV, format!("{i}/{processes}/{share}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start child process: {e}"))?;
+        let stdout = child.stdout.take().ok_or("child stdout")?;
+        let tx = tx.clone();
+        let idx = i as usize;
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                let msg = if let Some(p) = v.get("progress") {
+                    serde_json::from_value(p.clone())
+                        .ok()
+                        .map(|p| FromChild::Progress(idx, p))
+                } else if let Some(r) = v.get("result") {
+                    serde_json::from_value(r.clone())
+                        .ok()
+                        .map(|r| FromChild::Result(idx, Box::new(r)))
+                } else {
+                    v.get("error")
+                        .map(|e| FromChild::Error(idx, e.as_str().unwrap_or("?").to_string()))
+                };
+                if let Some(m) = msg {
+                    let _ = tx.send(m);
+                }
+            }
+            let _ = tx.send(FromChild::Exited);
+        });
+        children.push(child);
+    }
+    drop(tx);
+    let n = processes as usize;
+    let mut latest = vec![Progress::default(); n];
+    let mut results: Vec<Option<Partial>> = vec![None; n];
+    let mut errors = Vec::new();
+    let mut exited = 0;
+    let mut forwarded = false;
+    while exited < n {
+        if stop.load(Relaxed) && !forwarded {
+            forwarded = true;
+            for ch in &children {
+                // SAFETY: kill has no memory preconditions.
+                unsafe { libc::kill(ch.id() as i32, libc::SIGINT) };
+            }
+        }
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(FromChild::Progress(i, p)) => latest[i] = p,
+            Ok(FromChild::Result(i, r)) => results[i] = Some(*r),
+            Ok(FromChild::Error(i, e)) => errors.push(format!("process {i}: {e}")),
+            Ok(FromChild::Exited) => exited += 1,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        let sum = Progress {
+            phase: latest.iter().map(|p| p.phase).min().unwrap_or(0),
+            started: latest.iter().map(|p| p.started).sum(),
+            opened: latest.iter().map(|p| p.opened).sum(),
+            open_now: latest.iter().map(|p| p.open_now).sum(),
+            failed: latest.iter().map(|p| p.failed).sum(),
+            dropped: latest.iter().map(|p| p.dropped).sum(),
+            received: latest.iter().map(|p| p.received).sum(),
+        };
+        sampler.update(sum.phase, sum.open_now);
+        show(bar, &sum);
+    }
+    for mut ch in children {
+        let _ = ch.wait();
+    }
+    if !errors.is_empty() {
+        return Err(errors.join("; "));
+    }
+    let missing = results.iter().filter(|r| r.is_none()).count();
+    if missing > 0 {
+        return Err(format!(
+            "{missing} child process(es) ended without a result"
+        ));
+    }
+    Ok(results.into_iter().flatten().collect())
+}

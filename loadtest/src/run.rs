@@ -1,0 +1,481 @@
+//! One process's share of a scenario on fanout's client reactor: ramp connections at a rate,
+//! hold them (connect) or exchange messages (echo), close them, and count every outcome.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fanout::client::{
+    Client, ClientConfig, ClientCtx, ClientError, ClientHandler, ConnectOptions, Stage, WsUrl,
+};
+use fanout::proto::handshake::ClientHandshakeError;
+use fanout::server::Message;
+use hdrhistogram::Histogram;
+
+use crate::report::{encode_hist, new_hist, Partial};
+
+#[derive(Debug, Clone)]
+pub enum Scenario {
+    Connect,
+    Echo {
+        size: usize,
+        /// Messages in flight per connection (as fast as possible), or
+        pipeline: u32,
+        /// messages per second per connection when > 0.
+        rate: f64,
+        text: bool,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub scenario: Scenario,
+    pub targets: Vec<(SocketAddr, WsUrl)>,
+    pub connections: u64,
+    /// Connections opened per second (0: as fast as `max_in_flight` allows).
+    pub connect_rate: f64,
+    /// Hold (connect) or run (echo) time after the ramp.
+    pub duration: Duration,
+    pub sources: Vec<IpAddr>,
+    pub max_in_flight: u64,
+    pub options: ConnectOptions,
+    pub client: ClientConfig,
+    /// This process's place among `of` processes, to spread targets and sources.
+    pub index: u64,
+    pub of: u64,
+}
+
+/// Live counters for progress displays.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+pub struct Progress {
+    pub phase: u8,
+    pub started: u64,
+    pub opened: u64,
+    pub open_now: u64,
+    pub failed: u64,
+    pub dropped: u64,
+    pub received: u64,
+}
+
+pub const PHASE_RAMP: u8 = 0;
+pub const PHASE_HOLD: u8 = 1;
+pub const PHASE_CLOSE: u8 = 2;
+pub const PHASE_DONE: u8 = 3;
+
+pub trait Observer {
+    fn progress(&mut self, p: &Progress);
+}
+
+struct ConnSt {
+    started: Instant,
+    connected: Option<Instant>,
+    opened: bool,
+    errored: bool,
+    seq: u64,
+}
+
+struct Driver {
+    t0: Instant,
+    connect: Histogram<u64>,
+    handshake: Histogram<u64>,
+    open: Histogram<u64>,
+    rtt: Histogram<u64>,
+    failed: BTreeMap<String, u64>,
+    dropped: BTreeMap<String, u64>,
+    opened: u64,
+    open_now: u64,
+    established: u64,
+    resolved: u64,
+    closing: bool,
+    echo: Option<(usize, u32, bool)>,
+    echo_running: bool,
+    payload: Vec<u8>,
+    open_keys: Vec<usize>,
+    sent: u64,
+    received: u64,
+    bytes_sent: u64,
+    bytes_received: u64,
+    mismatches: u64,
+}
+
+fn us_since(t: Instant) -> u64 {
+    t.elapsed().as_micros().max(1) as u64
+}
+
+/// A reason name for a failure, stable across runs (the JSON keys).
+pub fn reason(err: &ClientError) -> String {
+    let os = |e: &std::io::Error| match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "refused".to_string(),
+        Some(libc::ECONNRESET) => "reset".to_string(),
+        Some(libc::ETIMEDOUT) => "timeout".to_string(),
+        Some(libc::EADDRNOTAVAIL) => "no_source_port".to_string(),
+        Some(libc::EMFILE | libc::ENFILE) => "fd_limit".to_string(),
+        Some(libc::ENETUNREACH | libc::EHOSTUNREACH) => "unreachable".to_string(),
+        Some(libc::EPIPE) => "broken_pipe".to_string(),
+        _ => format!("io_{:?}", e.kind()).to_lowercase(),
+    };
+    match err {
+        ClientError::Connect(e) | ClientError::Io(e) => os(e),
+        ClientError::Timeout(Stage::Connect) => "timeout_connect".into(),
+        ClientError::Timeout(Stage::Handshake) => "timeout_handshake".into(),
+        ClientError::Timeout(Stage::Close) => "timeout_close".into(),
+        ClientError::Handshake(ClientHandshakeError::Status(s)) => format!("http_{s}"),
+        ClientError::Handshake(_) => "bad_handshake".into(),
+        ClientError::Protocol(e) => format!("protocol_{}", e.code),
+        ClientError::ClosedDuringHandshake => "closed_during_handshake".into(),
+    }
+}
+
+impl Driver {
+    fn fill_payload(&mut self, seq: u64) {
+        let Some((size, _, text)) = self.echo else {
+            return;
+        };
+        let ts = us_since(self.t0);
+        self.payload.clear();
+        if text {
+            self.payload
+                .extend_from_slice(format!("{ts:016x}{seq:016x}").as_bytes());
+        } else {
+            self.payload.extend_from_slice(&ts.to_le_bytes());
+            self.payload.extend_from_slice(&seq.to_le_bytes());
+        }
+        self.payload.resize(size.max(self.payload.len()), b'x');
+    }
+
+    fn send_one(&mut self, ctx: &mut ClientCtx<'_, ConnSt>) {
+        let seq = ctx.state().seq;
+        ctx.state().seq += 1;
+        self.fill_payload(seq);
+        match self.echo {
+            Some((_, _, true)) => {
+                // The payload is ASCII by construction.
+                let text = std::str::from_utf8(&self.payload).unwrap_or("");
+                ctx.send_text(text);
+            }
+            _ => ctx.send_binary(&self.payload),
+        }
+        self.sent += 1;
+        self.bytes_sent += self.payload.len() as u64;
+    }
+
+    fn sent_at(&self, msg: &[u8], text: bool) -> Option<u64> {
+        if text {
+            let hex = std::str::from_utf8(msg.get(..16)?).ok()?;
+            u64::from_str_radix(hex, 16).ok()
+        } else {
+            Some(u64::from_le_bytes(msg.get(..8)?.try_into().ok()?))
+        }
+    }
+}
+
+impl ClientHandler for Driver {
+    type State = ConnSt;
+
+    fn on_connected(&mut self, _key: usize, st: &mut ConnSt) {
+        st.connected = Some(Instant::now());
+        let _ = self.connect.record(us_since(st.started));
+    }
+
+    fn on_open(&mut self, ctx: &mut ClientCtx<'_, ConnSt>, _protocol: Option<&str>) {
+        let st = ctx.state();
+        st.opened = true;
+        let _ = self.open.record(us_since(st.started));
+        if let Some(c) = st.connected {
+            let _ = self.handshake.record(us_since(c));
+        }
+        self.opened += 1;
+        self.resolved += 1;
+        self.open_now += 1;
+        self.established = self.established.max(self.open_now);
+        self.open_keys.push(ctx.key());
+    }
+
+    fn on_message(&mut self, ctx: &mut ClientCtx<'_, ConnSt>, msg: Message<'_>) {
+        self.received += 1;
+        let (bytes, text) = match msg {
+            Message::Text(t) => (t.as_bytes(), true),
+            Message::Binary(b) => (b, false),
+        };
+        self.bytes_received += bytes.len() as u64;
+        match (self.echo, self.sent_at(bytes, text)) {
+            (Some((size, _, _)), Some(ts))
+                if bytes.len() == size.max(16) || bytes.len() == size =>
+            {
+                let now = us_since(self.t0);
+                let _ = self.rtt.record(now.saturating_sub(ts).max(1));
+            }
+            _ => self.mismatches += 1,
+        }
+        if let Some((_, pipeline, _)) = self.echo {
+            if pipeline > 0 && self.echo_running && !self.closing {
+                self.send_one(ctx);
+            }
+        }
+    }
+
+    fn on_error(&mut self, _key: usize, st: &mut ConnSt, err: &ClientError) {
+        let r = reason(err);
+        st.errored = true;
+        if st.opened {
+            *self.dropped.entry(r).or_default() += 1;
+        } else {
+            *self.failed.entry(r).or_default() += 1;
+            self.resolved += 1;
+        }
+    }
+
+    fn on_close(&mut self, _key: usize, st: ConnSt, code: u16, _reason: &str) {
+        if st.opened {
+            self.open_now -= 1;
+            if !self.closing && !st.errored {
+                // Closed by the server while it should have stayed open (failures were
+                // counted with their cause by on_error).
+                *self.dropped.entry(format!("close_{code}")).or_default() += 1;
+            }
+        }
+    }
+}
+
+/// Runs the plan; `stop` ends it early (Ctrl-C), still closing and reporting.
+pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Result<Partial, String> {
+    let t0 = Instant::now();
+    let (echo, rate) = match plan.scenario {
+        Scenario::Connect => (None, 0.0),
+        Scenario::Echo {
+            size,
+            pipeline,
+            rate,
+            text,
+        } => (
+            Some((
+                size.max(16),
+                if rate > 0.0 { 0 } else { pipeline.max(1) },
+                text,
+            )),
+            rate,
+        ),
+    };
+    let driver = Driver {
+        t0,
+        connect: new_hist(),
+        handshake: new_hist(),
+        open: new_hist(),
+        rtt: new_hist(),
+        failed: BTreeMap::new(),
+        dropped: BTreeMap::new(),
+        opened: 0,
+        open_now: 0,
+        established: 0,
+        resolved: 0,
+        closing: false,
+        echo,
+        echo_running: false,
+        payload: Vec::new(),
+        open_keys: Vec::new(),
+        sent: 0,
+        received: 0,
+        bytes_sent: 0,
+        bytes_received: 0,
+        mismatches: 0,
+    };
+    let mut client = Client::new(plan.client.clone(), driver).map_err(|e| format!("epoll: {e}"))?;
+    let mut started = 0u64;
+    let mut last_progress = Instant::now();
+    let cpu0 = crate::procinfo::self_cpu_seconds();
+    let progress = |client: &mut Client<Driver>, phase: u8, started: u64| {
+        let d = client.handler();
+        Progress {
+            phase,
+            started,
+            opened: d.opened,
+            open_now: d.open_now,
+            failed: d.failed.values().sum(),
+            dropped: d.dropped.values().sum(),
+            received: d.received,
+        }
+    };
+    let mut tick =
+        |client: &mut Client<Driver>, phase: u8, started: u64, obs: &mut dyn Observer| {
+            if last_progress.elapsed() >= Duration::from_millis(200) {
+                last_progress = Instant::now();
+                obs.progress(&progress(client, phase, started));
+            }
+        };
+
+    // Ramp.
+    let ramp_start = Instant::now();
+    while started < plan.connections && !stop.load(Relaxed) {
+        let due = if plan.connect_rate > 0.0 {
+            ((ramp_start.elapsed().as_secs_f64() * plan.connect_rate) as u64 + 1)
+                .min(plan.connections)
+        } else {
+            plan.connections
+        };
+        while started < due && started - client.handler().resolved < plan.max_in_flight {
+            let global = plan.index + started * plan.of;
+            let (addr, url) = &plan.targets[(global % plan.targets.len() as u64) as usize];
+            let mut opts = plan.options.clone();
+            if !plan.sources.is_empty() {
+                opts.source = Some(
+                    plan.sources[((global / plan.targets.len() as u64) % plan.sources.len() as u64)
+                        as usize],
+                );
+            }
+            let st = ConnSt {
+                started: Instant::now(),
+                connected: None,
+                opened: false,
+                errored: false,
+                seq: 0,
+            };
+            started += 1;
+            if let Err(e) = client.connect(*addr, url, &opts, st) {
+                let d = client.handler();
+                *d.failed.entry(reason(&e)).or_default() += 1;
+                d.resolved += 1;
+                if matches!(&e, ClientError::Connect(io) if io.raw_os_error() == Some(libc::EMFILE))
+                {
+                    return Err(format!(
+                        "this process ran out of file descriptors after {} connections (RLIMIT_NOFILE {}): use --processes auto, or raise the limit (ulimit -n; scripts/tune-limits.sh)",
+                        client.len(),
+                        crate::procinfo::raise_nofile().0
+                    ));
+                }
+            }
+        }
+        client
+            .poll(Some(Duration::from_millis(1)))
+            .map_err(|e| e.to_string())?;
+        tick(&mut client, PHASE_RAMP, started, obs);
+    }
+    // Wait for the last connections to open or fail.
+    let settle =
+        plan.client.connect_timeout + plan.client.handshake_timeout + Duration::from_secs(1);
+    let settle_start = Instant::now();
+    while client.handler().resolved < started
+        && settle_start.elapsed() < settle
+        && !stop.load(Relaxed)
+    {
+        client
+            .poll(Some(Duration::from_millis(5)))
+            .map_err(|e| e.to_string())?;
+        tick(&mut client, PHASE_RAMP, started, obs);
+    }
+    let ramp_seconds = ramp_start.elapsed().as_secs_f64();
+    obs.progress(&progress(&mut client, PHASE_HOLD, started));
+
+    // Hold / run.
+    let run_start = Instant::now();
+    let received0 = client.handler().received;
+    if echo.is_some() && !stop.load(Relaxed) {
+        client.handler().echo_running = true;
+        let keys = client.handler().open_keys.clone();
+        if rate > 0.0 {
+            // Every connection sends at `rate`, their sends spread over one period.
+            let period = Duration::from_secs_f64(1.0 / rate);
+            let n = keys.len().max(1) as u32;
+            let mut schedule: VecDeque<(Instant, usize)> = keys
+                .iter()
+                .enumerate()
+                .map(|(i, &k)| (run_start + period * i as u32 / n, k))
+                .collect();
+            while run_start.elapsed() < plan.duration && !stop.load(Relaxed) {
+                let now = Instant::now();
+                while let Some(&(due, key)) = schedule.front() {
+                    if due > now {
+                        break;
+                    }
+                    schedule.pop_front();
+                    if client.with_conn_and_handler(key, |d, ctx| d.send_one(ctx)) {
+                        schedule.push_back((due + period, key));
+                    }
+                }
+                let wait = schedule
+                    .front()
+                    .map_or(Duration::from_millis(10), |(d, _)| {
+                        d.saturating_duration_since(Instant::now())
+                    })
+                    .min(Duration::from_millis(10));
+                client.poll(Some(wait)).map_err(|e| e.to_string())?;
+                tick(&mut client, PHASE_HOLD, started, obs);
+            }
+        } else {
+            for key in keys {
+                for _ in 0..echo.map_or(1, |e| e.1) {
+                    client.with_conn_and_handler(key, |d, ctx| d.send_one(ctx));
+                }
+            }
+            while run_start.elapsed() < plan.duration && !stop.load(Relaxed) {
+                client
+                    .poll(Some(Duration::from_millis(10)))
+                    .map_err(|e| e.to_string())?;
+                tick(&mut client, PHASE_HOLD, started, obs);
+            }
+        }
+        client.handler().echo_running = false;
+        // Let the answers in flight arrive.
+        let grace = Instant::now();
+        while client.handler().received - received0 < client.handler().sent
+            && grace.elapsed() < Duration::from_secs(2)
+        {
+            client
+                .poll(Some(Duration::from_millis(5)))
+                .map_err(|e| e.to_string())?;
+        }
+    } else {
+        while run_start.elapsed() < plan.duration && !stop.load(Relaxed) {
+            client
+                .poll(Some(Duration::from_millis(50)))
+                .map_err(|e| e.to_string())?;
+            tick(&mut client, PHASE_HOLD, started, obs);
+        }
+    }
+    let run_seconds = run_start.elapsed().as_secs_f64();
+    let open_at_end = client.handler().open_now;
+
+    // Close.
+    obs.progress(&progress(&mut client, PHASE_CLOSE, started));
+    client.handler().closing = true;
+    for key in client.keys() {
+        client.close(key, 1000, "");
+    }
+    let close_start = Instant::now();
+    while !client.is_empty() && close_start.elapsed() < Duration::from_secs(10) {
+        client
+            .poll(Some(Duration::from_millis(10)))
+            .map_err(|e| e.to_string())?;
+    }
+    obs.progress(&progress(&mut client, PHASE_DONE, started));
+
+    let cpu = crate::procinfo::self_cpu_seconds() - cpu0;
+    let d = client.handler();
+    let mut hists = BTreeMap::new();
+    hists.insert("connect".to_string(), encode_hist(&d.connect));
+    hists.insert("handshake".to_string(), encode_hist(&d.handshake));
+    hists.insert("open".to_string(), encode_hist(&d.open));
+    if echo.is_some() {
+        hists.insert("rtt".to_string(), encode_hist(&d.rtt));
+    }
+    Ok(Partial {
+        requested: plan.connections,
+        started,
+        opened: d.opened,
+        established: d.established,
+        open_at_end,
+        failed: d.failed.clone(),
+        dropped: d.dropped.clone(),
+        messages_sent: d.sent,
+        messages_received: d.received,
+        bytes_sent: d.bytes_sent,
+        bytes_received: d.bytes_received,
+        echo_mismatches: d.mismatches,
+        ramp_seconds,
+        run_seconds,
+        cpu_seconds: cpu,
+        interrupted: stop.load(Relaxed),
+        hists,
+    })
+}

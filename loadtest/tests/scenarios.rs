@@ -1,0 +1,197 @@
+//! fanout-load against a real fanout server at small scale: the counts it reports are checked
+//! against what the server saw.
+
+use std::process::Command;
+use std::time::Duration;
+
+use fanout::apps::echo::Echo;
+use fanout::server::{stats, Config, Counter, Server};
+
+fn server(cfg: Config) -> Server {
+    Server::start(
+        Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            shards: 2,
+            ..cfg
+        },
+        Echo,
+    )
+    .unwrap()
+}
+
+fn load(args: &[&str]) -> (i32, serde_json::Value, String) {
+    let dir = std::env::temp_dir().join(format!(
+        "fanout-load-test-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("r.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_fanout-load"))
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .arg("--no-progress")
+        .output()
+        .unwrap();
+    let stdout =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let v = std::fs::read_to_string(&json)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let _ = std::fs::remove_dir_all(&dir);
+    (out.status.code().unwrap_or(-1), v, stdout)
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+}
+
+#[test]
+fn connect_scenario_counts_match_the_server() {
+    let s = server(Config::default());
+    let url = format!("ws://{}/", s.local_addr());
+    let pid = std::process::id().to_string();
+    let (code, v, out) = load(&[
+        "connect",
+        "--url",
+        &url,
+        "-n",
+        "300",
+        "--rate",
+        "3000",
+        "--duration",
+        "300ms",
+        "--server-pid",
+        &pid,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["scenario"], "connect");
+    assert_eq!(v["established"], 300);
+    assert_eq!(v["failed_total"], 0);
+    assert_eq!(v["latency_ms"]["open"]["count"], 300);
+    assert!(v["server_rss_bytes_per_connection"].is_number(), "{v}");
+    assert_eq!(stats::total(&s.stats(), Counter::HandshakesOk), 300);
+    // Everything was closed at the end.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(s.open_connections(), 0);
+}
+
+#[test]
+fn echo_scenario_with_pipelining_and_with_a_rate() {
+    let s = server(Config::default());
+    let url = format!("ws://{}/", s.local_addr());
+    let (code, v, out) = load(&[
+        "echo",
+        "--url",
+        &url,
+        "-n",
+        "100",
+        "--duration",
+        "500ms",
+        "--message-size",
+        "200",
+        "--pipeline",
+        "4",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let sent = v["messages"]["sent"].as_u64().unwrap();
+    assert!(sent >= 400, "{v}");
+    assert_eq!(v["messages"]["received"].as_u64().unwrap(), sent);
+    assert_eq!(v["messages"]["mismatched"], 0);
+    assert_eq!(v["latency_ms"]["rtt"]["count"].as_u64().unwrap(), sent);
+    let (code, v, out) = load(&[
+        "echo",
+        "--url",
+        &url,
+        "-n",
+        "50",
+        "--duration",
+        "1s",
+        "--rate",
+        "20",
+        "--text",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let received = v["messages"]["received"].as_u64().unwrap();
+    // 50 connections at 20/s for 1 s: about 1000 messages.
+    assert!((800..=1100).contains(&received), "{received}");
+    assert!(stats::total(&s.stats(), Counter::MessagesIn) >= received);
+}
+
+#[test]
+fn child_processes_merge_into_one_report() {
+    let s = server(Config::default());
+    let url = format!("ws://{}/", s.local_addr());
+    let (code, v, out) = load(&[
+        "echo",
+        "--url",
+        &url,
+        "-n",
+        "120",
+        "--processes",
+        "3",
+        "--duration",
+        "300ms",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["params"]["processes"], 3);
+    assert_eq!(v["established"], 120);
+    assert_eq!(v["opened"], 120);
+    assert_eq!(v["latency_ms"]["open"]["count"], 120);
+    assert_eq!(
+        v["messages"]["received"].as_u64().unwrap(),
+        v["latency_ms"]["rtt"]["count"].as_u64().unwrap()
+    );
+    assert_eq!(stats::total(&s.stats(), Counter::HandshakesOk), 120);
+}
+
+#[test]
+fn refusals_and_resets_are_failures_not_successes() {
+    // A server at its connection limit answers 503.
+    let s = server(Config {
+        max_connections: 10,
+        ..Config::default()
+    });
+    let url = format!("ws://{}/", s.local_addr());
+    let (code, v, out) = load(&["connect", "--url", &url, "-n", "30", "--duration", "200ms"]);
+    assert_eq!(code, 3, "{out}");
+    assert_eq!(v["established"], 10);
+    assert_eq!(v["failed"]["http_503"], 20);
+    // A listener that resets every connection.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let s2 = socket2::SockRef::from(&s);
+            let _ = s2.set_linger(Some(Duration::ZERO));
+            drop(s);
+        }
+    });
+    let url = format!("ws://{addr}/");
+    let (code, v, out) = load(&["connect", "--url", &url, "-n", "5", "--duration", "100ms"]);
+    assert_eq!(code, 3, "{out}");
+    assert_eq!(v["established"], 0);
+    assert_eq!(v["failed_total"], 5, "{v}");
+}
+
+#[test]
+fn clear_errors_for_bad_urls_and_impossible_requests() {
+    let (code, _, out) = load(&["connect", "--url", "http://x/", "-n", "1"]);
+    assert_eq!(code, 2);
+    assert!(out.contains("expected a ws:// URL"), "{out}");
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (code, _, out) = load(&["connect", "--url", &format!("ws://{free}/"), "-n", "1"]);
+    assert_eq!(code, 2);
+    assert!(out.contains("cannot reach"), "{out}");
+    let (code, _, out) = load(&["connect", "--url", "ws://127.0.0.1:9/", "-n", "1000000"]);
+    assert_eq!(code, 2);
+    assert!(out.contains("ip_local_port_range"), "{out}");
+}
