@@ -15,14 +15,14 @@ fi
 step "cargo fmt --check"
 cargo fmt --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo build --release"
-cargo build --release
+cargo build --release --workspace
 
-step "cargo test"
-cargo test
+step "cargo test --workspace"
+cargo test --workspace
 
 step "interop: Python websockets and Node ws"
 scripts/interop.sh
