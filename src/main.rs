@@ -46,6 +46,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             config.max_connections
         );
     }
+    // Signals are caught before anything starts, so a SIGTERM right after start is graceful.
+    let signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let listen = config.listen;
     let shards = config.shards;
     let stats_interval = args.stats_interval.unwrap_or(Duration::ZERO);
@@ -59,16 +62,18 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         args.app(),
         server.max_connections()
     );
-    wait_for_signal(&server, stats_interval)?;
+    wait_for_signal(signals, &server, stats_interval)?;
     server.join();
     tracing::info!("shut down");
     Ok(())
 }
 
 /// Blocks until SIGINT/SIGTERM, printing stats lines meanwhile; a second signal exits at once.
-fn wait_for_signal(server: &Server, interval: Duration) -> Result<(), String> {
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+fn wait_for_signal(
+    mut signals: signal_hook::iterator::Signals,
+    server: &Server,
+    interval: Duration,
+) -> Result<(), String> {
     let handle = server.shutdown_handle();
     let shard_stats = server.stats();
     let printer = (!interval.is_zero()).then(|| {

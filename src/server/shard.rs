@@ -160,6 +160,11 @@ impl<H: Handler> Shard<H> {
                     }
                 }
             }
+            if self.core.accept_more {
+                // A batch cap was hit or the EMFILE back-off ended: the listener's edge will
+                // not fire again for connections already waiting.
+                self.accept();
+            }
             self.resume_pending();
             self.fire_timers();
             self.flush_dirty();
@@ -300,6 +305,7 @@ impl<H: Handler> Shard<H> {
                             core.fail_io(key, conn, e);
                             core.remove(conns, key);
                         } else {
+                            let _ = core.flush_conn(key, conn);
                             core.eof(conns, key);
                         }
                         return;
@@ -319,6 +325,8 @@ impl<H: Handler> Shard<H> {
                 let space = rbuf.len() - kept;
                 let n = match conn.sock.read(&mut rbuf[kept..]) {
                     Ok(0) => {
+                        // The peer may still read (half-close): send what its input produced.
+                        let _ = core.flush_conn(key, conn);
                         core.eof(conns, key);
                         return;
                     }
@@ -845,6 +853,8 @@ impl<H: Handler> Core<H> {
 
     /// Frees the slot and the socket.
     fn remove(&mut self, conns: &mut Slab<Conn<H::State>>, key: usize) {
+        // The cork is empty or this connection's: never let its bytes reach another.
+        self.cork.clear();
         if let Some(mut conn) = conns.try_remove(key) {
             let _ = self.poll.registry().deregister(&mut conn.sock);
             self.notify_close(key, &mut conn, close_code::ABNORMAL, "connection dropped");
