@@ -447,6 +447,9 @@ pub fn parse_response<'a>(
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(ClientHandshakeError::Malformed),
     };
+    if n > max_header_bytes {
+        return Err(ClientHandshakeError::TooLarge);
+    }
     let code = resp.code.ok_or(ClientHandshakeError::Malformed)?;
     if code != 101 {
         return Err(ClientHandshakeError::Status(code));
