@@ -33,6 +33,8 @@ pub enum Command {
 pub enum AppKind {
     /// Echo every message back.
     Echo,
+    /// Topics, HTTP publish API and fan-out to subscribers.
+    Push,
 }
 
 #[derive(ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +42,7 @@ pub enum AppKind {
 pub enum SlowConsumer {
     Pause,
     Disconnect,
+    DropOldest,
 }
 
 /// Every option is optional: unset ones come from the config file, then the defaults.
@@ -115,6 +118,19 @@ pub struct ServeArgs {
     /// Connections accepted per shard per loop turn [default: 256].
     #[arg(long)]
     pub accept_batch: Option<usize>,
+    /// push: the API key for POST /publish/{topic} (sent as `Authorization: Bearer KEY`);
+    /// without it, HTTP publishing is refused.
+    #[arg(long)]
+    pub publish_key: Option<String>,
+    /// push: accept {"op":"publish"} from WebSocket clients.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub allow_ws_publish: Option<bool>,
+    /// push: deliver {"topic","seq","data"} envelopes instead of the payload as is.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub envelope: Option<bool>,
+    /// push: topics one connection may subscribe to [default: 64].
+    #[arg(long)]
+    pub max_topics_per_conn: Option<usize>,
     /// Print a stats line this often (open, accepts/s, messages/s, RSS); 0 disables [default: 0].
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
@@ -158,9 +174,27 @@ impl ServeArgs {
             close_timeout,
             drain_timeout,
             accept_batch,
-            stats_interval
+            stats_interval,
+            publish_key,
+            allow_ws_publish,
+            envelope,
+            max_topics_per_conn
         );
         Ok(self)
+    }
+
+    /// The push app's settings.
+    pub fn push_config(&self) -> crate::apps::push::PushConfig {
+        let d = crate::apps::push::PushConfig::default();
+        crate::apps::push::PushConfig {
+            publish_key: self.publish_key.clone().filter(|k| !k.is_empty()),
+            allow_ws_publish: self.allow_ws_publish.unwrap_or(d.allow_ws_publish),
+            envelope: self.envelope.unwrap_or(d.envelope),
+            max_topics_per_conn: self
+                .max_topics_per_conn
+                .unwrap_or(d.max_topics_per_conn)
+                .max(1),
+        }
     }
 
     pub fn app(&self) -> AppKind {
@@ -183,6 +217,9 @@ impl ServeArgs {
             slow_consumer: match self.slow_consumer {
                 Some(SlowConsumer::Disconnect) => SlowConsumerPolicy::Disconnect,
                 Some(SlowConsumer::Pause) => SlowConsumerPolicy::Pause,
+                Some(SlowConsumer::DropOldest) => SlowConsumerPolicy::DropOldest,
+                // A push server must not let one slow subscriber stall a publisher.
+                None if self.app() == AppKind::Push => SlowConsumerPolicy::Disconnect,
                 None => d.slow_consumer,
             },
             handshake_timeout: self.handshake_timeout.unwrap_or(d.handshake_timeout),

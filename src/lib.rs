@@ -7,4 +7,5 @@ pub mod apps;
 pub mod cli;
 pub mod client;
 pub mod proto;
+pub mod pubsub;
 pub mod server;

@@ -52,8 +52,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let listen = config.listen;
     let shards = config.shards;
     let stats_interval = args.stats_interval.unwrap_or(Duration::ZERO);
+    if args.app() == AppKind::Push && args.push_config().publish_key.is_none() {
+        tracing::warn!("no --publish-key: POST /publish/{{topic}} answers 403 until one is set");
+    }
     let server = match args.app() {
         AppKind::Echo => Server::start(config, fanout::apps::echo::Echo),
+        AppKind::Push => Server::start(config, fanout::apps::push::Push::new(args.push_config())),
     }
     .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     tracing::info!(

@@ -9,6 +9,7 @@ pub struct Echo;
 
 impl Handler for Echo {
     type State = ();
+    type Msg = ();
 
     fn on_open<'r>(
         &mut self,

@@ -11,6 +11,8 @@ pub enum SlowConsumerPolicy {
     Pause,
     /// Close it with 1008 "slow consumer" (the push default).
     Disconnect,
+    /// Drop its oldest queued broadcast frames (never a frame partly written).
+    DropOldest,
 }
 
 #[derive(Debug, Clone)]

@@ -20,6 +20,8 @@ pub(crate) enum Phase {
     Open,
     /// We sent a close frame and wait for the peer's (deadline: close timeout).
     Closing,
+    /// A plain HTTP request the app answers later (deadline: close timeout, then 504).
+    HttpWait,
     /// Our last bytes are queued (close frame or HTTP response); once written, the write side
     /// is shut down (deadline: close timeout).
     Finishing,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use mio::net::TcpStream;
 
+pub use super::api::ShardApi;
 use super::conn::{Out, CLOSE_SENT};
 use crate::proto::handshake::{HttpError, Request};
 use crate::proto::{OpCode, ProtocolError};
@@ -103,10 +104,24 @@ impl ConnInfo<'_> {
     }
 }
 
+/// How the app answers a plain HTTP request.
+pub enum HttpReply {
+    /// Answer now.
+    Respond(HttpResponse),
+    /// Answer later with `ShardApi::respond` (e.g. once other shards replied); the connection
+    /// waits up to the close timeout, then gets 504.
+    Defer,
+    /// Not the app's: 404.
+    NotFound,
+}
+
 /// An application. Cloned once per shard.
 pub trait Handler: Clone + Send + 'static {
     /// Per-connection state, kept in the connection's slab entry: keep it small.
     type State: Send + 'static;
+
+    /// What shards of this app send each other (`ShardApi::post`). `()` when unused.
+    type Msg: Send + 'static;
 
     /// A valid upgrade request arrived: accept (with state and maybe a subprotocol) or refuse
     /// with an HTTP status (401, 403, ...).
@@ -127,15 +142,28 @@ pub trait Handler: Clone + Send + 'static {
     /// The connection failed; `on_close` follows.
     fn on_error(&mut self, _id: ConnId, _state: &mut Self::State, _err: &ConnError) {}
 
-    /// A plain HTTP request (not an upgrade) other than `GET /healthz`. `None` answers 404.
-    fn on_http(
-        &mut self,
-        _req: &Request<'_>,
-        _body: &[u8],
-        _conn: &ConnInfo<'_>,
-    ) -> Option<HttpResponse> {
-        None
+    /// A plain HTTP request (not an upgrade) other than `GET /healthz`.
+    fn on_http(&mut self, _req: &Request<'_>, _body: &[u8], _conn: &ConnInfo<'_>) -> HttpReply {
+        HttpReply::NotFound
     }
+
+    /// Once per loop turn, after the turn's events: the place to act on other connections
+    /// (deliver broadcasts, answer deferred requests, post to other shards).
+    fn on_turn(&mut self, _api: &mut ShardApi<'_, Self>) {}
+
+    /// A message another shard posted to this one.
+    fn on_shard_msg(&mut self, _api: &mut ShardApi<'_, Self>, _msg: Self::Msg) {}
+}
+
+/// What happened to a frame handed to `ShardApi::deliver`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Queued,
+    /// The connection is gone, closing, or not this shard's.
+    Gone,
+    /// Queued, but the connection's queue passed the cap: the slow-consumer policy applies
+    /// at this turn's flush.
+    SlowConsumer,
 }
 
 /// The context of an event on one open connection.

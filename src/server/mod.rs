@@ -2,6 +2,7 @@
 //! of connections and timer wheel. Owns sockets, buffers, syscalls, timers and rlimits; must
 //! not know about topics (that is `pubsub`/`apps`).
 
+pub mod api;
 pub mod config;
 pub(crate) mod conn;
 pub mod handler;
@@ -19,8 +20,11 @@ use std::thread::JoinHandle;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+pub use api::ShardApi;
 pub use config::{Config, SlowConsumerPolicy};
-pub use handler::{Accept, ConnError, ConnId, ConnInfo, Ctx, Handler, HttpResponse, Message};
+pub use handler::{
+    Accept, ConnError, ConnId, ConnInfo, Ctx, Delivery, Handler, HttpReply, HttpResponse, Message,
+};
 pub use stats::{Counter, ShardStats};
 
 /// State every shard shares: the connection count behind `max_connections` and the
@@ -44,7 +48,7 @@ pub struct Server {
 #[derive(Clone)]
 pub struct ShutdownHandle {
     global: Arc<Global>,
-    wakers: Arc<[mio::Waker]>,
+    wakers: Arc<[Arc<mio::Waker>]>,
 }
 
 impl ShutdownHandle {
@@ -93,24 +97,40 @@ impl Server {
         let config = Arc::new(config);
         let mut polls = Vec::new();
         let mut wakers = Vec::new();
+        let mut links = Vec::new();
+        let mut inboxes = Vec::new();
         for _ in 0..shards {
             let poll = mio::Poll::new()?;
-            wakers.push(mio::Waker::new(poll.registry(), shard::WAKER)?);
+            let waker = Arc::new(mio::Waker::new(poll.registry(), shard::WAKER)?);
+            let (tx, rx) = std::sync::mpsc::channel::<H::Msg>();
+            links.push(api::ShardLink {
+                tx,
+                waker: waker.clone(),
+            });
+            inboxes.push(rx);
+            wakers.push(waker);
             polls.push(poll);
         }
+        let links: Arc<[api::ShardLink<H::Msg>]> = links.into();
         let stats: Arc<[Arc<ShardStats>]> = (0..shards)
             .map(|_| Arc::new(ShardStats::default()))
             .collect();
         let mut threads = Vec::new();
-        for (i, (poll, listener)) in polls.into_iter().zip(listeners).enumerate() {
+        for (i, ((poll, listener), inbox)) in
+            polls.into_iter().zip(listeners).zip(inboxes).enumerate()
+        {
             let shard = shard::Shard::new(
                 i as u16,
                 handler.clone(),
                 poll,
                 mio::net::TcpListener::from_std(listener),
                 config.clone(),
-                stats[i].clone(),
-                global.clone(),
+                shard::Shared {
+                    stats: stats.clone(),
+                    global: global.clone(),
+                    links: links.clone(),
+                    inbox,
+                },
             )?;
             threads.push(
                 std::thread::Builder::new()

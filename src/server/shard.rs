@@ -5,16 +5,17 @@
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use super::api::{ShardApi, ShardLink};
 use super::config::{Config, SlowConsumerPolicy};
 use super::conn::*;
-use super::handler::{ConnError, ConnId, ConnInfo, Ctx, Handler, HttpResponse, Message};
+use super::handler::{ConnError, ConnId, ConnInfo, Ctx, Handler, HttpReply, HttpResponse, Message};
 use super::stats::{Counter, ShardStats};
 use super::timer::{self, ms_to_ticks, Entry, TimerWheel, NOT_ARMED, TICK_MS};
 use super::Global;
@@ -41,7 +42,12 @@ pub(crate) struct Core<H: Handler> {
     cfg: Arc<Config>,
     dec_cfg: DecoderConfig,
     stats: Arc<ShardStats>,
+    all_stats: Arc<[Arc<ShardStats>]>,
     global: Arc<Global>,
+    links: Arc<[ShardLink<H::Msg>]>,
+    inbox: mpsc::Receiver<H::Msg>,
+    /// Shards posted to this turn, woken once at its end.
+    wake: Vec<bool>,
     cork: Vec<u8>,
     wheel: TimerWheel,
     start: Instant,
@@ -69,6 +75,14 @@ pub(crate) struct Core<H: Handler> {
     draining_until: Option<u32>,
 }
 
+/// What a shard shares with the others.
+pub(crate) struct Shared<M> {
+    pub stats: Arc<[Arc<ShardStats>]>,
+    pub global: Arc<Global>,
+    pub links: Arc<[ShardLink<M>]>,
+    pub inbox: mpsc::Receiver<M>,
+}
+
 pub(crate) struct Shard<H: Handler> {
     conns: Slab<Conn<H::State>>,
     rbuf: Box<[u8]>,
@@ -86,8 +100,7 @@ impl<H: Handler> Shard<H> {
         poll: Poll,
         mut listener: TcpListener,
         cfg: Arc<Config>,
-        stats: Arc<ShardStats>,
-        global: Arc<Global>,
+        shared: Shared<H::Msg>,
     ) -> io::Result<Self> {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -101,8 +114,12 @@ impl<H: Handler> Shard<H> {
             handler,
             poll,
             dec_cfg,
-            stats,
-            global,
+            stats: shared.stats[index as usize].clone(),
+            wake: vec![false; shared.links.len()],
+            all_stats: shared.stats,
+            global: shared.global,
+            links: shared.links,
+            inbox: shared.inbox,
             cork: Vec::with_capacity(CORK_CAPACITY),
             wheel: TimerWheel::new(0),
             start: Instant::now(),
@@ -165,14 +182,59 @@ impl<H: Handler> Shard<H> {
                 // not fire again for connections already waiting.
                 self.accept();
             }
+            self.app_hooks();
             self.resume_pending();
             self.fire_timers();
             self.flush_dirty();
+            self.wake_peers();
             if self.check_shutdown() {
                 return;
             }
             let busy = busy_from.elapsed().as_micros() as u64;
             self.core.stats.loop_lag_us.store(busy, Relaxed);
+        }
+    }
+
+    /// Lends the shard to the app: messages from other shards, then its once-a-turn hook.
+    fn app_hooks(&mut self) {
+        let Self { conns, core, .. } = self;
+        let Core {
+            handler,
+            index,
+            dirty,
+            stats,
+            all_stats,
+            cfg,
+            links,
+            wake,
+            inbox,
+            now,
+            ..
+        } = core;
+        let mut api = ShardApi {
+            index: *index,
+            conns,
+            dirty,
+            stats,
+            all_stats,
+            write_queue_limit: cfg.write_queue_limit,
+            links,
+            wake,
+            now: *now,
+        };
+        while let Ok(msg) = inbox.try_recv() {
+            handler.on_shard_msg(&mut api, msg);
+        }
+        handler.on_turn(&mut api);
+    }
+
+    /// Wakes the shards posted to this turn.
+    fn wake_peers(&mut self) {
+        let c = &mut self.core;
+        for (i, w) in c.wake.iter_mut().enumerate() {
+            if std::mem::take(w) {
+                let _ = c.links[i].waker.wake();
+            }
         }
     }
 
@@ -469,6 +531,7 @@ impl<H: Handler> Shard<H> {
                 let conn = &mut conns[key];
                 match conn.phase {
                     Phase::Handshaking => core.remove(conns, key),
+                    Phase::HttpWait => core.answer_late(key, conn, 503, "server shutting down\n"),
                     Phase::Open => {
                         core.start_close(key, conn, close_code::GOING_AWAY, "server shutting down");
                         core.mark_dirty(key, conn);
@@ -559,7 +622,7 @@ impl<H: Handler> Core<H> {
         match conn.phase {
             Phase::Handshaking => self.handshake(key, conn, data),
             Phase::Open | Phase::Closing => self.frames(key, conn, data),
-            Phase::Finishing | Phase::Draining => data.len(),
+            Phase::HttpWait | Phase::Finishing | Phase::Draining => data.len(),
         }
     }
 
@@ -626,14 +689,24 @@ impl<H: Handler> Core<H> {
             return 0; // wait for the whole body
         }
         let body = &data[head_len..head_len + body_len];
-        let resp = if req.path == "/healthz" && (req.method == "GET" || req.method == "HEAD") {
-            Some(HttpResponse::text(200, "ok\n"))
+        let reply = if req.path == "/healthz" && (req.method == "GET" || req.method == "HEAD") {
+            HttpReply::Respond(HttpResponse::text(200, "ok\n"))
         } else {
             let info = ConnInfo {
                 id: self.id(key, conn.gen),
                 sock: &conn.sock,
             };
             self.handler.on_http(&req, body, &info)
+        };
+        let resp = match reply {
+            HttpReply::Respond(r) => Some(r),
+            HttpReply::NotFound => None,
+            HttpReply::Defer => {
+                conn.phase = Phase::HttpWait;
+                conn.since = self.now;
+                self.schedule(key, conn);
+                return data.len();
+            }
         };
         let resp = resp.unwrap_or_else(|| HttpResponse::text(404, "not found\n"));
         if resp.status >= 400 {
@@ -792,6 +865,24 @@ impl<H: Handler> Core<H> {
 
     // ----- closing -----
 
+    /// Answers a deferred request on the app's behalf (timeout, shutdown) and finishes.
+    fn answer_late(&mut self, key: usize, conn: &mut Conn<H::State>, status: u16, body: &str) {
+        let mut out = Vec::new();
+        handshake::write_response(
+            &mut out,
+            status,
+            &[],
+            "text/plain; charset=utf-8",
+            body.as_bytes(),
+        );
+        conn.queue
+            .get_or_insert_with(Default::default)
+            .push_owned(out);
+        self.stats.http_status(status);
+        self.finish(key, conn);
+        self.mark_dirty(key, conn);
+    }
+
     /// Sends a close frame and waits for the peer's.
     fn start_close(&mut self, key: usize, conn: &mut Conn<H::State>, code: u16, reason: &str) {
         let mut out = Out {
@@ -941,6 +1032,12 @@ impl<H: Handler> Core<H> {
                         self.stats.inc(Counter::SlowConsumerPaused);
                     }
                 }
+                SlowConsumerPolicy::DropOldest => {
+                    if let Some(q) = conn.queue.as_mut() {
+                        let n = q.drop_oldest_shared(self.cfg.write_queue_limit / 2);
+                        self.stats.add(Counter::SlowConsumerDropped, n as u64);
+                    }
+                }
                 SlowConsumerPolicy::Disconnect => {
                     self.stats.inc(Counter::SlowConsumerDisconnected);
                     if conn.flags & APP_OPEN != 0 {
@@ -984,7 +1081,7 @@ impl<H: Handler> Core<H> {
                     (a, b) => a.or(b),
                 }
             }
-            Phase::Closing | Phase::Finishing | Phase::Draining => {
+            Phase::HttpWait | Phase::Closing | Phase::Finishing | Phase::Draining => {
                 Some(conn.since + self.close_ticks)
             }
         }
@@ -1042,6 +1139,10 @@ impl<H: Handler> Core<H> {
                 out.frame(crate::proto::OpCode::Ping, b"");
                 self.mark_dirty(key, conn);
                 self.schedule(key, conn);
+                false
+            }
+            Phase::HttpWait => {
+                self.answer_late(key, conn, 504, "the application did not answer in time\n");
                 false
             }
             Phase::Closing | Phase::Finishing | Phase::Draining => {

@@ -50,6 +50,7 @@ counters! {
     Close1009 => "closed_message_too_big_total",
     SlowConsumerPaused => "slow_consumer_paused_total",
     SlowConsumerDisconnected => "slow_consumer_disconnected_total",
+    SlowConsumerDropped => "slow_consumer_dropped_frames_total",
     ClosedByPeer => "closed_by_peer_total",
     ClosedByServer => "closed_by_server_total",
     ClosedAbnormal => "closed_abnormal_total",

@@ -84,15 +84,20 @@ impl WriteQueue {
         self.chunks.push_back(Chunk::Shared(frame));
     }
 
-    /// Drops the oldest whole chunks not yet started until at most `keep` bytes remain queued.
-    /// Returns the number of chunks dropped. (For a drop-oldest slow-consumer policy.)
-    pub fn drop_oldest(&mut self, keep: usize) -> usize {
+    /// Drops the oldest shared chunks (each a whole broadcast frame) not yet started until at
+    /// most `keep` bytes remain queued. Owned chunks are kept: they may hold parts of frames.
+    /// Returns the number of frames dropped. (The drop-oldest slow-consumer policy.)
+    pub fn drop_oldest_shared(&mut self, keep: usize) -> usize {
         let mut dropped = 0;
-        let start = usize::from(self.head_offset > 0);
-        while self.len > keep && self.chunks.len() > start {
-            if let Some(c) = self.chunks.remove(start) {
-                self.len -= c.bytes().len();
-                dropped += 1;
+        let mut i = usize::from(self.head_offset > 0);
+        while self.len > keep && i < self.chunks.len() {
+            if matches!(self.chunks[i], Chunk::Shared(_)) {
+                if let Some(c) = self.chunks.remove(i) {
+                    self.len -= c.bytes().len();
+                    dropped += 1;
+                }
+            } else {
+                i += 1;
             }
         }
         dropped
@@ -218,11 +223,12 @@ mod tests {
     }
 
     #[test]
-    fn drop_oldest_keeps_the_started_chunk() {
+    fn drop_oldest_drops_only_whole_shared_frames_not_started() {
         let mut q = WriteQueue::default();
         for i in 0..10u8 {
-            q.push_owned(vec![i; 100]);
+            q.push_shared(Arc::from(vec![i; 100]));
         }
+        q.push_owned(vec![99; 100]);
         let mut w = Trickle {
             out: Vec::new(),
             cap: 50,
@@ -230,13 +236,15 @@ mod tests {
             block_after: 1,
         };
         q.flush(&mut w).unwrap();
-        let dropped = q.drop_oldest(250);
-        assert_eq!(dropped, 7);
+        // 1050 left: the started frame (50), 9 shared frames, one owned chunk.
+        let dropped = q.drop_oldest_shared(300);
+        assert_eq!(dropped, 8);
         assert_eq!(q.len(), 250);
         w.block_after = usize::MAX;
         w.cap = usize::MAX;
-        q.flush(&mut w).unwrap();
+        while let (Flush::Blocked, _) = q.flush(&mut w).unwrap() {}
         assert_eq!(&w.out[..100], &[0u8; 100][..]);
-        assert_eq!(&w.out[100..200], &[8u8; 100][..]);
+        assert_eq!(&w.out[100..200], &[9u8; 100][..]);
+        assert_eq!(&w.out[200..300], &[99u8; 100][..]);
     }
 }

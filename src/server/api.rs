@@ -1,0 +1,155 @@
+//! What an app may do to its shard outside one connection's event: deliver a shared frame to
+//! any local connection, answer a deferred HTTP request, post to other shards. Owns no state;
+//! lends the shard's connections for the length of one hook call.
+
+use std::sync::{mpsc, Arc};
+
+use slab::Slab;
+
+use super::conn::{Conn, Phase, CLOSE_SENT, DIRTY};
+use super::handler::{ConnId, Delivery, Handler, HttpResponse};
+use super::stats::{Counter, ShardStats};
+use super::write_queue::WriteQueue;
+use crate::proto::frame::encode_frame;
+use crate::proto::handshake;
+use crate::proto::OpCode;
+
+/// A shard's inbox, as the other shards see it.
+pub(crate) struct ShardLink<M> {
+    pub tx: mpsc::Sender<M>,
+    pub waker: Arc<mio::Waker>,
+}
+
+pub struct ShardApi<'a, H: Handler> {
+    pub(crate) index: u16,
+    pub(crate) conns: &'a mut Slab<Conn<H::State>>,
+    pub(crate) dirty: &'a mut Vec<(usize, u32)>,
+    pub(crate) stats: &'a ShardStats,
+    pub(crate) all_stats: &'a [Arc<ShardStats>],
+    pub(crate) write_queue_limit: usize,
+    pub(crate) links: &'a [ShardLink<H::Msg>],
+    pub(crate) wake: &'a mut [bool],
+    pub(crate) now: u32,
+}
+
+impl<H: Handler> ShardApi<'_, H> {
+    /// This shard's index.
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+
+    /// How many shards the server runs.
+    pub fn shards(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Every shard's counters (for metrics).
+    pub fn all_stats(&self) -> &[Arc<ShardStats>] {
+        self.all_stats
+    }
+
+    /// This shard's counters.
+    pub fn stats(&self) -> &ShardStats {
+        self.stats
+    }
+
+    fn mark_dirty(dirty: &mut Vec<(usize, u32)>, key: usize, conn: &mut Conn<H::State>) {
+        if conn.flags & DIRTY == 0 {
+            conn.flags |= DIRTY;
+            dirty.push((key, conn.gen));
+        }
+    }
+
+    /// Queues a frame encoded once and shared by reference (`Arc`) on an open connection of
+    /// this shard. Written at the end of the turn, with the connection's other output.
+    pub fn deliver(&mut self, id: ConnId, frame: &Arc<[u8]>) -> Delivery {
+        let limit = self.write_queue_limit;
+        let key = id.key as usize;
+        let Some(conn) = open_conn(self.conns, self.index, id) else {
+            return Delivery::Gone;
+        };
+        if conn.phase != Phase::Open || conn.flags & CLOSE_SENT != 0 {
+            return Delivery::Gone;
+        }
+        let q = conn.queue.get_or_insert_with(Box::<WriteQueue>::default);
+        q.push_shared(frame.clone());
+        let over = q.len() > limit;
+        self.stats.inc(Counter::MessagesOut);
+        Self::mark_dirty(self.dirty, key, conn);
+        if over {
+            Delivery::SlowConsumer
+        } else {
+            Delivery::Queued
+        }
+    }
+
+    /// Sends a text message (owned copy) to an open connection of this shard.
+    pub fn send_text(&mut self, id: ConnId, text: &str) -> bool {
+        let key = id.key as usize;
+        let Some(conn) = open_conn(self.conns, self.index, id) else {
+            return false;
+        };
+        if conn.phase != Phase::Open || conn.flags & CLOSE_SENT != 0 {
+            return false;
+        }
+        let mut frame = Vec::with_capacity(text.len() + 10);
+        encode_frame(&mut frame, true, OpCode::Text, text.as_bytes(), None);
+        conn.queue
+            .get_or_insert_with(Box::<WriteQueue>::default)
+            .push_owned(frame);
+        self.stats.inc(Counter::MessagesOut);
+        Self::mark_dirty(self.dirty, key, conn);
+        true
+    }
+
+    /// Answers a request the app deferred (`HttpReply::Defer`). False if it is gone or was
+    /// already answered (e.g. timed out with 504).
+    pub fn respond(&mut self, id: ConnId, resp: HttpResponse) -> bool {
+        let key = id.key as usize;
+        let now = self.now;
+        let Some(conn) = open_conn(self.conns, self.index, id) else {
+            return false;
+        };
+        if conn.phase != Phase::HttpWait {
+            return false;
+        }
+        let headers: Vec<(&str, &str)> =
+            resp.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let mut out = Vec::with_capacity(128 + resp.body.len());
+        handshake::write_response(
+            &mut out,
+            resp.status,
+            &headers,
+            resp.content_type,
+            &resp.body,
+        );
+        conn.queue
+            .get_or_insert_with(Box::<WriteQueue>::default)
+            .push_owned(out);
+        if resp.status >= 400 {
+            self.stats.http_status(resp.status);
+        }
+        conn.phase = Phase::Finishing;
+        conn.since = now;
+        Self::mark_dirty(self.dirty, key, conn);
+        true
+    }
+
+    /// Posts a message to a shard (this one included); it is handled there by
+    /// `Handler::on_shard_msg`. Shards are woken once per turn, not per message.
+    pub fn post(&mut self, shard: u16, msg: H::Msg) {
+        if let Some(link) = self.links.get(shard as usize) {
+            if link.tx.send(msg).is_ok() {
+                self.wake[shard as usize] = true;
+            }
+        }
+    }
+}
+
+fn open_conn<S>(conns: &mut Slab<Conn<S>>, index: u16, id: ConnId) -> Option<&mut Conn<S>> {
+    if id.shard != index {
+        return None;
+    }
+    let conn = conns.get_mut(id.key as usize)?;
+    (conn.gen == id.gen).then_some(conn)
+}
