@@ -16,6 +16,7 @@ struct Client {
 
 impl Handler for Uppercase {
     type State = Client;
+    type Msg = ();
 
     fn on_open<'r>(
         &mut self,
