@@ -1,0 +1,320 @@
+//! The push app against real clients: subscribing, publishing over HTTP and WebSocket,
+//! fan-out across shards, slow consumers, errors, metrics.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use fanout::apps::push::{Push, PushConfig};
+use fanout::server::{Config, Server, SlowConsumerPolicy};
+use tungstenite::{connect, Message};
+
+type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
+
+const KEY: &str = "test-key";
+
+fn push_server(cfg: Config, push: PushConfig) -> Server {
+    Server::start(
+        Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            shards: 2,
+            slow_consumer: SlowConsumerPolicy::Disconnect,
+            ..cfg
+        },
+        Push::new(push),
+    )
+    .unwrap()
+}
+
+fn default_push() -> PushConfig {
+    PushConfig {
+        publish_key: Some(KEY.into()),
+        allow_ws_publish: true,
+        ..PushConfig::default()
+    }
+}
+
+fn sub(addr: SocketAddr, query: &str) -> Ws {
+    let (ws, _) = connect(format!("ws://{addr}/ws{query}")).unwrap();
+    set_timeout(&ws, Duration::from_secs(5));
+    ws
+}
+
+fn set_timeout(ws: &Ws, t: Duration) {
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(t)).unwrap();
+    }
+}
+
+fn next_text(ws: &mut Ws) -> String {
+    loop {
+        match ws.read().expect("read") {
+            Message::Text(t) => return t.to_string(),
+            Message::Binary(b) => return format!("binary:{}", String::from_utf8_lossy(&b)),
+            _ => continue,
+        }
+    }
+}
+
+/// Nothing arrives within `t`.
+fn silent(ws: &mut Ws, t: Duration) -> bool {
+    set_timeout(ws, t);
+    let r = loop {
+        match ws.read() {
+            Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => continue,
+            Ok(_) => break false,
+            Err(_) => break true,
+        }
+    };
+    set_timeout(ws, Duration::from_secs(5));
+    r
+}
+
+fn http(addr: SocketAddr, req: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or("", |x| x.1).to_string();
+    (status, body)
+}
+
+fn publish(addr: SocketAddr, topic: &str, body: &str, ct: &str, key: &str) -> (u16, String) {
+    http(
+        addr,
+        &format!(
+            "POST /publish/{topic} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+#[test]
+fn publish_reaches_exactly_the_subscribers_once_in_order() {
+    let s = push_server(Config::default(), default_push());
+    let addr = s.local_addr();
+    // Subscribers spread over both shards: by URL and by message.
+    let mut by_url: Vec<Ws> = (0..6).map(|_| sub(addr, "?topics=news,misc")).collect();
+    let mut by_msg: Vec<Ws> = (0..6).map(|_| sub(addr, "")).collect();
+    for ws in by_msg.iter_mut() {
+        ws.send(Message::text(r#"{"op":"subscribe","topic":"news"}"#))
+            .unwrap();
+        assert_eq!(next_text(ws), r#"{"op":"subscribed","topic":"news"}"#);
+    }
+    let mut other = sub(addr, "?topics=sport");
+    for i in 0..20 {
+        let (status, body) = publish(addr, "news", &format!("n{i}"), "text/plain", KEY);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body.trim(), r#"{"topic":"news","subscribers":12}"#);
+    }
+    for ws in by_url.iter_mut().chain(by_msg.iter_mut()) {
+        for i in 0..20 {
+            assert_eq!(next_text(ws), format!("n{i}"));
+        }
+        assert!(silent(ws, Duration::from_millis(100)), "nothing twice");
+    }
+    assert!(
+        silent(&mut other, Duration::from_millis(100)),
+        "other topics get nothing"
+    );
+    // Binary content types give binary frames.
+    let (status, _) = publish(addr, "sport", "raw", "application/octet-stream", KEY);
+    assert_eq!(status, 200);
+    assert_eq!(next_text(&mut other), "binary:raw");
+}
+
+#[test]
+fn websocket_publish_and_unsubscribe() {
+    let s = push_server(Config::default(), default_push());
+    let addr = s.local_addr();
+    let mut a = sub(addr, "?topics=room");
+    let mut b = sub(addr, "?topics=room");
+    let mut publisher = sub(addr, "");
+    publisher
+        .send(Message::text(
+            r#"{"op":"publish","topic":"room","data":"hi \"all\""}"#,
+        ))
+        .unwrap();
+    assert_eq!(
+        next_text(&mut publisher),
+        r#"{"op":"published","topic":"room","subscribers":2}"#
+    );
+    assert_eq!(next_text(&mut a), "hi \"all\"");
+    assert_eq!(next_text(&mut b), "hi \"all\"");
+    b.send(Message::text(r#"{"op":"unsubscribe","topic":"room"}"#))
+        .unwrap();
+    assert_eq!(next_text(&mut b), r#"{"op":"unsubscribed","topic":"room"}"#);
+    publisher
+        .send(Message::text(
+            r#"{"op":"publish","topic":"room","data":{"n":2}}"#,
+        ))
+        .unwrap();
+    assert_eq!(
+        next_text(&mut publisher),
+        r#"{"op":"published","topic":"room","subscribers":1}"#
+    );
+    assert_eq!(next_text(&mut a), r#"{"n":2}"#);
+    assert!(silent(&mut b, Duration::from_millis(150)));
+}
+
+#[test]
+fn bad_commands_get_clear_errors_and_the_connection_stays_usable() {
+    let s = push_server(
+        Config::default(),
+        PushConfig {
+            max_topics_per_conn: 2,
+            ..default_push()
+        },
+    );
+    let addr = s.local_addr();
+    let mut ws = sub(addr, "");
+    let cases = [
+        ("{not json", "invalid JSON command"),
+        (r#"{"op":"dance","topic":"a"}"#, "unknown op `dance`"),
+        (r#"{"op":"subscribe"}"#, "needs a \\\"topic\\\""),
+        (
+            r#"{"op":"subscribe","topic":"bad topic!"}"#,
+            "topic names use only",
+        ),
+        (
+            &format!(r#"{{"op":"subscribe","topic":"{}"}}"#, "x".repeat(200)),
+            "longer than 128",
+        ),
+        (r#"{"op":"unsubscribe","topic":"never"}"#, "not subscribed"),
+    ];
+    for (cmd, reason) in cases {
+        ws.send(Message::text(cmd)).unwrap();
+        let reply = next_text(&mut ws);
+        assert!(reply.starts_with(r#"{"op":"error""#), "{reply}");
+        assert!(reply.contains(reason), "{cmd} -> {reply}");
+    }
+    ws.send(Message::binary(vec![1, 2])).unwrap();
+    assert!(next_text(&mut ws).contains("binary messages are not understood"));
+    for t in ["a", "b"] {
+        ws.send(Message::text(format!(
+            r#"{{"op":"subscribe","topic":"{t}"}}"#
+        )))
+        .unwrap();
+        assert!(next_text(&mut ws).contains("subscribed"));
+    }
+    ws.send(Message::text(r#"{"op":"subscribe","topic":"c"}"#))
+        .unwrap();
+    assert!(next_text(&mut ws).contains("too many topics"));
+    // Still usable.
+    let (status, _) = publish(addr, "b", "still here", "text/plain", KEY);
+    assert_eq!(status, 200);
+    assert_eq!(next_text(&mut ws), "still here");
+    // Bad topics in the URL are refused before the upgrade.
+    match connect(format!("ws://{addr}/ws?topics=ok,not%20ok")) {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 400),
+        other => panic!("{:?}", other.map(|x| x.1.status())),
+    }
+}
+
+#[test]
+fn publish_api_refusals() {
+    let s = push_server(Config::default(), default_push());
+    let addr = s.local_addr();
+    assert_eq!(publish(addr, "a", "x", "text/plain", "wrong").0, 401);
+    let (status, _) = http(
+        addr,
+        "POST /publish/a HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nx",
+    );
+    assert_eq!(status, 401);
+    assert_eq!(publish(addr, "bad%20topic", "x", "text/plain", KEY).0, 400);
+    let (status, _) = http(addr, "GET /publish/a HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(status, 405);
+    // A text content type with a body that is not UTF-8.
+    let mut raw = TcpStream::connect(addr).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    raw.write_all(format!("POST /publish/a HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {KEY}\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\n").as_bytes()).unwrap();
+    raw.write_all(&[0xff, 0xfe]).unwrap();
+    let mut out = String::new();
+    let _ = raw.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("UTF-8"), "{out}");
+    // No key configured: publishing over HTTP is refused outright.
+    let closed = push_server(Config::default(), PushConfig::default());
+    assert_eq!(
+        publish(closed.local_addr(), "a", "x", "text/plain", "anything").0,
+        403
+    );
+}
+
+#[test]
+fn a_non_reading_subscriber_is_cut_off_while_others_keep_receiving() {
+    let s = push_server(
+        Config {
+            write_queue_limit: 64 << 10,
+            ..Config::default()
+        },
+        default_push(),
+    );
+    let addr = s.local_addr();
+    let mut good = sub(addr, "?topics=firehose");
+    // A raw subscriber that never reads.
+    let mut slow = TcpStream::connect(addr).unwrap();
+    slow.write_all(
+        b"GET /ws?topics=firehose HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let payload = "p".repeat(60_000);
+    let reader = std::thread::spawn(move || {
+        let mut n = 0;
+        while n < 100 {
+            let t = next_text(&mut good);
+            assert_eq!(t.len(), 60_000);
+            n += 1;
+        }
+        n
+    });
+    for _ in 0..100 {
+        assert_eq!(
+            publish(addr, "firehose", &payload, "text/plain", KEY).0,
+            200
+        );
+    }
+    assert_eq!(reader.join().unwrap(), 100);
+    let (_, metrics) = http(addr, "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("fanout_slow_consumer_disconnected_total"))
+        .unwrap();
+    assert_eq!(
+        line, "fanout_slow_consumer_disconnected_total 1",
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("fanout_push_slow_consumer_drops_by_topic{topic=\"firehose\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("fanout_push_publishes_total 100"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn metrics_reflect_connections_and_publishes() {
+    let s = push_server(Config::default(), default_push());
+    let addr = s.local_addr();
+    let _subs: Vec<Ws> = (0..4).map(|_| sub(addr, "?topics=m")).collect();
+    publish(addr, "m", "x", "text/plain", KEY);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (status, body) = http(addr, "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(status, 200);
+        if body.contains("fanout_push_deliveries_total 4") {
+            assert!(body.contains("fanout_open_connections 5"), "{body}");
+            assert!(body.contains("fanout_handshakes_total 4"), "{body}");
+            assert!(body.contains("fanout_http_401_total 0"), "{body}");
+            assert!(body.contains("fanout_loop_busy_microseconds{shard=\"1\"}"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
