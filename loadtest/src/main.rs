@@ -3,6 +3,7 @@
 //! the connections across child processes and merges their histograms and counts.
 
 mod procinfo;
+mod publish;
 mod report;
 mod run;
 
@@ -42,6 +43,49 @@ enum Cmd {
     Connect(ConnectArgs),
     /// N connections each sending messages and timing the echoes.
     Echo(EchoArgs),
+    /// N subscribers and one publisher: delivery latency, lost and duplicated messages.
+    Fanout(FanoutArgs),
+}
+
+#[derive(Args, Debug)]
+struct FanoutArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Subscribers opened per second during the ramp (0: as fast as possible).
+    #[arg(long, default_value_t = 0.0)]
+    connect_rate: f64,
+    /// Publish by HTTP POST to this URL (e.g. http://127.0.0.1:9001/publish/bench).
+    #[arg(
+        long,
+        conflicts_with = "publish_ws",
+        required_unless_present = "publish_ws"
+    )]
+    publish_url: Option<String>,
+    /// Publish over a WebSocket connection to this URL with {"op":"publish"} commands.
+    #[arg(long)]
+    publish_ws: Option<String>,
+    /// Header for the publisher's requests, 'Name: value' (e.g. 'Authorization: Bearer KEY').
+    #[arg(long = "publish-header")]
+    publish_headers: Vec<String>,
+    /// Publishes per second.
+    #[arg(long, default_value_t = 1.0)]
+    publish_rate: f64,
+    /// How many messages to publish.
+    #[arg(long, default_value_t = 10)]
+    publish_count: u64,
+    /// Payload size in bytes (at least the `seq:timestamp:` prefix).
+    #[arg(long, default_value = "100", value_parser = parse_size)]
+    message_size: usize,
+    /// Topic for --subscribe and --publish-ws.
+    #[arg(long, default_value = "bench")]
+    topic: String,
+    /// Subscribe by sending this text on open ({topic} is replaced), e.g.
+    /// '{"op":"subscribe","topic":"{topic}"}'; without it, topics are in the --url.
+    #[arg(long)]
+    subscribe: Option<String>,
+    /// Time to wait for the last deliveries after the last publish.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    grace: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -124,7 +168,19 @@ struct Common {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let mut fanout = None;
     let (scenario_name, common, scenario, connect_rate) = match &cli.cmd {
+        Cmd::Fanout(a) => {
+            fanout = Some(a);
+            (
+                "fanout",
+                &a.common,
+                Scenario::Fanout {
+                    subscribe: a.subscribe.as_ref().map(|t| t.replace("{topic}", &a.topic)),
+                },
+                a.connect_rate,
+            )
+        }
         Cmd::Connect(a) => ("connect", &a.common, Scenario::Connect, a.rate),
         Cmd::Echo(a) => (
             "echo",
@@ -138,7 +194,7 @@ fn main() -> ExitCode {
             a.connect_rate,
         ),
     };
-    match main_inner(scenario_name, common, scenario, connect_rate) {
+    match main_inner(scenario_name, common, scenario, connect_rate, fanout) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("fanout-load: {e}");
@@ -188,11 +244,70 @@ fn ephemeral_ports() -> u64 {
         .unwrap_or(28232)
 }
 
+fn parse_headers(list: &[String], flag: &str) -> Result<Vec<(String, String)>, String> {
+    list.iter()
+        .map(|h| {
+            h.split_once(':')
+                .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| format!("{flag} `{h}`: expected 'Name: value'"))
+        })
+        .collect()
+}
+
+fn publish_plan(f: &FanoutArgs) -> Result<publish::PublishPlan, String> {
+    let headers = parse_headers(&f.publish_headers, "--publish-header")?;
+    let target = match (&f.publish_url, &f.publish_ws) {
+        (Some(u), _) => publish::Target::http(u, headers)?,
+        (None, Some(u)) => {
+            let url = WsUrl::parse(u).map_err(|e| e.to_string())?;
+            let addr = url
+                .resolve()
+                .map_err(|e| format!("{u}: {e}"))?
+                .into_iter()
+                .next()
+                .ok_or_else(|| format!("{u}: no address"))?;
+            publish::Target::Ws {
+                addr,
+                url,
+                headers,
+                topic: f.topic.clone(),
+            }
+        }
+        (None, None) => return Err("give --publish-url or --publish-ws".into()),
+    };
+    if f.publish_rate <= 0.0 {
+        return Err("--publish-rate must be above 0".into());
+    }
+    Ok(publish::PublishPlan {
+        target,
+        rate: f.publish_rate,
+        count: f.publish_count,
+        size: f.message_size,
+    })
+}
+
+/// Runs the publisher on its own thread.
+fn spawn_publisher(
+    plan: publish::PublishPlan,
+    grace: Duration,
+    stop: Arc<AtomicBool>,
+    flags: publish::Flags,
+) -> std::thread::JoinHandle<Result<publish::PublishResult, String>> {
+    std::thread::spawn(move || {
+        // Let subscriptions sent on open settle before the first publish.
+        std::thread::sleep(Duration::from_millis(300));
+        let r = publish::run_publisher(&plan, grace, &stop, &flags.published, &flags.done);
+        flags.done.store(true, Relaxed);
+        r
+    })
+}
+
 fn main_inner(
     name: &str,
     c: &Common,
     scenario: Scenario,
     connect_rate: f64,
+    fanout: Option<&FanoutArgs>,
 ) -> Result<ExitCode, String> {
     let mut targets = Vec::new();
     for u in &c.urls {
@@ -300,10 +415,18 @@ fn main_inner(
         ));
     }
 
+    let pub_plan = fanout.map(publish_plan).transpose()?;
+    let mut publisher = PublisherCtl {
+        plan: pub_plan,
+        grace: fanout.map_or(Duration::ZERO, |f| f.grace),
+        stop: stop.clone(),
+        flags: publish::Flags::default(),
+        handle: None,
+    };
     let mut sampler = Sampler::new(&c.server_pids);
     let bar = make_bar(c);
     let parts: Vec<Partial> = if processes == 1 {
-        let plan = make_plan(
+        let mut plan = make_plan(
             c,
             scenario.clone(),
             connect_rate,
@@ -314,19 +437,37 @@ fn main_inner(
             0,
             1,
         );
+        if publisher.plan.is_some() {
+            plan.hold_done = Some(publisher.flags.done.clone());
+            plan.published = Some(publisher.flags.published.clone());
+        }
         let mut obs = LocalObserver {
             bar: &bar,
             sampler: &mut sampler,
+            publisher: &mut publisher,
         };
         vec![run::run(&plan, &stop, &mut obs)?]
     } else {
-        run_children(c, processes, &stop, &bar, &mut sampler)?
+        run_children(c, processes, &stop, &bar, &mut sampler, &mut publisher)?
+    };
+    let pub_result = match publisher.handle.take() {
+        Some(h) => Some(
+            h.join()
+                .map_err(|_| "publisher thread panicked".to_string())??,
+        ),
+        None if publisher.plan.is_some() => {
+            return Err("the publisher never started: no subscriber reached the hold phase".into())
+        }
+        None => None,
     };
     bar.finish_and_clear();
     let merged = Merged::from_parts(&parts)?;
     let server = (!c.server_pids.is_empty()).then(|| sampler.figures(&merged.p));
     let mut stdout = std::io::stdout().lock();
     report::print_table(name, &merged, server.as_ref(), &mut stdout).map_err(|e| e.to_string())?;
+    let fanout_json = pub_result
+        .as_ref()
+        .map(|r| fanout_summary(&merged.p, r, &mut stdout));
     let params = serde_json::json!({
         "urls": c.urls,
         "connections": c.connections,
@@ -337,7 +478,12 @@ fn main_inner(
         "scenario": format!("{scenario:?}"),
     });
     if let Some(path) = &c.json {
-        let v = report::json_report(name, &merged, server.as_ref(), params);
+        let mut v = report::json_report(name, &merged, server.as_ref(), params);
+        if let Some(serde_json::Value::Object(f)) = &fanout_json {
+            for (k, x) in f {
+                v[k] = x.clone();
+            }
+        }
         let text = serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?;
         std::fs::write(path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
     }
@@ -352,12 +498,99 @@ fn main_inner(
             &format!("fanout-load {name}: latency by percentile"),
         )?;
     }
-    let bad = merged.p.failed.values().sum::<u64>() + merged.p.dropped.values().sum::<u64>();
+    let fanout_bad = fanout_json.as_ref().map_or(0, |f| {
+        f["lost"].as_u64().unwrap_or(0)
+            + f["duplicated"].as_u64().unwrap_or(0)
+            + f["publish"]["failed_total"].as_u64().unwrap_or(0)
+    });
+    let bad =
+        merged.p.failed.values().sum::<u64>() + merged.p.dropped.values().sum::<u64>() + fanout_bad;
     Ok(if bad > 0 || merged.p.interrupted {
         ExitCode::from(3)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Prints the fanout figures and returns them as JSON keys of the report.
+fn fanout_summary(
+    p: &Partial,
+    r: &publish::PublishResult,
+    out: &mut impl Write,
+) -> serde_json::Value {
+    let subs = p.fanout_subscribers;
+    let attempted = r.attempted;
+    // Children counted what each open subscriber missed of every attempted publish.
+    let unique = (subs * attempted).saturating_sub(p.fanout_lost);
+    let expected = subs * r.ok;
+    let lost = expected.saturating_sub(unique);
+    let failed_total: u64 = r.failed.values().sum();
+    let pubq = report::percentiles(&r.latency);
+    let _ = writeln!(
+        out,
+        "\n  fanout: {subs} subscribers, {} of {attempted} publishes accepted in {:.1} s ({:.1}/s), queued for {} in all",
+        r.ok,
+        r.seconds,
+        attempted as f64 / r.seconds.max(1e-9),
+        r.queued_for
+    );
+    let _ = writeln!(
+        out,
+        "  delivered {unique} / expected {expected}: lost {lost}, duplicated {}, subscribers missing any {}",
+        p.fanout_duplicated, p.fanout_lossy_subscribers
+    );
+    if failed_total > 0 {
+        let _ = writeln!(out, "  publish failures: {:?}", r.failed);
+    }
+    if !r.latency.is_empty() {
+        let _ = writeln!(
+            out,
+            "  publish request latency (ms): p50 {:.3}  p99 {:.3}  max {:.3}",
+            pubq.p50, pubq.p99, pubq.max
+        );
+    }
+    serde_json::json!({
+        "delivered": unique,
+        "expected": expected,
+        "lost": lost,
+        "duplicated": p.fanout_duplicated,
+        "subscribers": subs,
+        "lossy_subscribers": p.fanout_lossy_subscribers,
+        "deliveries_per_second": unique as f64 / r.seconds.max(1e-9),
+        "publish": {
+            "attempted": attempted,
+            "ok": r.ok,
+            "failed": r.failed,
+            "failed_total": failed_total,
+            "queued_for": r.queued_for,
+            "seconds": r.seconds,
+            "latency_ms": pubq,
+        },
+    })
+}
+
+/// Starts the publisher once every subscriber process holds.
+struct PublisherCtl {
+    plan: Option<publish::PublishPlan>,
+    grace: Duration,
+    stop: Arc<AtomicBool>,
+    flags: publish::Flags,
+    handle: Option<std::thread::JoinHandle<Result<publish::PublishResult, String>>>,
+}
+
+impl PublisherCtl {
+    fn on_phase(&mut self, phase: u8) {
+        if phase >= PHASE_HOLD && self.handle.is_none() {
+            if let Some(plan) = self.plan.clone() {
+                self.handle = Some(spawn_publisher(
+                    plan,
+                    self.grace,
+                    self.stop.clone(),
+                    self.flags.clone(),
+                ));
+            }
+        }
+    }
 }
 
 fn sources_len(s: &Option<String>) -> usize {
@@ -398,6 +631,8 @@ fn make_plan(
         },
         index,
         of,
+        hold_done: None,
+        published: None,
     }
 }
 
@@ -500,11 +735,13 @@ impl Sampler {
 struct LocalObserver<'a> {
     bar: &'a ProgressBar,
     sampler: &'a mut Sampler,
+    publisher: &'a mut PublisherCtl,
 }
 
 impl Observer for LocalObserver<'_> {
     fn progress(&mut self, p: &Progress) {
         self.sampler.update(p.phase, p.open_now);
+        self.publisher.on_phase(p.phase);
         show(self.bar, p);
     }
 }
@@ -534,6 +771,7 @@ fn run_children(
     stop: &Arc<AtomicBool>,
     bar: &ProgressBar,
     sampler: &mut Sampler,
+    publisher: &mut PublisherCtl,
 ) -> Result<Vec<Partial>, String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -544,7 +782,7 @@ fn run_children(
         let mut child = Command::new(&exe)
             .args(&args)
             .env(CHILD_ENV, format!("{i}/{processes}/{share}"))
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -585,6 +823,7 @@ fn run_children(
     let mut errors = Vec::new();
     let mut exited = 0;
     let mut forwarded = false;
+    let mut stop_sent = false;
     while exited < n {
         if stop.load(Relaxed) && !forwarded {
             forwarded = true;
@@ -611,6 +850,17 @@ fn run_children(
             received: latest.iter().map(|p| p.received).sum(),
         };
         sampler.update(sum.phase, sum.open_now);
+        publisher.on_phase(sum.phase);
+        if publisher.flags.done.load(Relaxed) && !stop_sent {
+            stop_sent = true;
+            let line = format!("stop {}\n", publisher.flags.published.load(Relaxed));
+            for ch in children.iter_mut() {
+                if let Some(stdin) = ch.stdin.as_mut() {
+                    let _ = stdin.write_all(line.as_bytes());
+                    let _ = stdin.flush();
+                }
+            }
+        }
         show(bar, &sum);
     }
     for mut ch in children {

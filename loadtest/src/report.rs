@@ -49,6 +49,18 @@ pub struct Partial {
     pub interrupted: bool,
     /// Serialized histograms (V2 + base64).
     pub hists: BTreeMap<String, String>,
+    /// Fanout: subscribers open at the end, sequence numbers they missed or saw twice,
+    /// subscribers that missed any, and messages that were not payloads (acks).
+    #[serde(default)]
+    pub fanout_subscribers: u64,
+    #[serde(default)]
+    pub fanout_lost: u64,
+    #[serde(default)]
+    pub fanout_duplicated: u64,
+    #[serde(default)]
+    pub fanout_lossy_subscribers: u64,
+    #[serde(default)]
+    pub fanout_other_messages: u64,
 }
 
 pub fn encode_hist(h: &Histogram<u64>) -> String {
@@ -97,6 +109,11 @@ impl Merged {
             p.run_seconds = p.run_seconds.max(part.run_seconds);
             p.cpu_seconds += part.cpu_seconds;
             p.interrupted |= part.interrupted;
+            p.fanout_subscribers += part.fanout_subscribers;
+            p.fanout_lost += part.fanout_lost;
+            p.fanout_duplicated += part.fanout_duplicated;
+            p.fanout_lossy_subscribers += part.fanout_lossy_subscribers;
+            p.fanout_other_messages += part.fanout_other_messages;
             for (name, enc) in &part.hists {
                 let h = decode_hist(enc)?;
                 match hists.get_mut(name) {

@@ -19,6 +19,11 @@ use crate::report::{encode_hist, new_hist, Partial};
 #[derive(Debug, Clone)]
 pub enum Scenario {
     Connect,
+    /// Subscribers: each counts the publisher's sequence numbers and times their delivery.
+    Fanout {
+        /// Sent on open to subscribe (already with the topic), when topics are not in the URL.
+        subscribe: Option<String>,
+    },
     Echo {
         size: usize,
         /// Messages in flight per connection (as fast as possible), or
@@ -45,6 +50,31 @@ pub struct Plan {
     /// This process's place among `of` processes, to spread targets and sources.
     pub index: u64,
     pub of: u64,
+    /// Ends the hold early when set (fanout: the publisher is done); the count of messages
+    /// published is then in `published`.
+    pub hold_done: Option<Arc<AtomicBool>>,
+    pub published: Option<Arc<std::sync::atomic::AtomicU64>>,
+}
+
+/// Microseconds on CLOCK_MONOTONIC: one clock for every process of the box, so a
+/// publisher's timestamp can be compared with a subscriber's in another process.
+pub fn mono_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
+/// A fanout payload starts with `seq:timestamp_us:`.
+pub fn parse_fanout(bytes: &[u8]) -> Option<(u64, u64)> {
+    let text = std::str::from_utf8(bytes.get(..bytes.len().min(48))?).ok()?;
+    let mut it = text.splitn(3, ':');
+    let seq = it.next()?.parse().ok()?;
+    let ts = it.next()?.parse().ok()?;
+    Some((seq, ts))
 }
 
 /// Live counters for progress displays.
@@ -74,6 +104,9 @@ struct ConnSt {
     opened: bool,
     errored: bool,
     seq: u64,
+    /// Fanout: the sequence numbers seen (a bit each), and how many came twice.
+    seen: Vec<u64>,
+    dups: u32,
 }
 
 struct Driver {
@@ -98,6 +131,10 @@ struct Driver {
     bytes_sent: u64,
     bytes_received: u64,
     mismatches: u64,
+    fanout: bool,
+    subscribe: Option<String>,
+    delivery: Histogram<u64>,
+    other_messages: u64,
 }
 
 fn us_since(t: Instant) -> u64 {
@@ -191,6 +228,9 @@ impl ClientHandler for Driver {
         self.open_now += 1;
         self.established = self.established.max(self.open_now);
         self.open_keys.push(ctx.key());
+        if let Some(cmd) = &self.subscribe {
+            ctx.send_text(cmd);
+        }
     }
 
     fn on_message(&mut self, ctx: &mut ClientCtx<'_, ConnSt>, msg: Message<'_>) {
@@ -200,6 +240,24 @@ impl ClientHandler for Driver {
             Message::Binary(b) => (b, false),
         };
         self.bytes_received += bytes.len() as u64;
+        if self.fanout {
+            match parse_fanout(bytes) {
+                Some((seq, ts)) => {
+                    let _ = self.delivery.record(mono_us().saturating_sub(ts).max(1));
+                    let st = ctx.state();
+                    let (w, b) = ((seq / 64) as usize, seq % 64);
+                    if st.seen.len() <= w {
+                        st.seen.resize(w + 1, 0);
+                    }
+                    if st.seen[w] & (1 << b) != 0 {
+                        st.dups += 1;
+                    }
+                    st.seen[w] |= 1 << b;
+                }
+                None => self.other_messages += 1,
+            }
+            return;
+        }
         match (self.echo, self.sent_at(bytes, text)) {
             (Some((size, _, _)), Some(ts))
                 if bytes.len() == size.max(16) || bytes.len() == size =>
@@ -257,6 +315,10 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
             )),
             rate,
         ),
+        Scenario::Fanout { .. } => (None, 0.0),
+    };
+    let hold_done = |stop: &AtomicBool| {
+        stop.load(Relaxed) || plan.hold_done.as_ref().is_some_and(|f| f.load(Relaxed))
     };
     let driver = Driver {
         t0,
@@ -280,6 +342,13 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
         bytes_sent: 0,
         bytes_received: 0,
         mismatches: 0,
+        fanout: matches!(plan.scenario, Scenario::Fanout { .. }),
+        subscribe: match &plan.scenario {
+            Scenario::Fanout { subscribe } => subscribe.clone(),
+            _ => None,
+        },
+        delivery: new_hist(),
+        other_messages: 0,
     };
     let mut client = Client::new(plan.client.clone(), driver).map_err(|e| format!("epoll: {e}"))?;
     let mut started = 0u64;
@@ -330,6 +399,8 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
                 opened: false,
                 errored: false,
                 seq: 0,
+                seen: Vec::new(),
+                dups: 0,
             };
             started += 1;
             if let Err(e) = client.connect(*addr, url, &opts, st) {
@@ -426,15 +497,35 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
                 .map_err(|e| e.to_string())?;
         }
     } else {
-        while run_start.elapsed() < plan.duration && !stop.load(Relaxed) {
+        while run_start.elapsed() < plan.duration && !hold_done(stop) {
             client
-                .poll(Some(Duration::from_millis(50)))
+                .poll(Some(Duration::from_millis(20)))
                 .map_err(|e| e.to_string())?;
             tick(&mut client, PHASE_HOLD, started, obs);
         }
     }
     let run_seconds = run_start.elapsed().as_secs_f64();
     let open_at_end = client.handler().open_now;
+    // Fanout: every subscriber still open should have seen every sequence number once.
+    let (mut lost, mut duplicated, mut lossy) = (0u64, 0u64, 0u64);
+    if client.handler().fanout {
+        let published = plan.published.as_ref().map_or(0, |p| p.load(Relaxed));
+        for key in client.keys() {
+            client.with_conn(key, |ctx| {
+                let st = ctx.state();
+                let seen = (0..published)
+                    .filter(|&s| {
+                        st.seen
+                            .get((s / 64) as usize)
+                            .is_some_and(|w| w & (1 << (s % 64)) != 0)
+                    })
+                    .count() as u64;
+                lost += published - seen;
+                duplicated += st.dups as u64;
+                lossy += u64::from(seen < published);
+            });
+        }
+    }
 
     // Close.
     obs.progress(&progress(&mut client, PHASE_CLOSE, started));
@@ -459,6 +550,9 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
     if echo.is_some() {
         hists.insert("rtt".to_string(), encode_hist(&d.rtt));
     }
+    if d.fanout {
+        hists.insert("delivery".to_string(), encode_hist(&d.delivery));
+    }
     Ok(Partial {
         requested: plan.connections,
         started,
@@ -477,5 +571,10 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
         cpu_seconds: cpu,
         interrupted: stop.load(Relaxed),
         hists,
+        fanout_subscribers: if d.fanout { open_at_end } else { 0 },
+        fanout_lost: lost,
+        fanout_duplicated: duplicated,
+        fanout_lossy_subscribers: lossy,
+        fanout_other_messages: d.other_messages,
     })
 }

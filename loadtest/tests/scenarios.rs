@@ -195,3 +195,91 @@ fn clear_errors_for_bad_urls_and_impossible_requests() {
     assert_eq!(code, 2);
     assert!(out.contains("ip_local_port_range"), "{out}");
 }
+
+#[test]
+fn fanout_scenario_against_the_push_app() {
+    use fanout::apps::push::{Push, PushConfig};
+    let s = Server::start(
+        Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            shards: 2,
+            ..Config::default()
+        },
+        Push::new(PushConfig {
+            publish_key: Some("k".into()),
+            allow_ws_publish: true,
+            ..PushConfig::default()
+        }),
+    )
+    .unwrap();
+    let addr = s.local_addr();
+    // Topics in the URL, HTTP publisher, one process.
+    let (code, v, out) = load(&[
+        "fanout",
+        "--url",
+        &format!("ws://{addr}/ws?topics=bench"),
+        "-n",
+        "200",
+        "--publish-url",
+        &format!("http://{addr}/publish/bench"),
+        "--publish-header",
+        "Authorization: Bearer k",
+        "--publish-rate",
+        "50",
+        "--publish-count",
+        "20",
+        "--grace",
+        "500ms",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["expected"], 4000, "{v}");
+    assert_eq!(v["delivered"], 4000);
+    assert_eq!(v["lost"], 0);
+    assert_eq!(v["duplicated"], 0);
+    assert_eq!(v["latency_ms"]["delivery"]["count"], 4000);
+    assert_eq!(v["publish"]["queued_for"], 4000);
+    // Subscribe by message, WebSocket publisher, two processes.
+    let (code, v, out) = load(&[
+        "fanout",
+        "--url",
+        &format!("ws://{addr}/ws"),
+        "--subscribe",
+        r#"{"op":"subscribe","topic":"{topic}"}"#,
+        "--topic",
+        "t2",
+        "-n",
+        "100",
+        "--processes",
+        "2",
+        "--publish-ws",
+        &format!("ws://{addr}/pub"),
+        "--publish-rate",
+        "50",
+        "--publish-count",
+        "10",
+        "--grace",
+        "500ms",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["expected"], 1000, "{v}");
+    assert_eq!(v["delivered"], 1000);
+    assert_eq!(v["lost"], 0);
+    // A wrong key: every publish fails and the run says so.
+    let (code, v, out) = load(&[
+        "fanout",
+        "--url",
+        &format!("ws://{addr}/ws?topics=bench"),
+        "-n",
+        "10",
+        "--publish-url",
+        &format!("http://{addr}/publish/bench"),
+        "--publish-count",
+        "2",
+        "--publish-rate",
+        "20",
+        "--grace",
+        "100ms",
+    ]);
+    assert_eq!(code, 3, "{out}");
+    assert_eq!(v["publish"]["failed"]["http_401"], 2, "{v}");
+}
