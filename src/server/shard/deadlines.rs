@@ -1,0 +1,143 @@
+//! Connection deadlines on the shard's timing wheel: handshake, ping and pong, idle, close.
+
+use super::*;
+
+impl<H: Handler> Shard<H> {
+    // ----- timers -----
+
+    pub(super) fn fire_timers(&mut self) {
+        let Self { conns, core, .. } = self;
+        if let Some(until) = core.accept_paused_until {
+            if core.now >= until {
+                core.accept_paused_until = None;
+                core.accept_more = true;
+            }
+        }
+        let mut due = std::mem::take(&mut core.due);
+        let now = core.now;
+        core.wheel.advance(now, |e, tick| {
+            let c = conns.get(e.key as usize)?;
+            if c.gen != e.gen {
+                return None;
+            }
+            if c.armed_at == tick {
+                due.push(e);
+                None
+            } else if c.armed_at != NOT_ARMED
+                && c.armed_at > tick
+                && timer::same_slot(c.armed_at, tick)
+            {
+                Some(c.armed_at) // a later turn of the wheel
+            } else {
+                None // stale: the connection was re-armed elsewhere
+            }
+        });
+        for e in due.drain(..) {
+            let key = e.key as usize;
+            let Some(conn) = conns.get_mut(key) else {
+                continue;
+            };
+            conn.armed_at = NOT_ARMED;
+            if core.on_deadline(key, conn) {
+                core.remove(conns, key);
+            }
+        }
+        core.due = due;
+    }
+}
+
+impl<H: Handler> Core<H> {
+    // ----- deadlines -----
+
+    /// The tick of this connection's next deadline.
+    pub(super) fn due_tick(&self, conn: &Conn<H::State>) -> Option<u32> {
+        match conn.phase {
+            Phase::Handshaking => Some(conn.since + self.handshake_ticks),
+            Phase::Open => {
+                let idle = (self.idle_ticks > 0).then(|| conn.since + self.idle_ticks);
+                let ping = (self.ping_ticks > 0).then(|| {
+                    if conn.flags & PING_OUTSTANDING != 0 {
+                        conn.since + self.ping_ticks + self.pong_ticks
+                    } else {
+                        conn.since + self.ping_ticks
+                    }
+                });
+                match (idle, ping) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+            Phase::HttpWait | Phase::Closing | Phase::Finishing | Phase::Draining => {
+                Some(conn.since + self.close_ticks)
+            }
+        }
+    }
+
+    /// Arms the connection's timer for its next deadline unless an earlier entry is live.
+    pub(super) fn schedule(&mut self, key: usize, conn: &mut Conn<H::State>) {
+        if let Some(due) = self.due_tick(conn) {
+            if conn.armed_at == NOT_ARMED || due < conn.armed_at {
+                let entry = Entry {
+                    key: key as u32,
+                    gen: conn.gen,
+                };
+                conn.armed_at = self.wheel.arm(entry, due);
+            }
+        }
+    }
+
+    /// A timer fired. Returns true when the connection must be dropped.
+    pub(super) fn on_deadline(&mut self, key: usize, conn: &mut Conn<H::State>) -> bool {
+        let Some(due) = self.due_tick(conn) else {
+            return false;
+        };
+        if self.now < due {
+            self.schedule(key, conn);
+            return false;
+        }
+        match conn.phase {
+            Phase::Handshaking => {
+                self.stats.inc(Counter::HandshakeTimeouts);
+                true
+            }
+            Phase::Open => {
+                let silent = self.now - conn.since;
+                if self.idle_ticks > 0 && silent >= self.idle_ticks {
+                    self.stats.inc(Counter::IdleTimeouts);
+                    self.notify_close(key, conn, close_code::GOING_AWAY, "idle timeout");
+                    self.start_close(key, conn, close_code::GOING_AWAY, "idle timeout");
+                    self.mark_dirty(key, conn);
+                    return false;
+                }
+                if conn.flags & PING_OUTSTANDING != 0 {
+                    self.stats.inc(Counter::PongTimeouts);
+                    self.notify_close(key, conn, close_code::ABNORMAL, "pong timeout");
+                    return true;
+                }
+                conn.flags |= PING_OUTSTANDING;
+                self.stats.inc(Counter::PingsSent);
+                let mut out = Out {
+                    queue: &mut conn.queue,
+                    cork: None,
+                    flags: &mut conn.flags,
+                    stats: &self.stats,
+                };
+                out.frame(crate::proto::OpCode::Ping, b"");
+                self.mark_dirty(key, conn);
+                self.schedule(key, conn);
+                false
+            }
+            Phase::HttpWait => {
+                self.answer_late(key, conn, 504, "the application did not answer in time\n");
+                false
+            }
+            Phase::Closing | Phase::Finishing | Phase::Draining => {
+                if conn.phase == Phase::Closing {
+                    self.stats.inc(Counter::CloseTimeouts);
+                }
+                self.notify_close(key, conn, close_code::ABNORMAL, "close timeout");
+                true
+            }
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! One reactor thread: its own epoll (mio `Poll`), SO_REUSEPORT listener, slab of connections,
+//! read buffer, cork buffer and timer wheel. `Shard::run` reads top to bottom: poll, dispatch,
+//! fire timers, flush. Owns I/O and connection lifecycles; must not know about topics.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+mod accept;
+mod deadlines;
+mod read;
+mod write;
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use crate::proto::handshake::{self, HttpError};
+use crate::proto::{close_code, Decoded, DecoderConfig, Event, Role};
+use crate::server::api::{ShardApi, ShardLink};
+use crate::server::config::{Config, SlowConsumerPolicy};
+use crate::server::conn::*;
+use crate::server::handler::{
+    ConnError, ConnId, ConnInfo, Ctx, Handler, HttpReply, HttpResponse, Message,
+};
+use crate::server::stats::{Counter, ShardStats};
+use crate::server::timer::{self, ms_to_ticks, Entry, TimerWheel, NOT_ARMED, TICK_MS};
+use crate::server::Global;
+
+pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
+pub(crate) const WAKER: Token = Token(usize::MAX - 2);
+
+/// Full reads of one connection per readiness event before others get a turn.
+const MAX_READS_PER_EVENT: usize = 16;
+/// The cork buffer is flushed early past this size, and shrunk back after a big message.
+const CORK_FLUSH_AT: usize = 256 << 10;
+const CORK_CAPACITY: usize = 64 << 10;
+/// Accepting pauses this long after EMFILE/ENFILE.
+const ACCEPT_BACKOFF_MS: u64 = 100;
+
+/// Everything of a shard but its connections and read buffer, so both can be borrowed
+/// alongside it.
+pub(crate) struct Core<H: Handler> {
+    index: u16,
+    handler: H,
+    poll: Poll,
+    cfg: Arc<Config>,
+    dec_cfg: DecoderConfig,
+    stats: Arc<ShardStats>,
+    all_stats: Arc<[Arc<ShardStats>]>,
+    global: Arc<Global>,
+    links: Arc<[ShardLink<H::Msg>]>,
+    inbox: mpsc::Receiver<H::Msg>,
+    /// Shards posted to this turn, woken once at its end.
+    wake: Vec<bool>,
+    cork: Vec<u8>,
+    wheel: TimerWheel,
+    start: Instant,
+    /// The current tick.
+    now: u32,
+    next_gen: u32,
+    /// Connections with output to flush at the end of the turn, as (key, gen).
+    dirty: Vec<(usize, u32)>,
+    /// Connections with input left unread (fairness cap, or reading resumed).
+    pending_read: Vec<(usize, u32)>,
+    due: Vec<Entry>,
+    // Deadlines in ticks.
+    handshake_ticks: u32,
+    idle_ticks: u32,
+    ping_ticks: u32,
+    pong_ticks: u32,
+    close_ticks: u32,
+    // Accepting.
+    listener: Option<TcpListener>,
+    accept_more: bool,
+    accept_paused_until: Option<u32>,
+    emfile_since_log: u64,
+    emfile_logged_at: Option<Instant>,
+    // Shutting down.
+    draining_until: Option<u32>,
+}
+
+/// What a shard shares with the others.
+pub(crate) struct Shared<M> {
+    pub stats: Arc<[Arc<ShardStats>]>,
+    pub global: Arc<Global>,
+    pub links: Arc<[ShardLink<M>]>,
+    pub inbox: mpsc::Receiver<M>,
+}
+
+pub(crate) struct Shard<H: Handler> {
+    conns: Slab<Conn<H::State>>,
+    rbuf: Box<[u8]>,
+    core: Core<H>,
+}
+
+fn to_ticks(d: Duration) -> u32 {
+    ms_to_ticks(d.as_millis().min(u32::MAX as u128 / 2) as u64)
+}
+
+impl<H: Handler> Shard<H> {
+    pub fn new(
+        index: u16,
+        handler: H,
+        poll: Poll,
+        mut listener: TcpListener,
+        cfg: Arc<Config>,
+        shared: Shared<H::Msg>,
+    ) -> io::Result<Self> {
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let dec_cfg = DecoderConfig {
+            role: Role::Server,
+            max_message_size: cfg.max_message_size,
+            rsv_allowed: 0,
+        };
+        let core = Core {
+            index,
+            handler,
+            poll,
+            dec_cfg,
+            stats: shared.stats[index as usize].clone(),
+            wake: vec![false; shared.links.len()],
+            all_stats: shared.stats,
+            global: shared.global,
+            links: shared.links,
+            inbox: shared.inbox,
+            cork: Vec::with_capacity(CORK_CAPACITY),
+            wheel: TimerWheel::new(0),
+            start: Instant::now(),
+            now: 0,
+            next_gen: 0,
+            dirty: Vec::new(),
+            pending_read: Vec::new(),
+            due: Vec::new(),
+            handshake_ticks: to_ticks(cfg.handshake_timeout).max(1),
+            idle_ticks: to_ticks(cfg.idle_timeout),
+            ping_ticks: to_ticks(cfg.ping_interval),
+            pong_ticks: to_ticks(cfg.pong_timeout).max(1),
+            close_ticks: to_ticks(cfg.close_timeout).max(1),
+            listener: Some(listener),
+            accept_more: false,
+            accept_paused_until: None,
+            emfile_since_log: 0,
+            emfile_logged_at: None,
+            draining_until: None,
+            cfg,
+        };
+        Ok(Self {
+            conns: Slab::new(),
+            rbuf: vec![0u8; core.cfg.read_buffer_size.max(4096)].into_boxed_slice(),
+            core,
+        })
+    }
+
+    /// The event loop. Returns when a graceful shutdown has finished.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.core.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(shard = self.core.index, "poll failed: {e}");
+                    return;
+                }
+            }
+            let busy_from = Instant::now();
+            self.core.tick();
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    Token(key) => {
+                        if ev.is_writable() {
+                            self.flush(key);
+                        }
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            // With the peer's FIN already in, a short read does not mean
+                            // drained: the EOF after the data brings no new edge.
+                            self.read(key, ev.is_read_closed() || ev.is_error());
+                        }
+                    }
+                }
+            }
+            if self.core.accept_more {
+                // A batch cap was hit or the EMFILE back-off ended: the listener's edge will
+                // not fire again for connections already waiting.
+                self.accept();
+            }
+            self.app_hooks();
+            self.resume_pending();
+            self.fire_timers();
+            self.flush_dirty();
+            self.wake_peers();
+            if self.check_shutdown() {
+                return;
+            }
+            let busy = busy_from.elapsed().as_micros() as u64;
+            self.core.stats.loop_lag_us.store(busy, Relaxed);
+        }
+    }
+
+    /// Lends the shard to the app: messages from other shards, then its once-a-turn hook.
+    fn app_hooks(&mut self) {
+        let Self { conns, core, .. } = self;
+        let Core {
+            handler,
+            index,
+            dirty,
+            stats,
+            all_stats,
+            cfg,
+            links,
+            wake,
+            inbox,
+            now,
+            ..
+        } = core;
+        let mut api = ShardApi {
+            index: *index,
+            conns,
+            dirty,
+            stats,
+            all_stats,
+            write_queue_limit: cfg.write_queue_limit,
+            links,
+            wake,
+            now: *now,
+        };
+        while let Ok(msg) = inbox.try_recv() {
+            handler.on_shard_msg(&mut api, msg);
+        }
+        handler.on_turn(&mut api);
+    }
+
+    /// Wakes the shards posted to this turn.
+    fn wake_peers(&mut self) {
+        let c = &mut self.core;
+        for (i, w) in c.wake.iter_mut().enumerate() {
+            if std::mem::take(w) {
+                let _ = c.links[i].waker.wake();
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        let c = &self.core;
+        if !c.pending_read.is_empty() || !c.dirty.is_empty() || c.accept_more {
+            return Some(Duration::ZERO);
+        }
+        if c.wheel.is_empty()
+            && c.accept_paused_until.is_none()
+            && c.draining_until.is_none()
+            && !c.global.shutdown.load(Relaxed)
+        {
+            return None;
+        }
+        let next_ms = c.wheel.next_tick() as u64 * TICK_MS;
+        let now_ms = c.start.elapsed().as_millis() as u64;
+        Some(Duration::from_millis(next_ms.saturating_sub(now_ms).max(1)))
+    }
+
+    // ----- shutting down -----
+
+    /// Starts or continues a graceful shutdown. Returns true when the shard is done.
+    fn check_shutdown(&mut self) -> bool {
+        let Self { conns, core, .. } = self;
+        if !core.global.shutdown.load(Relaxed) {
+            return false;
+        }
+        if core.draining_until.is_none() {
+            core.draining_until = Some(core.now + to_ticks(core.cfg.drain_timeout).max(1));
+            if let Some(mut l) = core.listener.take() {
+                let _ = core.poll.registry().deregister(&mut l);
+            }
+            let keys: Vec<usize> = conns.iter().map(|(k, _)| k).collect();
+            for key in keys {
+                let conn = &mut conns[key];
+                match conn.phase {
+                    Phase::Handshaking => core.remove(conns, key),
+                    Phase::HttpWait => core.answer_late(key, conn, 503, "server shutting down\n"),
+                    Phase::Open => {
+                        core.start_close(key, conn, close_code::GOING_AWAY, "server shutting down");
+                        core.mark_dirty(key, conn);
+                    }
+                    _ => {}
+                }
+            }
+            tracing::debug!(shard = core.index, open = conns.len(), "draining");
+        }
+        if conns.is_empty() {
+            return true;
+        }
+        if core.draining_until.is_some_and(|t| core.now >= t) {
+            let keys: Vec<usize> = conns.iter().map(|(k, _)| k).collect();
+            for key in keys {
+                core.abort(conns, key);
+            }
+            return true;
+        }
+        false
+    }
+}
+
+/// Reads once into `tmp` and appends to `big` (the large-request path).
+fn read_append(sock: &mut TcpStream, big: &mut Vec<u8>, tmp: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match sock.read(tmp) {
+            Ok(n) => {
+                big.extend_from_slice(&tmp[..n]);
+                return Ok(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl<H: Handler> Core<H> {
+    fn tick(&mut self) {
+        self.now = (self.start.elapsed().as_millis() as u64 / TICK_MS) as u32;
+    }
+
+    fn id(&self, key: usize, gen: u32) -> ConnId {
+        ConnId {
+            shard: self.index,
+            key: key as u32,
+            gen,
+        }
+    }
+
+    /// Input arrived: an open connection is not idle.
+    fn touch(&mut self, conn: &mut Conn<H::State>) {
+        if conn.phase == Phase::Open {
+            conn.since = self.now;
+            conn.flags &= !PING_OUTSTANDING;
+        }
+    }
+
+    fn mark_dirty(&mut self, key: usize, conn: &mut Conn<H::State>) {
+        if conn.flags & DIRTY == 0 {
+            conn.flags |= DIRTY;
+            self.dirty.push((key, conn.gen));
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! The read side of a shard: read into the shard's buffer (after any kept bytes), run the
+//! input through the handshake or the decoder and the app, keep only what is unfinished.
+
+use super::*;
+
+impl<H: Handler> Shard<H> {
+    // ----- reading -----
+
+    /// Reads what the socket has and processes it, up to the fairness cap. `to_eof`: keep
+    /// reading past short reads (the peer has shut down its side).
+    pub(super) fn read(&mut self, key: usize, to_eof: bool) {
+        let Self { conns, rbuf, core } = self;
+        let Some(conn) = conns.get_mut(key) else {
+            return;
+        };
+        if conn.flags & READ_PAUSED != 0 {
+            return;
+        }
+        for round in 0.. {
+            if round == MAX_READS_PER_EVENT {
+                conn.flags |= PENDING_READ;
+                core.pending_read.push((key, conn.gen));
+                break;
+            }
+            let stash = conn.stash.take();
+            let kept = stash.as_ref().map_or(0, |s| s.len());
+            let (result, space) = if kept * 2 > rbuf.len() {
+                // A large unfinished HTTP request: grow it in place rather than through the
+                // read buffer.
+                let mut big = stash.unwrap_or_default();
+                let r = read_append(&mut conn.sock, &mut big, rbuf);
+                let space = rbuf.len();
+                let n = match r {
+                    Ok(n) if n > 0 => n,
+                    other => {
+                        conn.stash.set(big);
+                        if let Err(e) = other {
+                            if e.kind() == io::ErrorKind::WouldBlock {
+                                break;
+                            }
+                            core.fail_io(key, conn, e);
+                            core.remove(conns, key);
+                        } else {
+                            let _ = core.flush_conn(key, conn);
+                            core.eof(conns, key);
+                        }
+                        return;
+                    }
+                };
+                core.stats.add(Counter::BytesIn, n as u64);
+                core.touch(conn);
+                let len = big.len();
+                let used = core.process(key, conn, &mut big[..len]);
+                big.drain(..used);
+                conn.stash.set(big);
+                (n, space)
+            } else {
+                if let Some(s) = &stash {
+                    rbuf[..kept].copy_from_slice(s);
+                }
+                let space = rbuf.len() - kept;
+                let n = match conn.sock.read(&mut rbuf[kept..]) {
+                    Ok(0) => {
+                        // The peer may still read (half-close): send what its input produced.
+                        let _ = core.flush_conn(key, conn);
+                        core.eof(conns, key);
+                        return;
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        conn.stash.keep(&rbuf[..kept], stash);
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                        conn.stash.keep(&rbuf[..kept], stash);
+                        continue;
+                    }
+                    Err(e) => {
+                        core.fail_io(key, conn, e);
+                        core.remove(conns, key);
+                        return;
+                    }
+                };
+                core.stats.add(Counter::BytesIn, n as u64);
+                core.touch(conn);
+                let total = kept + n;
+                let used = core.process(key, conn, &mut rbuf[..total]);
+                conn.stash.keep(&rbuf[used..total], stash);
+                (n, space)
+            };
+            if core.cork.len() >= CORK_FLUSH_AT && !core.flush_conn(key, conn) {
+                core.remove(conns, key);
+                return;
+            }
+            if conn.flags & READ_PAUSED != 0 || (result < space && !to_eof) {
+                // A short read drained the socket: the next byte brings a new edge.
+                break;
+            }
+        }
+        if !core.flush_conn(key, conn) {
+            core.remove(conns, key);
+        }
+    }
+
+    /// Continues connections with input left unread.
+    pub(super) fn resume_pending(&mut self) {
+        let pending = std::mem::take(&mut self.core.pending_read);
+        for (key, gen) in pending {
+            match self.conns.get_mut(key) {
+                Some(c) if c.gen == gen && c.flags & PENDING_READ != 0 => {
+                    c.flags &= !PENDING_READ;
+                }
+                _ => continue,
+            }
+            self.read(key, true);
+        }
+    }
+
+    // ----- writing -----
+
+    /// Writes a connection's queue (WRITABLE event, or a dirty connection).
+    pub(super) fn flush(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if !self.core.flush_conn(key, conn) {
+            self.core.remove(&mut self.conns, key);
+        }
+    }
+
+    pub(super) fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.core.dirty);
+        for &(key, gen) in &dirty {
+            match self.conns.get_mut(key) {
+                Some(c) if c.gen == gen => c.flags &= !DIRTY,
+                _ => continue,
+            }
+            self.flush(key);
+        }
+        // Keep the list's allocation.
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.core.dirty.is_empty() {
+            self.core.dirty = dirty;
+        }
+    }
+}
+
+impl<H: Handler> Core<H> {
+    // ----- processing input -----
+
+    /// Processes input by phase; returns how many bytes were consumed (the rest is kept).
+    pub(super) fn process(
+        &mut self,
+        key: usize,
+        conn: &mut Conn<H::State>,
+        data: &mut [u8],
+    ) -> usize {
+        match conn.phase {
+            Phase::Handshaking => self.handshake(key, conn, data),
+            Phase::Open | Phase::Closing => self.frames(key, conn, data),
+            Phase::HttpWait | Phase::Finishing | Phase::Draining => data.len(),
+        }
+    }
+
+    pub(super) fn handshake(
+        &mut self,
+        key: usize,
+        conn: &mut Conn<H::State>,
+        data: &mut [u8],
+    ) -> usize {
+        let (req, head_len) = match handshake::parse_request(data, self.cfg.max_header_bytes) {
+            Ok(None) => return 0,
+            Ok(Some(parsed)) => parsed,
+            Err(e) => return self.refuse(key, conn, &e, data.len()),
+        };
+        let id = self.id(key, conn.gen);
+        let key_ws = match req.websocket() {
+            Ok(Some(k)) => k,
+            Ok(None) => return self.plain_http(key, conn, data),
+            Err(e) => return self.refuse(key, conn, &e, data.len()),
+        };
+        let info = ConnInfo {
+            id,
+            sock: &conn.sock,
+        };
+        match self.handler.on_open(&req, &info) {
+            Ok(accept) => {
+                debug_assert!(self.cork.is_empty());
+                handshake::write_accept_response(&mut self.cork, &key_ws, accept.protocol, None);
+                conn.state = Some(accept.state);
+            }
+            Err(e) => {
+                self.stats.inc(Counter::HandshakeRejected);
+                return self.refuse(key, conn, &e, data.len());
+            }
+        }
+        self.stats.inc(Counter::HandshakesOk);
+        conn.phase = Phase::Open;
+        conn.flags |= APP_OPEN;
+        conn.since = self.now;
+        self.schedule(key, conn);
+        // Frames may follow the request in the same read.
+        head_len + self.frames(key, conn, &mut data[head_len..])
+    }
+
+    /// Answers a plain HTTP request and closes the connection.
+    pub(super) fn plain_http(
+        &mut self,
+        key: usize,
+        conn: &mut Conn<H::State>,
+        data: &mut [u8],
+    ) -> usize {
+        let Ok(Some((req, head_len))) = handshake::parse_request(data, self.cfg.max_header_bytes)
+        else {
+            return data.len();
+        };
+        self.stats.inc(Counter::HttpRequests);
+        if req.header("transfer-encoding").is_some() {
+            let e = HttpError::new(411, "chunked bodies are not supported; send Content-Length");
+            return self.refuse(key, conn, &e, data.len());
+        }
+        let body_len = match req.content_length.map(|v| v.trim().parse::<usize>()) {
+            None => 0,
+            Some(Ok(n)) => n,
+            Some(Err(_)) => {
+                let e = HttpError::new(400, "bad Content-Length");
+                return self.refuse(key, conn, &e, data.len());
+            }
+        };
+        if body_len > self.cfg.max_http_body {
+            let e = HttpError::new(413, "request body too large");
+            return self.refuse(key, conn, &e, data.len());
+        }
+        if data.len() < head_len + body_len {
+            return 0; // wait for the whole body
+        }
+        let body = &data[head_len..head_len + body_len];
+        let reply = if req.path == "/healthz" && (req.method == "GET" || req.method == "HEAD") {
+            HttpReply::Respond(HttpResponse::text(200, "ok\n"))
+        } else {
+            let info = ConnInfo {
+                id: self.id(key, conn.gen),
+                sock: &conn.sock,
+            };
+            self.handler.on_http(&req, body, &info)
+        };
+        let resp = match reply {
+            HttpReply::Respond(r) => Some(r),
+            HttpReply::NotFound => None,
+            HttpReply::Defer => {
+                conn.phase = Phase::HttpWait;
+                conn.since = self.now;
+                self.schedule(key, conn);
+                return data.len();
+            }
+        };
+        let resp = resp.unwrap_or_else(|| HttpResponse::text(404, "not found\n"));
+        if resp.status >= 400 {
+            self.stats.http_status(resp.status);
+        }
+        let headers: Vec<(&str, &str)> =
+            resp.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let body: &[u8] = if req.method == "HEAD" {
+            &[]
+        } else {
+            &resp.body
+        };
+        handshake::write_response(
+            &mut self.cork,
+            resp.status,
+            &headers,
+            resp.content_type,
+            body,
+        );
+        self.finish(key, conn);
+        data.len()
+    }
+
+    /// Answers a refused handshake with its status and closes.
+    pub(super) fn refuse(
+        &mut self,
+        key: usize,
+        conn: &mut Conn<H::State>,
+        e: &HttpError,
+        len: usize,
+    ) -> usize {
+        self.stats.http_status(e.status);
+        tracing::debug!(
+            shard = self.index,
+            status = e.status,
+            "handshake refused: {}",
+            e.reason
+        );
+        handshake::write_error_response(&mut self.cork, e);
+        self.finish(key, conn);
+        len
+    }
+
+    /// The last bytes are queued: shut down once they are written.
+    pub(super) fn finish(&mut self, key: usize, conn: &mut Conn<H::State>) {
+        conn.phase = Phase::Finishing;
+        conn.since = self.now;
+        self.schedule(key, conn);
+    }
+
+    /// Runs the frames of an open connection through the decoder and the app.
+    pub(super) fn frames(
+        &mut self,
+        key: usize,
+        conn: &mut Conn<H::State>,
+        data: &mut [u8],
+    ) -> usize {
+        let id = self.id(key, conn.gen);
+        let Conn {
+            sock,
+            phase,
+            flags,
+            since,
+            decoder,
+            queue,
+            state,
+            ..
+        } = conn;
+        let mut pos = 0;
+        loop {
+            let step = decoder.next(&self.dec_cfg, &mut data[pos..]);
+            let mut out = Out {
+                queue: &mut *queue,
+                cork: Some(&mut self.cork),
+                flags: &mut *flags,
+                stats: &self.stats,
+            };
+            match step {
+                Ok(Decoded::Event(n, event)) => {
+                    pos += n;
+                    match event {
+                        Event::Text(t) => {
+                            if let (Phase::Open, Some(state)) = (*phase, state.as_mut()) {
+                                self.stats.inc(Counter::MessagesIn);
+                                let mut ctx = Ctx {
+                                    id,
+                                    state,
+                                    sock: &*sock,
+                                    out,
+                                };
+                                self.handler.on_message(&mut ctx, Message::Text(t));
+                            }
+                        }
+                        Event::Binary(b) => {
+                            if let (Phase::Open, Some(state)) = (*phase, state.as_mut()) {
+                                self.stats.inc(Counter::MessagesIn);
+                                let mut ctx = Ctx {
+                                    id,
+                                    state,
+                                    sock: &*sock,
+                                    out,
+                                };
+                                self.handler.on_message(&mut ctx, Message::Binary(b));
+                            }
+                        }
+                        Event::Ping(p) => out.frame(crate::proto::OpCode::Pong, p),
+                        Event::Pong(_) => {}
+                        Event::Close(cf) => {
+                            // Echo the peer's close (same code), then close the TCP connection.
+                            if cf.code == close_code::NO_STATUS {
+                                out.close_empty();
+                            } else {
+                                out.close(cf.code, "");
+                            }
+                            self.stats.inc(Counter::ClosedByPeer);
+                            if *flags & APP_OPEN != 0 {
+                                *flags &= !APP_OPEN;
+                                if let Some(s) = state.as_mut() {
+                                    self.handler.on_close(id, s, cf.code, cf.reason);
+                                }
+                            }
+                            *phase = Phase::Finishing;
+                            *since = self.now;
+                            break;
+                        }
+                    }
+                    if *phase == Phase::Open && *flags & CLOSE_SENT != 0 {
+                        // The app called close().
+                        *phase = Phase::Closing;
+                        *since = self.now;
+                        self.stats.inc(Counter::ClosedByServer);
+                        break;
+                    }
+                }
+                Ok(Decoded::Progress(n)) => pos += n,
+                Ok(Decoded::Incomplete) => return pos,
+                Err(e) => {
+                    self.stats.inc(match e.code {
+                        close_code::INVALID_DATA => Counter::Close1007,
+                        close_code::TOO_BIG => Counter::Close1009,
+                        _ => Counter::Close1002,
+                    });
+                    out.close(e.code, e.reason);
+                    if *flags & APP_OPEN != 0 {
+                        *flags &= !APP_OPEN;
+                        if let Some(s) = state.as_mut() {
+                            self.handler.on_error(id, s, &ConnError::Protocol(e));
+                            self.handler.on_close(id, s, e.code, e.reason);
+                        }
+                    }
+                    *phase = Phase::Finishing;
+                    *since = self.now;
+                    break;
+                }
+            }
+        }
+        // The phase changed: a new deadline, and whatever else was read is discarded.
+        self.schedule(key, conn);
+        data.len()
+    }
+}

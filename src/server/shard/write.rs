@@ -1,0 +1,234 @@
+//! The write side and the end of connections: corked writes, queues flushed with writev,
+//! the slow-consumer policy, closing handshakes and removal.
+
+use super::*;
+
+impl<H: Handler> Core<H> {
+    // ----- closing -----
+
+    /// Answers a deferred request on the app's behalf (timeout, shutdown) and finishes.
+    pub(super) fn answer_late(
+        &mut self,
+        key: usize,
+        conn: &mut Conn<H::State>,
+        status: u16,
+        body: &str,
+    ) {
+        let mut out = Vec::new();
+        handshake::write_response(
+            &mut out,
+            status,
+            &[],
+            "text/plain; charset=utf-8",
+            body.as_bytes(),
+        );
+        conn.queue
+            .get_or_insert_with(Default::default)
+            .push_owned(out);
+        self.stats.http_status(status);
+        self.finish(key, conn);
+        self.mark_dirty(key, conn);
+    }
+
+    /// Sends a close frame and waits for the peer's.
+    pub(super) fn start_close(
+        &mut self,
+        key: usize,
+        conn: &mut Conn<H::State>,
+        code: u16,
+        reason: &str,
+    ) {
+        let mut out = Out {
+            queue: &mut conn.queue,
+            cork: None,
+            flags: &mut conn.flags,
+            stats: &self.stats,
+        };
+        out.close(code, reason);
+        conn.phase = Phase::Closing;
+        conn.since = self.now;
+        self.stats.inc(Counter::ClosedByServer);
+        self.schedule(key, conn);
+    }
+
+    /// Tells the app (once) that the connection is closed.
+    pub(super) fn notify_close(
+        &mut self,
+        key: usize,
+        conn: &mut Conn<H::State>,
+        code: u16,
+        reason: &str,
+    ) {
+        if conn.flags & APP_OPEN != 0 {
+            conn.flags &= !APP_OPEN;
+            let id = self.id(key, conn.gen);
+            if let Some(s) = conn.state.as_mut() {
+                self.handler.on_close(id, s, code, reason);
+            }
+        }
+    }
+
+    pub(super) fn fail_io(&mut self, key: usize, conn: &mut Conn<H::State>, e: io::Error) {
+        self.stats.inc(Counter::IoErrors);
+        if conn.flags & APP_OPEN != 0 {
+            let id = self.id(key, conn.gen);
+            if let Some(s) = conn.state.as_mut() {
+                self.handler.on_error(id, s, &ConnError::Io(e));
+            }
+        }
+        self.notify_close(key, conn, close_code::ABNORMAL, "i/o error");
+    }
+
+    /// The peer closed its side.
+    pub(super) fn eof(&mut self, conns: &mut Slab<Conn<H::State>>, key: usize) {
+        let conn = &mut conns[key];
+        if matches!(conn.phase, Phase::Open | Phase::Closing) {
+            self.stats.inc(Counter::ClosedAbnormal);
+            self.notify_close(
+                key,
+                conn,
+                close_code::ABNORMAL,
+                "connection closed without a close frame",
+            );
+        }
+        self.remove(conns, key);
+    }
+
+    /// Drops a connection now, telling the app if it had not been told.
+    pub(super) fn abort(&mut self, conns: &mut Slab<Conn<H::State>>, key: usize) {
+        let conn = &mut conns[key];
+        self.notify_close(key, conn, close_code::ABNORMAL, "connection aborted");
+        self.remove(conns, key);
+    }
+
+    /// Frees the slot and the socket.
+    pub(super) fn remove(&mut self, conns: &mut Slab<Conn<H::State>>, key: usize) {
+        // The cork is empty or this connection's: never let its bytes reach another.
+        self.cork.clear();
+        if let Some(mut conn) = conns.try_remove(key) {
+            let _ = self.poll.registry().deregister(&mut conn.sock);
+            self.notify_close(key, &mut conn, close_code::ABNORMAL, "connection dropped");
+            self.global.open.fetch_sub(1, SeqCst);
+            self.stats.open.fetch_sub(1, Relaxed);
+            self.stats.inc(Counter::Closed);
+        }
+    }
+
+    // ----- writing -----
+
+    /// Writes what this connection has corked and queued. Returns false when the connection
+    /// must be dropped (the caller removes it).
+    pub(super) fn flush_conn(&mut self, key: usize, conn: &mut Conn<H::State>) -> bool {
+        if !self.cork.is_empty() {
+            let queue_empty = conn.queue.as_ref().is_none_or(|q| q.is_empty());
+            let mut written = 0;
+            if queue_empty {
+                match write_once(&mut conn.sock, &self.cork) {
+                    Ok(n) => written = n,
+                    Err(e) => {
+                        self.cork.clear();
+                        self.fail_io(key, conn, e);
+                        return false;
+                    }
+                }
+                self.stats.add(Counter::BytesOut, written as u64);
+            }
+            if written < self.cork.len() {
+                let q = conn.queue.get_or_insert_with(Default::default);
+                q.push_bytes(&self.cork[written..]);
+            }
+            self.cork.clear();
+            if self.cork.capacity() > CORK_FLUSH_AT * 2 {
+                self.cork = Vec::with_capacity(CORK_CAPACITY);
+            }
+        }
+        if let Some(q) = conn.queue.as_mut() {
+            if conn.flags & WANT_WRITABLE == 0 || !q.is_empty() {
+                match q.flush(&mut conn.sock) {
+                    Ok((_, n)) => self.stats.add(Counter::BytesOut, n as u64),
+                    Err(e) => {
+                        self.fail_io(key, conn, e);
+                        return false;
+                    }
+                }
+            }
+        }
+        let backlog = conn.queued();
+        if backlog == 0 {
+            conn.queue = None;
+            if conn.flags & WANT_WRITABLE != 0 {
+                conn.flags &= !WANT_WRITABLE;
+                let _ =
+                    self.poll
+                        .registry()
+                        .reregister(&mut conn.sock, Token(key), Interest::READABLE);
+            }
+            if conn.flags & READ_PAUSED != 0 {
+                conn.flags = (conn.flags & !READ_PAUSED) | PENDING_READ;
+                self.pending_read.push((key, conn.gen));
+            }
+            if conn.phase == Phase::Finishing {
+                let _ = conn.sock.shutdown(Shutdown::Write);
+                conn.phase = Phase::Draining;
+                conn.since = self.now;
+                self.schedule(key, conn);
+            }
+            return true;
+        }
+        if conn.flags & WANT_WRITABLE == 0 {
+            conn.flags |= WANT_WRITABLE;
+            let _ = self.poll.registry().reregister(
+                &mut conn.sock,
+                Token(key),
+                Interest::READABLE | Interest::WRITABLE,
+            );
+        }
+        if backlog > self.cfg.write_queue_limit && conn.phase == Phase::Open {
+            match self.cfg.slow_consumer {
+                SlowConsumerPolicy::Pause => {
+                    if conn.flags & READ_PAUSED == 0 {
+                        conn.flags |= READ_PAUSED;
+                        self.stats.inc(Counter::SlowConsumerPaused);
+                    }
+                }
+                SlowConsumerPolicy::DropOldest => {
+                    if let Some(q) = conn.queue.as_mut() {
+                        let n = q.drop_oldest_shared(self.cfg.write_queue_limit / 2);
+                        self.stats.add(Counter::SlowConsumerDropped, n as u64);
+                    }
+                }
+                SlowConsumerPolicy::Disconnect => {
+                    self.stats.inc(Counter::SlowConsumerDisconnected);
+                    if conn.flags & APP_OPEN != 0 {
+                        let id = self.id(key, conn.gen);
+                        if let Some(s) = conn.state.as_mut() {
+                            self.handler.on_error(id, s, &ConnError::SlowConsumer);
+                        }
+                    }
+                    self.notify_close(key, conn, close_code::POLICY, "slow consumer");
+                    // Its queue will not drain: drop it, and try to say why.
+                    conn.queue = None;
+                    let (payload, n) =
+                        crate::proto::frame::close_payload(close_code::POLICY, "slow consumer");
+                    let mut frame = vec![0x88, n as u8];
+                    frame.extend_from_slice(&payload[..n]);
+                    let _ = conn.sock.write(&frame);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// One `write` of the cork buffer; WouldBlock counts as nothing written.
+fn write_once(sock: &mut TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        match sock.write(bytes) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
