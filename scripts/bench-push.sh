@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The push server's figures with fanout-load fanout, one server process:
+#   1. burst: one 100-byte publish to N subscribers (default 19,000): delivery latency, lost;
+#   2. sustained: N subscribers, publishes at 20/s for 60 s: every message delivered,
+#      deliveries/s, server CPU.
+# Writes bench/results/<date>-push.json and prints the figures.
+#
+# usage: scripts/bench-push.sh [--subscribers N] [--rate R] [--seconds S] [--shards K] [--port P]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+N=19000
+RATE=20
+SECONDS_RUN=60
+SHARDS=2
+PORT=9650
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --subscribers) N=$2; shift 2 ;;
+        --rate) RATE=$2; shift 2 ;;
+        --seconds) SECONDS_RUN=$2; shift 2 ;;
+        --shards) SHARDS=$2; shift 2 ;;
+        --port) PORT=$2; shift 2 ;;
+        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+done
+
+if [ ! -x target/release/fanout ] || [ ! -x target/release/fanout-load ]; then
+    cargo build --release --workspace >&2
+fi
+OUT=bench/results
+mkdir -p "$OUT"
+BASE="$OUT/$(date -u +%Y%m%d-%H%M%S)-push"
+WORK=$(mktemp -d)
+KEY="bench-$RANDOM$RANDOM"
+SERVER_PID=""
+cleanup() {
+    if [ -n "$SERVER_PID" ]; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+target/release/fanout serve --app push --listen "127.0.0.1:$PORT" --shards "$SHARDS" \
+    --publish-key "$KEY" --write-queue-limit 4MiB 2>"$WORK/server.log" &
+SERVER_PID=$!
+for _ in $(seq 100); do
+    grep -q "listening on" "$WORK/server.log" 2>/dev/null && break
+    sleep 0.05
+done
+
+run() {
+    local name=$1 count=$2 rate=$3
+    target/release/fanout-load fanout --url "ws://127.0.0.1:$PORT/ws?topics=bench" --connections "$N" \
+        --publish-url "http://127.0.0.1:$PORT/publish/bench" --publish-header "Authorization: Bearer $KEY" \
+        --publish-count "$count" --publish-rate "$rate" --message-size 100 --grace 2s \
+        --server-pid "$SERVER_PID" --no-progress --json "$BASE-$name.json" --plot "$BASE-$name.svg" \
+        | tee "$WORK/$name.txt" || true
+}
+echo "== burst: one publish to $N subscribers" >&2
+run burst 1 1
+echo "== sustained: $RATE publishes/s for $SECONDS_RUN s to $N subscribers" >&2
+run sustained $((RATE * SECONDS_RUN)) "$RATE"
+
+python3 - "$BASE" <<'PY'
+import json, sys
+base = sys.argv[1]
+out = {}
+for name in ("burst", "sustained"):
+    with open(f"{base}-{name}.json") as f:
+        r = json.load(f)
+    out[name] = {
+        "subscribers": r.get("subscribers"), "established": r["established"], "failed_total": r["failed_total"],
+        "published": r["publish"]["ok"], "delivered": r["delivered"], "expected": r["expected"],
+        "lost": r["lost"], "duplicated": r["duplicated"],
+        "delivery_ms": r["latency_ms"].get("delivery"),
+        "deliveries_per_second": r.get("deliveries_per_second"),
+        "server_cpu_cores_during_publishing": (r.get("server") or {}).get("cpu_cores_run"),
+        "server_rss_bytes_per_connection": r.get("server_rss_bytes_per_connection"),
+    }
+with open(base + ".json", "w") as f:
+    json.dump(out, f, indent=2)
+for name, r in out.items():
+    d = r["delivery_ms"] or {}
+    print(f"{name}: {r['established']} subscribers, {r['published']} published, delivered {r['delivered']}/{r['expected']} "
+          f"(lost {r['lost']}, duplicated {r['duplicated']}), delivery p50 {d.get('p50')} p99 {d.get('p99')} max {d.get('max')} ms, "
+          f"{(r['deliveries_per_second'] or 0):.0f} deliveries/s, server {r['server_cpu_cores_during_publishing']} cores")
+print(f"wrote {base}.json")
+PY
