@@ -54,8 +54,10 @@ pub struct Request<'a> {
     pub extensions: Option<&'a str>,
     pub content_length: Option<&'a str>,
     pub content_type: Option<&'a str>,
-    upgrade: Option<&'a str>,
-    connection: Option<&'a str>,
+    /// Some `Upgrade` header holds the token `websocket` (every occurrence is looked at).
+    upgrade_websocket: bool,
+    /// Some `Connection` header holds the token `upgrade`.
+    connection_upgrade: bool,
     ws_version: Option<&'a str>,
     ws_key: Option<&'a str>,
     /// The whole header block, to look up any other header.
@@ -121,8 +123,8 @@ pub fn parse_request(
         extensions: None,
         content_length: None,
         content_type: None,
-        upgrade: None,
-        connection: None,
+        upgrade_websocket: false,
+        connection_upgrade: false,
         ws_version: None,
         ws_key: None,
         head: &buf[..n],
@@ -132,8 +134,16 @@ pub fn parse_request(
             4 if h.name.eq_ignore_ascii_case("host") => &mut out.host,
             6 if h.name.eq_ignore_ascii_case("origin") => &mut out.origin,
             6 if h.name.eq_ignore_ascii_case("cookie") => &mut out.cookie,
-            7 if h.name.eq_ignore_ascii_case("upgrade") => &mut out.upgrade,
-            10 if h.name.eq_ignore_ascii_case("connection") => &mut out.connection,
+            7 if h.name.eq_ignore_ascii_case("upgrade") => {
+                let v = std::str::from_utf8(h.value).map_err(|_| ERR_MALFORMED)?;
+                out.upgrade_websocket |= has_token(v, "websocket");
+                continue;
+            }
+            10 if h.name.eq_ignore_ascii_case("connection") => {
+                let v = std::str::from_utf8(h.value).map_err(|_| ERR_MALFORMED)?;
+                out.connection_upgrade |= has_token(v, "upgrade");
+                continue;
+            }
             12 if h.name.eq_ignore_ascii_case("content-type") => &mut out.content_type,
             13 if h.name.eq_ignore_ascii_case("authorization") => &mut out.authorization,
             14 if h.name.eq_ignore_ascii_case("content-length") => &mut out.content_length,
@@ -144,12 +154,10 @@ pub fn parse_request(
             _ => continue,
         };
         let value = std::str::from_utf8(h.value).map_err(|_| ERR_MALFORMED)?;
-        *slot = Some(match *slot {
-            // A repeated list header: only the first is kept as a view; the token checks
-            // below look at every occurrence through `header_values`.
-            Some(first) => first,
-            None => value,
-        });
+        // A repeated header: the first is kept as the view (`header_values` has them all).
+        if slot.is_none() {
+            *slot = Some(value);
+        }
     }
     Ok(Some((out, n)))
 }
@@ -204,9 +212,7 @@ impl<'a> Request<'a> {
 
     /// Is this an attempt at a WebSocket upgrade (as opposed to plain HTTP)?
     pub fn is_upgrade_attempt(&self) -> bool {
-        self.header_values("upgrade")
-            .any(|v| has_token(v, "websocket"))
-            || self.ws_key.is_some()
+        self.upgrade_websocket || self.ws_key.is_some()
     }
 
     /// Validates the upgrade request (RFC 6455 §4.2.1).
@@ -227,16 +233,10 @@ impl<'a> Request<'a> {
         if self.host.is_none() {
             return Err(HttpError::new(400, "missing Host"));
         }
-        if !self
-            .header_values("upgrade")
-            .any(|v| has_token(v, "websocket"))
-        {
+        if !self.upgrade_websocket {
             return Err(HttpError::new(400, "Upgrade must be websocket"));
         }
-        if !self
-            .header_values("connection")
-            .any(|v| has_token(v, "upgrade"))
-        {
+        if !self.connection_upgrade {
             return Err(HttpError::new(400, "Connection must include upgrade"));
         }
         match self.ws_version.map(str::trim) {
@@ -598,6 +598,21 @@ mod tests {
         assert_eq!(
             status_of(&with("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "")),
             400
+        );
+        // Tokens may sit in any occurrence of a repeated header.
+        assert_eq!(
+            status_of(&with(
+                "Upgrade: websocket\r\n",
+                "Upgrade: h2c\r\nUpgrade: websocket\r\n"
+            )),
+            101
+        );
+        assert_eq!(
+            status_of(&with(
+                "Connection: keep-alive, Upgrade\r\n",
+                "Connection: keep-alive\r\nConnection: Upgrade\r\n"
+            )),
+            101
         );
         // Case-insensitive tokens and header names.
         assert_eq!(

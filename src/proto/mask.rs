@@ -22,6 +22,67 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], phase: usize) -> usize {
     (phase + buf.len()) & 3
 }
 
+/// Like `apply_mask`, and also tells whether every unmasked byte is ASCII, found in the same
+/// pass (an OR of the results), so a text frame of ASCII needs no separate UTF-8 scan.
+#[inline]
+pub fn apply_mask_ascii(buf: &mut [u8], key: [u8; 4], phase: usize) -> (usize, bool) {
+    let phase = phase & 3;
+    let rotated = u32::from_le_bytes(key)
+        .rotate_right(8 * phase as u32)
+        .to_le_bytes();
+    let next = (phase + buf.len()) & 3;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if buf.len() >= 64 && std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            let high = unsafe { mask_or_avx2(buf, rotated) };
+            return (next, high & 0x80 == 0);
+        }
+    }
+    (next, mask_or_words(buf, rotated) & 0x80 == 0)
+}
+
+/// Masks and returns the OR of every result byte (folded into one byte).
+#[inline(always)]
+fn mask_or_words(buf: &mut [u8], key: [u8; 4]) -> u8 {
+    let k = u32::from_ne_bytes(key) as u64;
+    let k64 = k | (k << 32);
+    let mut acc = 0u64;
+    let mut chunks = buf.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let v = u64::from_ne_bytes(word) ^ k64;
+        acc |= v;
+        chunk.copy_from_slice(&v.to_ne_bytes());
+    }
+    let mut tail = 0u8;
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= key[i & 3];
+        tail |= *b;
+    }
+    acc.to_ne_bytes().iter().fold(tail, |a, b| a | b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn mask_or_avx2(buf: &mut [u8], key: [u8; 4]) -> u8 {
+    let mut pattern = [0u8; 32];
+    for (i, b) in pattern.iter_mut().enumerate() {
+        *b = key[i & 3];
+    }
+    let mut acc = [0u8; 32];
+    let mut chunks = buf.chunks_exact_mut(32);
+    for chunk in &mut chunks {
+        for ((b, k), a) in chunk.iter_mut().zip(pattern.iter()).zip(acc.iter_mut()) {
+            *b ^= *k;
+            *a |= *b;
+        }
+    }
+    let rest = mask_or_words(chunks.into_remainder(), key);
+    acc.iter().fold(rest, |a, b| a | b)
+}
+
 /// The portable loop: eight bytes per step, which LLVM widens to SSE2 vectors.
 #[inline(always)]
 fn mask_words(buf: &mut [u8], key: [u8; 4]) {
@@ -93,6 +154,27 @@ mod tests {
             phase = apply_mask(chunk, key, phase);
         }
         assert_eq!(whole, pieces);
+    }
+
+    #[test]
+    fn ascii_variant_masks_the_same_and_spots_high_bytes() {
+        let key = [0x37, 0xfa, 0x21, 0x3d];
+        for len in 0..300usize {
+            for phase in 0..4 {
+                for high_at in [None, Some(0), Some(len / 2), Some(len.saturating_sub(1))] {
+                    let mut plain: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+                    if let (Some(h), true) = (high_at, len > 0) {
+                        plain[h] = 0xc3;
+                    }
+                    let mut masked = plain.clone();
+                    naive(&mut masked, key, phase);
+                    let (next, ascii) = apply_mask_ascii(&mut masked, key, phase);
+                    assert_eq!(masked, plain, "len {len} phase {phase}");
+                    assert_eq!(next, (phase + len) & 3);
+                    assert_eq!(ascii, plain.is_ascii(), "len {len} high {high_at:?}");
+                }
+            }
+        }
     }
 
     #[test]

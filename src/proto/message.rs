@@ -4,7 +4,7 @@
 //! once delivered. Owns fragmentation, UTF-8, size and close-payload rules; must not do I/O.
 
 use super::frame::{self, FrameHeader, OpCode};
-use super::mask::apply_mask;
+use super::mask::{apply_mask, apply_mask_ascii};
 use super::utf8::Utf8Validator;
 use super::{close_code, ProtocolError, Role};
 
@@ -152,13 +152,22 @@ impl Decoder {
             // The hot path: a whole message in the read buffer, lent out in place.
             let total = h.header_len + h.payload_len as usize;
             let payload = &mut buf[h.header_len..total];
-            if let Some(key) = h.mask {
-                apply_mask(payload, key, 0);
-            }
             let event = if h.opcode == OpCode::Text {
-                let text = simdutf8::basic::from_utf8(payload).map_err(|_| ERR_UTF8)?;
+                let ascii = match h.mask {
+                    Some(key) => apply_mask_ascii(payload, key, 0).1,
+                    None => false,
+                };
+                let text = if ascii {
+                    // SAFETY: every byte is below 0x80 (checked while unmasking): ASCII is UTF-8.
+                    unsafe { std::str::from_utf8_unchecked(payload) }
+                } else {
+                    simdutf8::basic::from_utf8(payload).map_err(|_| ERR_UTF8)?
+                };
                 Event::Text(text)
             } else {
+                if let Some(key) = h.mask {
+                    apply_mask(payload, key, 0);
+                }
                 Event::Binary(payload)
             };
             return Ok(Decoded::Event(total, event));
