@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Builds the peer echo servers that fanout is benchmarked against
-# (bench/peers: tokio-tungstenite-echo, fastwebsockets-echo) in release mode.
-# Idempotent: a second run is a no-op build. Cargo's progress goes to stderr;
-# stdout gets the absolute path of each binary, one per line, e.g.
+# (bench/peers: tokio-tungstenite-echo, fastwebsockets-echo) and the baseline
+# client fanout-load is measured against (tokio-tungstenite-client) in release
+# mode. Idempotent: a second run is a no-op build. Cargo's progress goes to
+# stderr; stdout gets the absolute path of each binary, one per line, always in
+# this order: tokio-tungstenite-echo, fastwebsockets-echo,
+# tokio-tungstenite-client; e.g.
 #   mapfile -t PEERS < <(scripts/build-peers.sh)
 # Extra arguments are passed to cargo build (e.g. --offline).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 manifest=bench/peers/Cargo.toml
-bins=(tokio-tungstenite-echo fastwebsockets-echo)
+bins=(tokio-tungstenite-echo fastwebsockets-echo tokio-tungstenite-client)
 
 cargo build --release --locked --manifest-path "$manifest" "$@" >&2
 

@@ -760,7 +760,8 @@ impl<H: ClientHandler> Client<H> {
             Err(e) => return self.fail(key, ClientError::Io(e)),
         }
         if q.is_empty() {
-            conn.queue = None;
+            // The client keeps its (empty) queue: load generators send on every connection,
+            // and reallocating it per message costs more than the memory it holds.
             if conn.flags & WANT_WRITABLE != 0 {
                 conn.flags &= !WANT_WRITABLE;
                 let _ =

@@ -121,7 +121,13 @@ impl WriteQueue {
                 offered += bytes.len();
                 n += 1;
             }
-            let written = match w.write_vectored(&slices[..n]) {
+            // One chunk: write(2), which the kernel serves more cheaply than writev(2).
+            let result = if n == 1 {
+                w.write(&slices[0])
+            } else {
+                w.write_vectored(&slices[..n])
+            };
+            let written = match result {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(k) => k,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
