@@ -90,8 +90,10 @@ for round in $(seq "$ROUNDS"); do
         port=$(port_of "$name")
         echo "round $round/$ROUNDS: $name" >&2
         start_server "$name"
+        # Several source addresses: the kernel's search for a free ephemeral port, not the
+        # server, would otherwise bound the handshake rate past ~10k connections.
         "$LOAD" connect --url "ws://127.0.0.1:$port/" --connections "$CONNECTIONS" --duration "$HOLD" \
-            --server-pid "$SERVER_PID" --no-progress --json "$WORK/$name-connect-$round.json" >&2 || true
+            --source-ips 127.0.0.1-127.0.0.8 --server-pid "$SERVER_PID" --no-progress --json "$WORK/$name-connect-$round.json" >&2 || true
         stop_server
         start_server "$name"
         "$LOAD" echo --url "ws://127.0.0.1:$port/" --connections "$ECHO_CONNECTIONS" --duration "$ECHO_DURATION" \

@@ -335,6 +335,16 @@ fn main_inner(
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signals: {e}"))?;
     }
+    // Fanout: subscribers are held until the publisher is done (it says so), never cut
+    // short by --duration while it still publishes.
+    let hold = match fanout {
+        Some(f) => c.duration.max(
+            Duration::from_secs_f64(f.publish_count as f64 / f.publish_rate.max(1e-3))
+                + f.grace
+                + Duration::from_secs(30),
+        ),
+        None => c.duration,
+    };
     let (soft, hard) = procinfo::raise_nofile();
     let per_process = soft.saturating_sub(64).max(1);
 
@@ -344,8 +354,9 @@ fn main_inner(
         let [index, of, share] = v[..] else {
             return Err(format!("bad {CHILD_ENV}={spec}"));
         };
-        let plan = make_plan(
+        let mut plan = make_plan(
             c,
+            hold,
             scenario,
             connect_rate,
             targets,
@@ -355,6 +366,24 @@ fn main_inner(
             index,
             of,
         );
+        if fanout.is_some() {
+            // The parent says when the publisher is done: "stop <published>" on stdin.
+            let flags = publish::Flags::default();
+            plan.hold_done = Some(flags.done.clone());
+            plan.published = Some(flags.published.clone());
+            std::thread::spawn(move || {
+                for line in std::io::stdin().lock().lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(n) = line.strip_prefix("stop ") {
+                        flags
+                            .published
+                            .store(n.trim().parse().unwrap_or(0), Relaxed);
+                        flags.done.store(true, Relaxed);
+                        break;
+                    }
+                }
+            });
+        }
         let mut obs = ChildObserver {
             out: std::io::stdout(),
         };
@@ -428,6 +457,7 @@ fn main_inner(
     let parts: Vec<Partial> = if processes == 1 {
         let mut plan = make_plan(
             c,
+            hold,
             scenario.clone(),
             connect_rate,
             targets,
@@ -602,6 +632,7 @@ fn sources_len(s: &Option<String>) -> usize {
 #[allow(clippy::too_many_arguments)]
 fn make_plan(
     c: &Common,
+    hold: Duration,
     scenario: Scenario,
     connect_rate: f64,
     targets: Vec<(std::net::SocketAddr, WsUrl)>,
@@ -616,7 +647,7 @@ fn make_plan(
         targets,
         connections,
         connect_rate: connect_rate / of as f64,
-        duration: c.duration,
+        duration: hold,
         sources,
         max_in_flight: c.max_in_flight.max(1),
         options: ConnectOptions {

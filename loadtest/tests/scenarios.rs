@@ -264,6 +264,34 @@ fn fanout_scenario_against_the_push_app() {
     assert_eq!(v["expected"], 1000, "{v}");
     assert_eq!(v["delivered"], 1000);
     assert_eq!(v["lost"], 0);
+    // Publishing to another topic: nothing arrives, and the loss is counted in every
+    // process (the children learn the published count from the parent).
+    let (code, v, out) = load(&[
+        "fanout",
+        "--url",
+        &format!("ws://{addr}/ws?topics=bench"),
+        "-n",
+        "40",
+        "--processes",
+        "2",
+        "--publish-url",
+        &format!("http://{addr}/publish/elsewhere"),
+        "--publish-header",
+        "Authorization: Bearer k",
+        "--publish-rate",
+        "50",
+        "--publish-count",
+        "5",
+        "--grace",
+        "200ms",
+        "--duration",
+        "100ms",
+    ]);
+    assert_eq!(code, 3, "{out}");
+    assert_eq!(v["expected"], 200, "{v}");
+    assert_eq!(v["delivered"], 0, "{v}");
+    assert_eq!(v["lost"], 200, "{v}");
+    assert_eq!(v["lossy_subscribers"], 40, "{v}");
     // A wrong key: every publish fails and the run says so.
     let (code, v, out) = load(&[
         "fanout",
