@@ -338,10 +338,11 @@ fn main_inner(
     // Fanout: subscribers are held until the publisher is done (it says so), never cut
     // short by --duration while it still publishes.
     let hold = match fanout {
+        // A safety cap only: the publisher's "done" ends the hold, however late it runs.
         Some(f) => c.duration.max(
-            Duration::from_secs_f64(f.publish_count as f64 / f.publish_rate.max(1e-3))
+            Duration::from_secs_f64(3.0 * f.publish_count as f64 / f.publish_rate.max(1e-3))
                 + f.grace
-                + Duration::from_secs(30),
+                + Duration::from_secs(120),
         ),
         None => c.duration,
     };

@@ -82,6 +82,9 @@ pub struct PublishResult {
     pub seconds: f64,
 }
 
+/// HTTP publishes in flight at once.
+const PUBLISH_WORKERS: usize = 8;
+
 pub fn payload(seq: u64, size: usize) -> String {
     let mut p = format!("{seq}:{}:", mono_us());
     if p.len() < size {
@@ -186,6 +189,27 @@ pub fn run_publisher(
             path,
             headers,
         } => {
+            // Publishes go out on schedule from a few worker threads, so a slow answer
+            // (the server answers once every shard queued the frame) does not delay the next
+            // publish. Each publish is its own request: order across them is not promised.
+            let (job_tx, job_rx) = std::sync::mpsc::channel::<(u64, String)>();
+            let job_rx = Arc::new(std::sync::Mutex::new(job_rx));
+            let (res_tx, res_rx) = std::sync::mpsc::channel();
+            let workers: Vec<_> = (0..PUBLISH_WORKERS)
+                .map(|_| {
+                    let (job_rx, res_tx) = (job_rx.clone(), res_tx.clone());
+                    let (addr, host, path, headers) =
+                        (*addr, host.clone(), path.clone(), headers.clone());
+                    std::thread::spawn(move || loop {
+                        let job = job_rx.lock().ok().and_then(|rx| rx.recv().ok());
+                        let Some((_seq, body)) = job else { break };
+                        let t = Instant::now();
+                        let out = http_publish(addr, &host, &path, &headers, &body);
+                        let _ = res_tx.send((out, t.elapsed()));
+                    })
+                })
+                .collect();
+            drop(res_tx);
             for seq in 0..plan.count {
                 if stop.load(Relaxed) {
                     break;
@@ -194,19 +218,26 @@ pub fn run_publisher(
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
-                let body = payload(seq, plan.size);
-                let t = Instant::now();
                 r.attempted += 1;
                 published.store(r.attempted, Relaxed);
-                match http_publish(*addr, host, path, headers, &body) {
+                if job_tx.send((seq, payload(seq, plan.size))).is_err() {
+                    break;
+                }
+            }
+            drop(job_tx);
+            for (out, took) in res_rx {
+                match out {
                     Ok((200, resp)) => {
                         r.ok += 1;
                         r.queued_for += subscribers_in(&resp).unwrap_or(0);
-                        let _ = r.latency.record(t.elapsed().as_micros().max(1) as u64);
+                        let _ = r.latency.record(took.as_micros().max(1) as u64);
                     }
                     Ok((status, _)) => *r.failed.entry(format!("http_{status}")).or_default() += 1,
                     Err(e) => *r.failed.entry(e).or_default() += 1,
                 }
+            }
+            for w in workers {
+                let _ = w.join();
             }
         }
         Target::Ws {
