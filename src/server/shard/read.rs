@@ -334,9 +334,16 @@ impl<H: Handler> Core<H> {
             match step {
                 Ok(Decoded::Event(n, event)) => {
                     pos += n;
+                    let message = match event {
+                        Event::Text(t) => Some(Message::Text(t)),
+                        Event::Binary(b) => Some(Message::Binary(b)),
+                        _ => None,
+                    };
                     match event {
-                        Event::Text(t) => {
-                            if let (Phase::Open, Some(state)) = (*phase, state.as_mut()) {
+                        Event::Text(_) | Event::Binary(_) => {
+                            if let (Phase::Open, Some(state), Some(msg)) =
+                                (*phase, state.as_mut(), message)
+                            {
                                 self.stats.inc(Counter::MessagesIn);
                                 let mut ctx = Ctx {
                                     id,
@@ -344,19 +351,7 @@ impl<H: Handler> Core<H> {
                                     sock: &*sock,
                                     out,
                                 };
-                                self.handler.on_message(&mut ctx, Message::Text(t));
-                            }
-                        }
-                        Event::Binary(b) => {
-                            if let (Phase::Open, Some(state)) = (*phase, state.as_mut()) {
-                                self.stats.inc(Counter::MessagesIn);
-                                let mut ctx = Ctx {
-                                    id,
-                                    state,
-                                    sock: &*sock,
-                                    out,
-                                };
-                                self.handler.on_message(&mut ctx, Message::Binary(b));
+                                self.handler.on_message(&mut ctx, msg);
                             }
                         }
                         Event::Ping(p) => out.frame(crate::proto::OpCode::Pong, p),
