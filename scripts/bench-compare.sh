@@ -9,6 +9,9 @@
 #
 # usage: scripts/bench-compare.sh [--connections N] [--echo-connections N] [--echo-duration D]
 #                                 [--hold D] [--rounds R] [--threads T] [--servers "fanout tokio-tungstenite fastwebsockets"]
+#                                 [--only connect|echo] [--pin]
+# --pin puts the server on CPU 0 and the load generator on CPU 1 (taskset), so neither steals
+# the other's core; without it the scheduler shares both cores between them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +22,9 @@ HOLD=5s
 ROUNDS=3
 THREADS=2
 SERVERS="fanout tokio-tungstenite fastwebsockets"
+ONLY=""
+PIN_SERVER=()
+PIN_LOAD=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --connections) CONNECTIONS=$2; shift 2 ;;
@@ -28,7 +34,9 @@ while [ $# -gt 0 ]; do
         --rounds) ROUNDS=$2; shift 2 ;;
         --threads) THREADS=$2; shift 2 ;;
         --servers) SERVERS=$2; shift 2 ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        --only) ONLY=$2; shift 2 ;;
+        --pin) PIN_SERVER=(taskset -c 0); PIN_LOAD=(taskset -c 1); shift ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -64,10 +72,10 @@ start_server() {
     local name=$1 port
     port=$(port_of "$name")
     case "$name" in
-        fanout) target/release/fanout serve --listen "127.0.0.1:$port" --shards "$THREADS" \
+        fanout) "${PIN_SERVER[@]}" target/release/fanout serve --listen "127.0.0.1:$port" --shards "$THREADS" \
                     --ping-interval 0 2>"$WORK/$name.log" & ;;
-        tokio-tungstenite) "${PEERS[0]}" --listen "127.0.0.1:$port" --threads "$THREADS" 2>"$WORK/$name.log" & ;;
-        fastwebsockets) "${PEERS[1]}" --listen "127.0.0.1:$port" --threads "$THREADS" 2>"$WORK/$name.log" & ;;
+        tokio-tungstenite) "${PIN_SERVER[@]}" "${PEERS[0]}" --listen "127.0.0.1:$port" --threads "$THREADS" 2>"$WORK/$name.log" & ;;
+        fastwebsockets) "${PIN_SERVER[@]}" "${PEERS[1]}" --listen "127.0.0.1:$port" --threads "$THREADS" 2>"$WORK/$name.log" & ;;
         *) echo "unknown server $name" >&2; exit 2 ;;
     esac
     SERVER_PID=$!
@@ -89,17 +97,21 @@ for round in $(seq "$ROUNDS"); do
     for name in $SERVERS; do
         port=$(port_of "$name")
         echo "round $round/$ROUNDS: $name" >&2
+        if [ "$ONLY" != echo ]; then
         start_server "$name"
         # Several source addresses: the kernel's search for a free ephemeral port, not the
         # server, would otherwise bound the handshake rate past ~10k connections.
-        "$LOAD" connect --url "ws://127.0.0.1:$port/" --connections "$CONNECTIONS" --duration "$HOLD" \
+        "${PIN_LOAD[@]}" "$LOAD" connect --url "ws://127.0.0.1:$port/" --connections "$CONNECTIONS" --duration "$HOLD" \
             --source-ips 127.0.0.1-127.0.0.8 --server-pid "$SERVER_PID" --no-progress --json "$WORK/$name-connect-$round.json" >&2 || true
         stop_server
+        fi
+        if [ "$ONLY" != connect ]; then
         start_server "$name"
-        "$LOAD" echo --url "ws://127.0.0.1:$port/" --connections "$ECHO_CONNECTIONS" --duration "$ECHO_DURATION" \
+        "${PIN_LOAD[@]}" "$LOAD" echo --url "ws://127.0.0.1:$port/" --connections "$ECHO_CONNECTIONS" --duration "$ECHO_DURATION" \
             --pipeline 1 --message-size 64 --server-pid "$SERVER_PID" --no-progress \
             --json "$WORK/$name-echo-$round.json" >&2 || true
         stop_server
+        fi
     done
 done
 
