@@ -122,7 +122,10 @@ fn refusals_are_reported_by_reason() {
     );
     // Hold the only slot with a raw socket, then a client gets 503.
     let _held = std::net::TcpStream::connect(addr).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.open_connections() < 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     client
         .connect(addr, &url, &opts, St { sent: 0, got: 0 })
         .unwrap();

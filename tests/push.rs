@@ -260,7 +260,15 @@ fn a_non_reading_subscriber_is_cut_off_while_others_keep_receiving() {
         b"GET /ws?topics=firehose HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    // Subscribed once its 101 is back (the head is all it ever reads).
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        slow.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
     let payload = "p".repeat(60_000);
     let reader = std::thread::spawn(move || {
         let mut n = 0;
