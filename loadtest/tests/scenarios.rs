@@ -314,3 +314,51 @@ fn fanout_scenario_against_the_push_app() {
     assert_eq!(code, 3, "{out}");
     assert_eq!(v["publish"]["failed"]["http_401"], 2, "{v}");
 }
+
+#[test]
+fn ctrl_c_stops_the_run_and_still_reports() {
+    let s = server(Config::default());
+    let url = format!("ws://{}/", s.local_addr());
+    let dir = std::env::temp_dir().join(format!("fanout-load-int-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("r.json");
+    let child = Command::new(env!("CARGO_BIN_EXE_fanout-load"))
+        .args([
+            "connect",
+            "--url",
+            &url,
+            "-n",
+            "50",
+            "--duration",
+            "60s",
+            "--no-progress",
+            "--json",
+        ])
+        .arg(&json)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the 50 connections are held, then interrupt.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.open_connections() < 50 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(s.open_connections(), 50);
+    let started = std::time::Instant::now();
+    // SAFETY: kill has no memory preconditions; the pid is our child's.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "stopped promptly, not after 60 s"
+    );
+    assert_eq!(out.status.code(), Some(3), "interrupted runs exit 3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("established (max open) 50"), "{text}");
+    assert!(text.contains("interrupted"), "{text}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["interrupted"], true);
+    assert_eq!(v["established"], 50);
+    let _ = std::fs::remove_dir_all(&dir);
+}
