@@ -177,7 +177,7 @@ impl<H: Handler> Core<H> {
         let id = self.id(key, conn.gen);
         let key_ws = match req.websocket() {
             Ok(Some(k)) => k,
-            Ok(None) => return self.plain_http(key, conn, data),
+            Ok(None) => return self.plain_http(key, conn, &req, head_len, data),
             Err(e) => return self.refuse(key, conn, &e, data.len()),
         };
         let info = ConnInfo {
@@ -209,12 +209,10 @@ impl<H: Handler> Core<H> {
         &mut self,
         key: usize,
         conn: &mut Conn<H::State>,
-        data: &mut [u8],
+        req: &handshake::Request<'_>,
+        head_len: usize,
+        data: &[u8],
     ) -> usize {
-        let Ok(Some((req, head_len))) = handshake::parse_request(data, self.cfg.max_header_bytes)
-        else {
-            return data.len();
-        };
         self.stats.inc(Counter::HttpRequests);
         if req.header("transfer-encoding").is_some() {
             let e = HttpError::new(411, "chunked bodies are not supported; send Content-Length");
@@ -243,7 +241,7 @@ impl<H: Handler> Core<H> {
                 id: self.id(key, conn.gen),
                 sock: &conn.sock,
             };
-            self.handler.on_http(&req, body, &info)
+            self.handler.on_http(req, body, &info)
         };
         let resp = match reply {
             HttpReply::Respond(r) => Some(r),
