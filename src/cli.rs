@@ -131,6 +131,23 @@ pub struct ServeArgs {
     /// push: topics one connection may subscribe to [default: 64].
     #[arg(long)]
     pub max_topics_per_conn: Option<usize>,
+    /// Accept permessage-deflate (RFC 7692) offers [default: off].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub deflate: Option<bool>,
+    /// deflate: messages shorter than this are sent uncompressed [default: 256].
+    #[arg(long, value_parser = parse_size)]
+    #[serde(default, deserialize_with = "de_size")]
+    pub deflate_min_size: Option<usize>,
+    /// deflate: LZ77 window bits of the server's compressor, 9-15 [default: 15].
+    #[arg(long, value_parser = clap::value_parser!(u8).range(9..=15))]
+    pub deflate_window_bits: Option<u8>,
+    /// deflate: keep compression contexts between messages (better ratio, ~300 KiB per
+    /// connection that uses them); off shares them per shard [default: off].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub deflate_context_takeover: Option<bool>,
+    /// deflate: zlib compression level 0-9 [default: 1].
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
+    pub deflate_level: Option<u8>,
     /// Print a stats line this often (open, accepts/s, messages/s, RSS); 0 disables [default: 0].
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
@@ -178,7 +195,12 @@ impl ServeArgs {
             publish_key,
             allow_ws_publish,
             envelope,
-            max_topics_per_conn
+            max_topics_per_conn,
+            deflate,
+            deflate_min_size,
+            deflate_window_bits,
+            deflate_context_takeover,
+            deflate_level
         );
         Ok(self)
     }
@@ -229,6 +251,18 @@ impl ServeArgs {
             close_timeout: self.close_timeout.unwrap_or(d.close_timeout),
             drain_timeout: self.drain_timeout.unwrap_or(d.drain_timeout),
             accept_batch: self.accept_batch.unwrap_or(d.accept_batch).max(1),
+            deflate: crate::server::config::DeflateConfig {
+                enabled: self.deflate.unwrap_or(d.deflate.enabled),
+                min_size: self.deflate_min_size.unwrap_or(d.deflate.min_size),
+                window_bits: self
+                    .deflate_window_bits
+                    .unwrap_or(d.deflate.window_bits)
+                    .clamp(9, 15),
+                context_takeover: self
+                    .deflate_context_takeover
+                    .unwrap_or(d.deflate.context_takeover),
+                level: self.deflate_level.unwrap_or(d.deflate.level).min(9),
+            },
         }
     }
 }

@@ -187,6 +187,7 @@ fn drain(dec: &mut Decoder, cfg: &DecoderConfig, buf: &mut [u8], sum: &mut u64) 
                 let payload: &[u8] = match event {
                     Event::Text(t) => t.as_bytes(),
                     Event::Binary(b) | Event::Ping(b) | Event::Pong(b) => b,
+                    Event::Compressed { payload, .. } => payload,
                     Event::Close(c) => {
                         // The checksum covers the whole payload: code, then reason.
                         let [hi, lo] = c.code.to_be_bytes();

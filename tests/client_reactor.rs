@@ -132,3 +132,44 @@ fn refusals_are_reported_by_reason() {
     run_until(&mut client, 2);
     assert_eq!(client.handler().statuses, vec![503]);
 }
+
+#[test]
+fn deflate_is_negotiated_when_the_server_accepts_and_plain_otherwise() {
+    use fanout::proto::deflate::DeflateConfig;
+    let deflating = echo_server(Config {
+        deflate: DeflateConfig {
+            enabled: true,
+            min_size: 0,
+            ..DeflateConfig::default()
+        },
+        ..config()
+    });
+    let plain = echo_server(config());
+    for server in [&deflating, &plain] {
+        let url = WsUrl::parse(&url(server.local_addr())).unwrap();
+        let mut client = Client::new(ClientConfig::default(), Tally::default()).unwrap();
+        let opts = ConnectOptions {
+            deflate: true,
+            ..ConnectOptions::default()
+        };
+        for _ in 0..20 {
+            client
+                .connect(server.local_addr(), &url, &opts, St { sent: 0, got: 0 })
+                .unwrap();
+        }
+        run_until(&mut client, 20);
+        let t = client.handler();
+        assert_eq!(t.errors, Vec::<String>::new());
+        assert_eq!((t.opened, t.echoed), (20, 20 * 6));
+        assert!(t.closed.iter().all(|&c| c == 1000), "{:?}", t.closed);
+    }
+    // The deflating server saw compressed messages both ways; the plain one none.
+    let compressed = |s: &fanout::server::Server| {
+        fanout::server::stats::total(
+            &s.stats(),
+            fanout::server::stats::Counter::DeflateMessagesIn,
+        )
+    };
+    assert_eq!(compressed(&deflating), 20 * 6);
+    assert_eq!(compressed(&plain), 0);
+}

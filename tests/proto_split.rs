@@ -24,6 +24,7 @@ enum Owned {
     Ping(Vec<u8>),
     Pong(Vec<u8>),
     Close(u16, String),
+    Compressed(bool, Vec<u8>),
     Error(u16),
 }
 
@@ -34,6 +35,7 @@ fn own(e: &Event<'_>) -> Owned {
         Event::Ping(b) => Owned::Ping(b.to_vec()),
         Event::Pong(b) => Owned::Pong(b.to_vec()),
         Event::Close(c) => Owned::Close(c.code, c.reason.to_string()),
+        Event::Compressed { text, payload } => Owned::Compressed(*text, payload.to_vec()),
     }
 }
 

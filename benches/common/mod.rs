@@ -168,6 +168,7 @@ fn event_payload<'a>(event: &Event<'a>) -> &'a [u8] {
     match event {
         Event::Text(t) => t.as_bytes(),
         Event::Binary(b) | Event::Ping(b) | Event::Pong(b) => b,
+        Event::Compressed { payload, .. } => payload,
         Event::Close(c) => c.reason.as_bytes(),
     }
 }

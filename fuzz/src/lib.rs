@@ -20,6 +20,7 @@ pub enum Owned {
     Ping(Vec<u8>),
     Pong(Vec<u8>),
     Close(u16, String),
+    Compressed(bool, Vec<u8>),
     Error(u16),
 }
 
@@ -40,6 +41,7 @@ fn own(e: &Event<'_>) -> Owned {
             Owned::Pong(b.to_vec())
         }
         Event::Close(c) => Owned::Close(c.code, c.reason.to_string()),
+        Event::Compressed { text, payload } => Owned::Compressed(*text, payload.to_vec()),
     }
 }
 

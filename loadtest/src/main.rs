@@ -117,6 +117,10 @@ struct EchoArgs {
     /// Send text frames (hex timestamp) instead of binary.
     #[arg(long)]
     text: bool,
+    /// Fill messages with this file's bytes (cycled) after the timestamp, e.g. a JSON
+    /// document to measure compression; ASCII with --text [default: the byte `x`].
+    #[arg(long)]
+    payload_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -154,6 +158,10 @@ struct Common {
     /// Subprotocol to offer; repeatable.
     #[arg(long = "protocol")]
     protocols: Vec<String>,
+    /// Offer permessage-deflate (no context takeover either way); when accepted, every
+    /// message is sent compressed and compressed answers are inflated.
+    #[arg(long)]
+    deflate: bool,
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     connect_timeout: Duration,
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -190,6 +198,13 @@ fn main() -> ExitCode {
                 pipeline: a.pipeline,
                 rate: a.rate.unwrap_or(0.0),
                 text: a.text,
+                fill: match read_fill(a) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        eprintln!("fanout-load: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
             },
             a.connect_rate,
         ),
@@ -655,6 +670,7 @@ fn make_plan(
             headers,
             protocols: c.protocols.clone(),
             source: None,
+            deflate: c.deflate,
         },
         client: ClientConfig {
             connect_timeout: c.connect_timeout,
@@ -666,6 +682,25 @@ fn make_plan(
         hold_done: None,
         published: None,
     }
+}
+
+/// The echo fill pattern from --payload-file.
+fn read_fill(a: &EchoArgs) -> Result<Arc<[u8]>, String> {
+    let Some(path) = &a.payload_file else {
+        return Ok(Arc::from(&[][..]));
+    };
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("--payload-file {}: {e}", path.display()))?;
+    if bytes.is_empty() {
+        return Err(format!("--payload-file {}: empty", path.display()));
+    }
+    if a.text && !bytes.is_ascii() {
+        return Err(format!(
+            "--payload-file {}: must be ASCII with --text (messages are cut at any byte)",
+            path.display()
+        ));
+    }
+    Ok(bytes.into())
 }
 
 fn make_bar(c: &Common) -> ProgressBar {

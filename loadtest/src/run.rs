@@ -31,6 +31,9 @@ pub enum Scenario {
         /// messages per second per connection when > 0.
         rate: f64,
         text: bool,
+        /// What fills each message after its timestamp and sequence number (cycled; empty:
+        /// the byte `x`).
+        fill: Arc<[u8]>,
     },
 }
 
@@ -125,6 +128,7 @@ struct Driver {
     echo: Option<(usize, u32, bool)>,
     echo_running: bool,
     payload: Vec<u8>,
+    fill: Arc<[u8]>,
     open_keys: Vec<usize>,
     sent: u64,
     received: u64,
@@ -179,7 +183,11 @@ impl Driver {
             self.payload.extend_from_slice(&ts.to_le_bytes());
             self.payload.extend_from_slice(&seq.to_le_bytes());
         }
-        self.payload.resize(size.max(self.payload.len()), b'x');
+        let size = size.max(self.payload.len());
+        while self.payload.len() < size {
+            let n = (size - self.payload.len()).min(self.fill.len());
+            self.payload.extend_from_slice(&self.fill[..n]);
+        }
     }
 
     fn send_one(&mut self, ctx: &mut ClientCtx<'_, ConnSt>) {
@@ -307,6 +315,7 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
             pipeline,
             rate,
             text,
+            ..
         } => (
             Some((
                 size.max(16),
@@ -336,6 +345,10 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
         echo,
         echo_running: false,
         payload: Vec::new(),
+        fill: match &plan.scenario {
+            Scenario::Echo { fill, .. } if !fill.is_empty() => fill.clone(),
+            _ => Arc::from(&b"x"[..]),
+        },
         open_keys: Vec::new(),
         sent: 0,
         received: 0,

@@ -15,6 +15,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::proto::deflate::{self, Deflater, Inflater};
 use crate::proto::frame::{close_payload, encode_header, MAX_HEADER_LEN};
 use crate::proto::handshake::{self, ClientHandshakeError};
 use crate::proto::mask::apply_mask;
@@ -33,6 +34,8 @@ pub struct ClientConfig {
     pub handshake_timeout: Duration,
     pub close_timeout: Duration,
     pub read_buffer_size: usize,
+    /// With permessage-deflate, shorter messages go out uncompressed.
+    pub deflate_min_size: usize,
 }
 
 impl Default for ClientConfig {
@@ -43,6 +46,7 @@ impl Default for ClientConfig {
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
             read_buffer_size: 64 << 10,
+            deflate_min_size: 0,
         }
     }
 }
@@ -55,6 +59,11 @@ pub struct ConnectOptions {
     /// Bind the socket to this source address (port chosen at connect time, with
     /// IP_BIND_ADDRESS_NO_PORT, so many source addresses multiply the ephemeral ports).
     pub source: Option<IpAddr>,
+    /// Offer permessage-deflate without context takeover either way (`deflate::CLIENT_OFFER`);
+    /// if the server accepts, messages of at least `ClientConfig::deflate_min_size` bytes go
+    /// out compressed and compressed ones are inflated. The contexts are the reactor's, shared
+    /// by all its connections.
+    pub deflate: bool,
 }
 
 /// Where a connection failed.
@@ -132,6 +141,24 @@ const CLOSE_SENT: u8 = 1;
 const WANT_WRITABLE: u8 = 2;
 const DIRTY: u8 = 4;
 const APP_OPEN: u8 = 8;
+/// permessage-deflate was offered (handshaking) / accepted (open).
+const DEFLATE_OFFERED: u8 = 16;
+const DEFLATE: u8 = 32;
+
+/// The reactor's permessage-deflate contexts (both sides reset after every message).
+#[derive(Default)]
+struct ClientDeflate {
+    out: Compressor,
+    inflater: Option<Inflater>,
+    /// Where a compressed message is inflated for the handler.
+    inflated: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Compressor {
+    deflater: Option<Deflater>,
+    min_size: usize,
+}
 
 struct Conn<S> {
     sock: TcpStream,
@@ -179,6 +206,8 @@ pub struct ClientCtx<'a, S> {
     flags: &'a mut u8,
     rng: &'a mut MaskRng,
     scratch: &'a mut Vec<u8>,
+    /// The reactor's compressor, when this connection negotiated permessage-deflate.
+    deflate: Option<&'a mut Compressor>,
 }
 
 impl<S> ClientCtx<'_, S> {
@@ -199,20 +228,32 @@ impl<S> ClientCtx<'_, S> {
             return;
         }
         let mask = self.rng.next();
+        // Mask a copy (compressed or not): the payload is the caller's.
+        self.scratch.clear();
+        let mut rsv = 0;
+        match self.deflate.as_deref_mut() {
+            Some(d)
+                if matches!(opcode, OpCode::Text | OpCode::Binary)
+                    && payload.len() >= d.min_size =>
+            {
+                d.deflater
+                    .get_or_insert_with(|| Deflater::new(15, 1))
+                    .compress(payload, self.scratch, true);
+                rsv = deflate::RSV1;
+            }
+            _ => self.scratch.extend_from_slice(payload),
+        }
         let mut header = [0u8; MAX_HEADER_LEN];
         let n = encode_header(
             &mut header,
             true,
-            0,
+            rsv,
             opcode,
-            payload.len() as u64,
+            self.scratch.len() as u64,
             Some(mask),
         );
         let q = self.queue.get_or_insert_with(Default::default);
         q.push_bytes(&header[..n]);
-        // Mask a copy: the payload is the caller's.
-        self.scratch.clear();
-        self.scratch.extend_from_slice(payload);
         apply_mask(self.scratch, mask, 0);
         if self.scratch.len() > 16 << 10 {
             q.push_owned(std::mem::take(self.scratch));
@@ -254,6 +295,7 @@ pub struct Client<H: ClientHandler> {
     rbuf: Box<[u8]>,
     rng: MaskRng,
     scratch: Vec<u8>,
+    deflate: ClientDeflate,
     wheel: TimerWheel,
     start: Instant,
     now: u32,
@@ -281,6 +323,13 @@ impl<H: ClientHandler> Client<H> {
             rbuf: vec![0u8; cfg.read_buffer_size.max(4096)].into_boxed_slice(),
             rng: MaskRng::new(),
             scratch: Vec::new(),
+            deflate: ClientDeflate {
+                out: Compressor {
+                    deflater: None,
+                    min_size: cfg.deflate_min_size,
+                },
+                ..ClientDeflate::default()
+            },
             wheel: TimerWheel::new(0),
             start: Instant::now(),
             now: 0,
@@ -353,11 +402,14 @@ impl<H: ClientHandler> Client<H> {
         let mut request = Vec::with_capacity(256);
         let ws_key = handshake::client_key(random);
         let protocols: Vec<&str> = opts.protocols.iter().map(String::as_str).collect();
-        let headers: Vec<(&str, &str)> = opts
+        let mut headers: Vec<(&str, &str)> = opts
             .headers
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
+        if opts.deflate {
+            headers.push(("Sec-WebSocket-Extensions", deflate::CLIENT_OFFER));
+        }
         handshake::write_client_request(
             &mut request,
             &url.host_header(),
@@ -371,7 +423,7 @@ impl<H: ClientHandler> Client<H> {
         let conn = entry.insert(Conn {
             sock,
             phase: Phase::Connecting,
-            flags: WANT_WRITABLE,
+            flags: WANT_WRITABLE | if opts.deflate { DEFLATE_OFFERED } else { 0 },
             gen: self.next_gen,
             since: self.now,
             armed_at: NOT_ARMED,
@@ -407,6 +459,7 @@ impl<H: ClientHandler> Client<H> {
         let Some(state) = conn.state.as_mut() else {
             return false;
         };
+        let deflate = (conn.flags & DEFLATE != 0).then_some(&mut self.deflate.out);
         let mut ctx = ClientCtx {
             key,
             state,
@@ -414,6 +467,7 @@ impl<H: ClientHandler> Client<H> {
             flags: &mut conn.flags,
             rng: &mut self.rng,
             scratch: &mut self.scratch,
+            deflate,
         };
         f(&mut self.handler, &mut ctx);
         if conn.flags & CLOSE_SENT != 0 && conn.phase == Phase::Open {
@@ -584,21 +638,38 @@ impl<H: ClientHandler> Client<H> {
         if conn.phase == Phase::Handshaking {
             let offered: Vec<&str> = conn.offered.iter().map(String::as_str).collect();
             let protocol;
-            match handshake::parse_response(data, &conn.key, &offered, 16 << 10) {
+            let offered_deflate = conn.flags & DEFLATE_OFFERED != 0;
+            let parsed = if offered_deflate {
+                handshake::parse_response_offering_extensions(data, &conn.key, &offered, 16 << 10)
+            } else {
+                handshake::parse_response(data, &conn.key, &offered, 16 << 10)
+            };
+            match parsed {
                 Ok(None) => return 0,
                 Ok(Some((resp, n))) => {
                     protocol = resp.protocol.map(str::to_string);
                     pos = n;
+                    if let Some(ext) = resp.extensions.filter(|e| !e.is_empty()) {
+                        // Only offered extensions get here (parse_response refuses others).
+                        if let Err(why) = deflate::check_response(ext) {
+                            let e = ClientHandshakeError::BadExtension(why);
+                            self.fail(key, ClientError::Handshake(e));
+                            return data.len();
+                        }
+                        conn.flags |= DEFLATE;
+                    }
                 }
                 Err(e) => {
                     self.fail(key, ClientError::Handshake(e));
                     return data.len();
                 }
             }
+            conn.flags &= !DEFLATE_OFFERED;
             conn.phase = Phase::Open;
             conn.flags |= APP_OPEN;
             conn.offered = Vec::new();
             if let Some(state) = conn.state.as_mut() {
+                let deflate = (conn.flags & DEFLATE != 0).then_some(&mut self.deflate.out);
                 let mut ctx = ClientCtx {
                     key,
                     state,
@@ -606,6 +677,7 @@ impl<H: ClientHandler> Client<H> {
                     flags: &mut conn.flags,
                     rng: &mut self.rng,
                     scratch: &mut self.scratch,
+                    deflate,
                 };
                 self.handler.on_open(&mut ctx, protocol.as_deref());
             }
@@ -626,7 +698,28 @@ impl<H: ClientHandler> Client<H> {
                 since,
                 ..
             } = conn;
-            let step = decoder.next(&self.dec_cfg, &mut data[pos..]);
+            let deflating = *flags & DEFLATE != 0;
+            let dec_cfg = if deflating {
+                DecoderConfig {
+                    rsv_allowed: deflate::RSV1,
+                    ..self.dec_cfg
+                }
+            } else {
+                self.dec_cfg
+            };
+            let ClientDeflate {
+                out,
+                inflater,
+                inflated,
+            } = &mut self.deflate;
+            let step = match decoder.next(&dec_cfg, &mut data[pos..]) {
+                Ok(Decoded::Event(n, Event::Compressed { text, payload })) => inflater
+                    .get_or_insert_with(Inflater::new)
+                    .inflate(payload, inflated, dec_cfg.max_message_size, true)
+                    .and_then(|()| deflate::inflated_event(inflated, text))
+                    .map(|ev| Decoded::Event(n, ev)),
+                other => other,
+            };
             let Some(st) = state.as_mut() else {
                 return data.len();
             };
@@ -637,6 +730,7 @@ impl<H: ClientHandler> Client<H> {
                 flags,
                 rng: &mut self.rng,
                 scratch: &mut self.scratch,
+                deflate: deflating.then_some(out),
             };
             match step {
                 Ok(Decoded::Event(n, ev)) => {
@@ -646,6 +740,7 @@ impl<H: ClientHandler> Client<H> {
                         Event::Binary(b) => self.handler.on_message(&mut ctx, Message::Binary(b)),
                         Event::Ping(p) => ctx.frame(OpCode::Pong, p),
                         Event::Pong(p) => self.handler.on_pong(&mut ctx, p),
+                        Event::Compressed { .. } => {} // inflated above
                         Event::Close(cf) => {
                             if *ctx.flags & CLOSE_SENT == 0 {
                                 if cf.code == close_code::NO_STATUS {

@@ -403,6 +403,8 @@ pub enum ClientHandshakeError {
     UnofferedProtocol,
     /// The server enabled an extension the client did not offer.
     UnofferedExtension,
+    /// The server's answer to an offered extension is not acceptable.
+    BadExtension(&'static str),
     TooLarge,
 }
 
@@ -415,6 +417,7 @@ impl std::fmt::Display for ClientHandshakeError {
             Self::BadAccept => f.write_str("wrong Sec-WebSocket-Accept"),
             Self::UnofferedProtocol => f.write_str("server chose a subprotocol not offered"),
             Self::UnofferedExtension => f.write_str("server enabled an extension not offered"),
+            Self::BadExtension(why) => write!(f, "bad Sec-WebSocket-Extensions answer: {why}"),
             Self::TooLarge => f.write_str("response head too large"),
         }
     }
@@ -432,6 +435,23 @@ pub struct Response<'a> {
 /// Parses and checks the server's answer. `Ok(None)`: incomplete. `Ok(Some((resp, n)))`: the
 /// head is the first `n` bytes; frames may follow in the same buffer.
 pub fn parse_response<'a>(
+    buf: &'a [u8],
+    key: &[u8; 24],
+    offered_protocols: &[&str],
+    max_header_bytes: usize,
+) -> Result<Option<(Response<'a>, usize)>, ClientHandshakeError> {
+    let r = parse_response_offering_extensions(buf, key, offered_protocols, max_header_bytes)?;
+    if let Some((resp, _)) = &r {
+        if resp.extensions.is_some_and(|e| !e.is_empty()) {
+            return Err(ClientHandshakeError::UnofferedExtension);
+        }
+    }
+    Ok(r)
+}
+
+/// Like `parse_response`, for a client that offered extensions: `extensions` is left for the
+/// caller to check against its offer.
+pub fn parse_response_offering_extensions<'a>(
     buf: &'a [u8],
     key: &[u8; 24],
     offered_protocols: &[&str],
@@ -484,9 +504,6 @@ pub fn parse_response<'a>(
         if !offered_protocols.contains(&p) {
             return Err(ClientHandshakeError::UnofferedProtocol);
         }
-    }
-    if out.extensions.is_some_and(|e| !e.is_empty()) {
-        return Err(ClientHandshakeError::UnofferedExtension);
     }
     Ok(Some((out, n)))
 }

@@ -3,6 +3,7 @@
 //! boundary or fragmented is copied into a per-connection buffer, allocated on demand and freed
 //! once delivered. Owns fragmentation, UTF-8, size and close-payload rules; must not do I/O.
 
+use super::deflate::RSV1;
 use super::frame::{self, FrameHeader, OpCode};
 use super::mask::{apply_mask, apply_mask_ascii};
 use super::utf8::Utf8Validator;
@@ -47,6 +48,12 @@ pub enum Event<'a> {
     Ping(&'a [u8]),
     Pong(&'a [u8]),
     Close(CloseFrame<'a>),
+    /// A whole data message whose first frame had RSV1 set (permessage-deflate negotiated):
+    /// the payload is still compressed, and a text message's UTF-8 is not checked yet.
+    Compressed {
+        text: bool,
+        payload: &'a [u8],
+    },
 }
 
 /// The outcome of one `Decoder::next` call.
@@ -72,6 +79,8 @@ struct Partial {
     opcode: OpCode,
     buf: Vec<u8>,
     utf8: Utf8Validator,
+    /// RSV1 was set on the first frame: the bytes are compressed (UTF-8 checked later).
+    compressed: bool,
     frame: Option<FrameInProgress>,
     /// The message was handed out; drop this state on the next call.
     delivered: bool,
@@ -97,6 +106,10 @@ const ERR_CLOSE_LEN: ProtocolError =
     ProtocolError::new(close_code::PROTOCOL, "close payload of one byte");
 const ERR_CLOSE_CODE: ProtocolError =
     ProtocolError::new(close_code::PROTOCOL, "invalid close code");
+const ERR_RSV1: ProtocolError = ProtocolError::new(
+    close_code::PROTOCOL,
+    "RSV1 set on a control or continuation frame",
+);
 
 /// How much a message buffer reserves ahead of the bytes that actually arrived: a peer that
 /// announces a large frame does not get that much memory until it sends it.
@@ -140,6 +153,10 @@ impl Decoder {
             OpCode::Text | OpCode::Binary if in_message => return Err(ERR_INTERLEAVED),
             _ => {}
         }
+        let compressed = h.rsv & RSV1 != 0;
+        if compressed && (h.opcode.is_control() || h.opcode == OpCode::Continuation) {
+            return Err(ERR_RSV1);
+        }
         if h.opcode.is_control() {
             return control_frame(&h, buf);
         }
@@ -152,7 +169,15 @@ impl Decoder {
             // The hot path: a whole message in the read buffer, lent out in place.
             let total = h.header_len + h.payload_len as usize;
             let payload = &mut buf[h.header_len..total];
-            let event = if h.opcode == OpCode::Text {
+            let event = if compressed {
+                if let Some(key) = h.mask {
+                    apply_mask(payload, key, 0);
+                }
+                Event::Compressed {
+                    text: h.opcode == OpCode::Text,
+                    payload,
+                }
+            } else if h.opcode == OpCode::Text {
                 let ascii = match h.mask {
                     Some(key) => apply_mask_ascii(payload, key, 0).1,
                     None => false,
@@ -183,6 +208,7 @@ impl Decoder {
                 opcode: h.opcode,
                 buf: Vec::new(),
                 utf8: Utf8Validator::new(),
+                compressed,
                 frame: None,
                 delivered: false,
             })
@@ -207,7 +233,7 @@ impl Decoder {
         if let Some(key) = f.mask {
             f.phase = apply_mask(chunk, key, f.phase as usize) as u8;
         }
-        if p.opcode == OpCode::Text {
+        if p.opcode == OpCode::Text && !p.compressed {
             p.utf8.feed(chunk).map_err(|_| ERR_UTF8)?;
         }
         if f.remaining > n as u64 {
@@ -229,7 +255,12 @@ impl Decoder {
             return Ok(Decoded::Progress(n));
         }
         p.delivered = true;
-        let event = if p.opcode == OpCode::Text {
+        let event = if p.compressed {
+            Event::Compressed {
+                text: p.opcode == OpCode::Text,
+                payload: &p.buf,
+            }
+        } else if p.opcode == OpCode::Text {
             p.utf8.finish().map_err(|_| ERR_UTF8)?;
             // SAFETY: every byte of `p.buf` went through `p.utf8`, which accepted the whole
             // sequence and ended on a code point boundary (`finish` above).
@@ -291,6 +322,7 @@ pub(crate) mod tests {
         Ping(Vec<u8>),
         Pong(Vec<u8>),
         Close(u16, String),
+        Compressed(bool, Vec<u8>),
         Error(u16),
     }
 
@@ -301,6 +333,7 @@ pub(crate) mod tests {
             Event::Ping(b) => Owned::Ping(b.to_vec()),
             Event::Pong(b) => Owned::Pong(b.to_vec()),
             Event::Close(c) => Owned::Close(c.code, c.reason.to_string()),
+            Event::Compressed { text, payload } => Owned::Compressed(*text, payload.to_vec()),
         }
     }
 
@@ -358,6 +391,52 @@ pub(crate) mod tests {
 
     fn run(bytes: &[u8]) -> Vec<Owned> {
         decode_chunks(&server(), &[bytes])
+    }
+
+    fn deflating() -> DecoderConfig {
+        DecoderConfig {
+            rsv_allowed: RSV1,
+            ..server()
+        }
+    }
+
+    #[test]
+    fn rsv1_marks_a_compressed_message_whole_or_fragmented() {
+        // Not UTF-8 and not checked: the bytes are compressed.
+        let z = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+        let cfg = deflating();
+        let whole = raw(0xc1, &z);
+        assert_eq!(
+            decode_chunks(&cfg, &[&whole]),
+            vec![Owned::Compressed(true, z.to_vec())]
+        );
+        let mut frags = raw(0x42, &z[..3]); // RSV1 + binary, not FIN
+        frags.extend(raw(0x89, b"p")); // a ping in between
+        frags.extend(raw(0x80, &z[3..])); // FIN continuation, RSV1 clear
+        let want = vec![
+            Owned::Ping(b"p".to_vec()),
+            Owned::Compressed(false, z.to_vec()),
+        ];
+        assert_eq!(decode_chunks(&cfg, &[&frags]), want);
+        let bytes: Vec<&[u8]> = frags.chunks(1).collect();
+        assert_eq!(decode_chunks(&cfg, &bytes), want);
+        // A message without RSV1 on a deflate connection is plain.
+        assert_eq!(
+            decode_chunks(&cfg, &[&frame(true, OpCode::Text, b"hi")]),
+            vec![Owned::Text("hi".into())]
+        );
+    }
+
+    #[test]
+    fn rsv1_where_it_has_no_meaning_is_1002() {
+        let cfg = deflating();
+        let mut cont = raw(0x41, b"ab");
+        cont.extend(raw(0xc0, b"cd"));
+        for bytes in [raw(0xc9, b""), raw(0xca, b""), raw(0xc8, &[3, 232]), cont] {
+            assert_eq!(decode_chunks(&cfg, &[&bytes]), vec![Owned::Error(1002)]);
+        }
+        // Without the extension RSV1 is not allowed at all.
+        assert_eq!(run(&raw(0xc1, b"x")), vec![Owned::Error(1002)]);
     }
 
     #[test]

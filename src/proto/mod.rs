@@ -1,7 +1,8 @@
-//! Sans-IO RFC 6455: bytes in, events out, for both roles. Owns the handshake, frame and
+//! Sans-IO RFC 6455 (+ RFC 7692 permessage-deflate): bytes in, events out, for both roles. Owns the handshake, frame and
 //! message rules; must never touch sockets, clocks, threads or the global allocator on the
 //! hot path (a complete frame is parsed and delivered without allocating).
 
+pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod mask;

@@ -6,6 +6,7 @@ use std::sync::{mpsc, Arc};
 
 use slab::Slab;
 
+use super::compress::{Recoded, ShardDeflate};
 use super::conn::{Conn, Phase, CLOSE_SENT, DIRTY};
 use super::handler::{ConnId, Delivery, Handler, HttpResponse};
 use super::stats::{Counter, ShardStats};
@@ -30,6 +31,7 @@ pub struct ShardApi<'a, H: Handler> {
     pub(crate) links: &'a [ShardLink<H::Msg>],
     pub(crate) wake: &'a mut [bool],
     pub(crate) now: u32,
+    pub(crate) deflate: &'a mut ShardDeflate,
 }
 
 impl<H: Handler> ShardApi<'_, H> {
@@ -72,7 +74,15 @@ impl<H: Handler> ShardApi<'_, H> {
             return Delivery::Gone;
         }
         let q = conn.queue.get_or_insert_with(Box::<WriteQueue>::default);
-        q.push_shared(frame.clone());
+        if conn.ext.on() {
+            match self.deflate.recode(key, conn.ext, frame, self.stats) {
+                Recoded::Same => q.push_shared(frame.clone()),
+                Recoded::Shared(z) => q.push_shared(z),
+                Recoded::Owned(v) => q.push_owned(v),
+            }
+        } else {
+            q.push_shared(frame.clone());
+        }
         let over = q.len() > limit;
         self.stats.inc(Counter::MessagesOut);
         Self::mark_dirty(self.dirty, key, conn);
@@ -93,7 +103,16 @@ impl<H: Handler> ShardApi<'_, H> {
             return false;
         }
         let mut frame = Vec::with_capacity(text.len() + 10);
-        encode_frame(&mut frame, true, OpCode::Text, text.as_bytes(), None);
+        if self.deflate.wants(conn.ext, OpCode::Text, text.len()) {
+            let (head, n, body) =
+                self.deflate
+                    .compress(key, conn.ext, OpCode::Text, text.as_bytes(), self.stats);
+            frame.extend_from_slice(&head[..n]);
+            frame.extend_from_slice(&body);
+            self.deflate.give_back(body);
+        } else {
+            encode_frame(&mut frame, true, OpCode::Text, text.as_bytes(), None);
+        }
         conn.queue
             .get_or_insert_with(Box::<WriteQueue>::default)
             .push_owned(frame);

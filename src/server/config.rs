@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use crate::proto::deflate::DeflateConfig;
+
 /// What to do with a connection whose queue of unsent bytes passes the cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlowConsumerPolicy {
@@ -45,6 +47,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Connections accepted per listener per loop turn before other work runs.
     pub accept_batch: usize,
+    /// permessage-deflate (off unless enabled).
+    pub deflate: DeflateConfig,
 }
 
 impl Default for Config {
@@ -67,6 +71,7 @@ impl Default for Config {
             close_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
             accept_batch: 256,
+            deflate: DeflateConfig::default(),
         }
     }
 }

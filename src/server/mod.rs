@@ -3,6 +3,7 @@
 //! not know about topics (that is `pubsub`/`apps`).
 
 pub mod api;
+mod compress;
 pub mod config;
 pub(crate) mod conn;
 pub mod handler;

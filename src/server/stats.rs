@@ -55,6 +55,13 @@ counters! {
     ClosedByServer => "closed_by_server_total",
     ClosedAbnormal => "closed_abnormal_total",
     IoErrors => "io_errors_total",
+    DeflateConnections => "deflate_connections_total",
+    DeflateMessagesIn => "deflate_messages_in_total",
+    DeflateInWireBytes => "deflate_in_compressed_bytes_total",
+    DeflateInRawBytes => "deflate_in_inflated_bytes_total",
+    DeflateMessagesOut => "deflate_messages_out_total",
+    DeflateOutRawBytes => "deflate_out_raw_bytes_total",
+    DeflateOutWireBytes => "deflate_out_compressed_bytes_total",
     Closed => "connections_closed_total",
 }
 

@@ -64,6 +64,7 @@ impl<H: Handler> Shard<H> {
                 sock,
                 phase: Phase::Handshaking,
                 flags: 0,
+                ext: Packed::OFF,
                 gen: c.next_gen,
                 since: c.now,
                 armed_at: NOT_ARMED,

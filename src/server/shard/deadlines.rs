@@ -121,6 +121,7 @@ impl<H: Handler> Core<H> {
                     cork: None,
                     flags: &mut conn.flags,
                     stats: &self.stats,
+                    deflate: None,
                 };
                 out.frame(crate::proto::OpCode::Ping, b"");
                 self.mark_dirty(key, conn);

@@ -17,9 +17,11 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use crate::proto::deflate::{self, Packed};
 use crate::proto::handshake::{self, HttpError};
 use crate::proto::{close_code, Decoded, DecoderConfig, Event, Role};
 use crate::server::api::{ShardApi, ShardLink};
+use crate::server::compress::ShardDeflate;
 use crate::server::config::{Config, SlowConsumerPolicy};
 use crate::server::conn::*;
 use crate::server::handler::{
@@ -56,6 +58,11 @@ pub(crate) struct Core<H: Handler> {
     /// Shards posted to this turn, woken once at its end.
     wake: Vec<bool>,
     cork: Vec<u8>,
+    /// permessage-deflate contexts, and where a compressed message is inflated.
+    deflate: ShardDeflate,
+    inflated: Vec<u8>,
+    /// The `Sec-WebSocket-Extensions` answer being written.
+    ext_buf: Vec<u8>,
     wheel: TimerWheel,
     start: Instant,
     /// The current tick.
@@ -128,6 +135,9 @@ impl<H: Handler> Shard<H> {
             links: shared.links,
             inbox: shared.inbox,
             cork: Vec::with_capacity(CORK_CAPACITY),
+            deflate: ShardDeflate::new(cfg.deflate),
+            inflated: Vec::new(),
+            ext_buf: Vec::new(),
             wheel: TimerWheel::new(0),
             start: Instant::now(),
             now: 0,
@@ -216,6 +226,7 @@ impl<H: Handler> Shard<H> {
             wake,
             inbox,
             now,
+            deflate,
             ..
         } = core;
         let mut api = ShardApi {
@@ -228,11 +239,13 @@ impl<H: Handler> Shard<H> {
             links,
             wake,
             now: *now,
+            deflate,
         };
         while let Ok(msg) = inbox.try_recv() {
             handler.on_shard_msg(&mut api, msg);
         }
         handler.on_turn(&mut api);
+        api.deflate.end_turn();
     }
 
     /// Wakes the shards posted to this turn.

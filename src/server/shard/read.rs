@@ -187,7 +187,19 @@ impl<H: Handler> Core<H> {
         match self.handler.on_open(&req, &info) {
             Ok(accept) => {
                 debug_assert!(self.cork.is_empty());
-                handshake::write_accept_response(&mut self.cork, &key_ws, accept.protocol, None);
+                let params = deflate::negotiate(
+                    req.header_values("sec-websocket-extensions"),
+                    &self.cfg.deflate,
+                );
+                let ext = params.map(|p| {
+                    self.ext_buf.clear();
+                    p.write_response(&mut self.ext_buf);
+                    conn.ext = Packed(p.pack());
+                    self.stats.inc(Counter::DeflateConnections);
+                    // ASCII by construction.
+                    std::str::from_utf8(&self.ext_buf).unwrap_or_default()
+                });
+                handshake::write_accept_response(&mut self.cork, &key_ws, accept.protocol, ext);
                 conn.state = Some(accept.state);
             }
             Err(e) => {
@@ -302,6 +314,13 @@ impl<H: Handler> Core<H> {
         self.schedule(key, conn);
     }
 
+    /// Gives back the inflate buffer after a large message.
+    fn trim_inflated(&mut self) {
+        if self.inflated.capacity() > CORK_FLUSH_AT {
+            self.inflated = Vec::new();
+        }
+    }
+
     /// Runs the frames of an open connection through the decoder and the app.
     pub(super) fn frames(
         &mut self,
@@ -318,16 +337,45 @@ impl<H: Handler> Core<H> {
             decoder,
             queue,
             state,
+            ext,
             ..
         } = conn;
+        let ext = *ext;
+        let dec_cfg = if ext.on() {
+            DecoderConfig {
+                rsv_allowed: deflate::RSV1,
+                ..self.dec_cfg
+            }
+        } else {
+            self.dec_cfg
+        };
         let mut pos = 0;
         loop {
-            let step = decoder.next(&self.dec_cfg, &mut data[pos..]);
+            let step = match decoder.next(&dec_cfg, &mut data[pos..]) {
+                Ok(Decoded::Event(n, Event::Compressed { text, payload })) => self
+                    .deflate
+                    .inflate(
+                        key,
+                        ext,
+                        payload,
+                        &mut self.inflated,
+                        dec_cfg.max_message_size,
+                        &self.stats,
+                    )
+                    .and_then(|()| deflate::inflated_event(&self.inflated, text))
+                    .map(|ev| Decoded::Event(n, ev)),
+                other => other,
+            };
             let mut out = Out {
                 queue: &mut *queue,
                 cork: Some(&mut self.cork),
                 flags: &mut *flags,
                 stats: &self.stats,
+                deflate: ext.on().then_some(OutDeflate {
+                    ctx: &mut self.deflate,
+                    key,
+                    ext,
+                }),
             };
             match step {
                 Ok(Decoded::Event(n, event)) => {
@@ -353,7 +401,7 @@ impl<H: Handler> Core<H> {
                             }
                         }
                         Event::Ping(p) => out.frame(crate::proto::OpCode::Pong, p),
-                        Event::Pong(_) => {}
+                        Event::Pong(_) | Event::Compressed { .. } => {}
                         Event::Close(cf) => {
                             // Echo the peer's close (same code), then close the TCP connection.
                             if cf.code == close_code::NO_STATUS {
@@ -382,7 +430,10 @@ impl<H: Handler> Core<H> {
                     }
                 }
                 Ok(Decoded::Progress(n)) => pos += n,
-                Ok(Decoded::Incomplete) => return pos,
+                Ok(Decoded::Incomplete) => {
+                    self.trim_inflated();
+                    return pos;
+                }
                 Err(e) => {
                     self.stats.inc(match e.code {
                         close_code::INVALID_DATA => Counter::Close1007,
@@ -403,6 +454,7 @@ impl<H: Handler> Core<H> {
                 }
             }
         }
+        self.trim_inflated();
         // The phase changed: a new deadline, and whatever else was read is discarded.
         self.schedule(key, conn);
         data.len()

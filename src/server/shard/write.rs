@@ -43,6 +43,7 @@ impl<H: Handler> Core<H> {
             cork: None,
             flags: &mut conn.flags,
             stats: &self.stats,
+            deflate: None,
         };
         out.close(code, reason);
         conn.phase = Phase::Closing;
@@ -107,6 +108,9 @@ impl<H: Handler> Core<H> {
         self.cork.clear();
         if let Some(mut conn) = conns.try_remove(key) {
             let _ = self.poll.registry().deregister(&mut conn.sock);
+            if conn.ext.server_takeover() || conn.ext.client_takeover() {
+                self.deflate.remove(key);
+            }
             self.notify_close(key, &mut conn, close_code::ABNORMAL, "connection dropped");
             self.global.open.fetch_sub(1, SeqCst);
             self.stats.open.fetch_sub(1, Relaxed);

@@ -144,3 +144,90 @@ describe('fanout with ws', () => {
     assert.ok(codes.every((c) => c.code === 1000));
   });
 });
+
+describe('fanout --deflate with ws (permessage-deflate)', () => {
+  let server;
+  before(async () => {
+    server = await startServer(['--deflate']);
+  });
+  after(async () => {
+    const code = await server.stop();
+    assert.equal(code, 0, `fanout did not shut down cleanly:\n${server.log()}`);
+  });
+
+  test('negotiates the default ws offer and compresses both ways', async () => {
+    const ws = new WebSocket(server.url, { maxPayload: TEN_MIB * 2 }); // offers client_max_window_bits
+    const upgrade = new Promise((res) => ws.once('upgrade', res));
+    await new Promise((res, rej) => {
+      ws.once('open', res);
+      ws.once('error', rej);
+    });
+    const res = await upgrade;
+    assert.equal(
+      res.headers['sec-websocket-extensions'],
+      'permessage-deflate; server_no_context_takeover; client_no_context_takeover',
+    );
+    assert.match(ws.extensions, /permessage-deflate/);
+    const doc = JSON.stringify(
+      Array.from({ length: 20_000 }, (_, i) => ({ id: i, name: `user-${i}`, active: i % 3 === 0 })),
+    );
+    const before = ws._socket.bytesRead;
+    ws.send(doc, { compress: true });
+    let m = await nextMessage(ws, 30_000);
+    assert.equal(m.isBinary, false);
+    assert.equal(m.data.toString(), doc);
+    // The echo came back compressed: far fewer bytes on the wire than the message.
+    const wire = ws._socket.bytesRead - before;
+    assert.ok(wire * 4 < doc.length, `${wire} bytes on the wire for ${doc.length}`);
+    const blob = randomBytes(100_000);
+    ws.send(blob, { compress: true });
+    m = await nextMessage(ws);
+    assert.equal(m.isBinary, true);
+    assert.ok(blob.equals(m.data));
+    ws.send('tiny', { compress: true });
+    m = await nextMessage(ws);
+    assert.equal(m.data.toString(), 'tiny');
+    ws.close();
+    await closed(ws);
+  });
+
+  test('honours serverNoContextTakeover and window bits offers', async () => {
+    const ws = new WebSocket(server.url, {
+      perMessageDeflate: {
+        serverNoContextTakeover: true,
+        clientNoContextTakeover: true,
+        serverMaxWindowBits: 9,
+        clientMaxWindowBits: 9,
+        threshold: 0,
+      },
+    });
+    const upgrade = new Promise((res) => ws.once('upgrade', res));
+    await new Promise((res, rej) => {
+      ws.once('open', res);
+      ws.once('error', rej);
+    });
+    assert.equal(
+      (await upgrade).headers['sec-websocket-extensions'],
+      'permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=9; client_max_window_bits=9',
+    );
+    for (let i = 0; i < 20; i++) {
+      const text = `message ${i} `.repeat(500 + i * 37);
+      ws.send(text);
+      const m = await nextMessage(ws);
+      assert.equal(m.data.toString(), text);
+    }
+    ws.close();
+    await closed(ws);
+  });
+
+  test('fragmented compressed message', async () => {
+    const ws = await open(server.url, { perMessageDeflate: { threshold: 0 } });
+    ws.send('compressed '.repeat(300), { fin: false });
+    ws.send('and fragmented '.repeat(300), { fin: false });
+    ws.send('end', { fin: true });
+    const m = await nextMessage(ws);
+    assert.equal(m.data.toString(), 'compressed '.repeat(300) + 'and fragmented '.repeat(300) + 'end');
+    ws.close();
+    await closed(ws);
+  });
+});

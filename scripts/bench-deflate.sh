@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# permessage-deflate figures, one command after `cargo build --release --workspace`:
+#   1. codec: compression ratio and MB/s each way on a JSON payload for flate2's zlib-rs and
+#      miniz_oxide backends at several levels (bench/deflate-codec, built once per backend);
+#   2. memory per idle connection: N connections held with deflate off, on (no context
+#      takeover: contexts shared per shard) and on with context takeover, the client offering
+#      permessage-deflate (server RSS delta / N);
+#   3. memory per connection after every connection exchanged messages (with takeover this is
+#      where per-connection contexts appear);
+#   4. echo throughput with a JSON payload, deflate off vs on, with server CPU and the bytes
+#      the server wrote per message (from /proc/PID/io: the wire compression ratio);
+#   5. writes bench/results/<date>-deflate.json and stops everything it started.
+#
+# usage: scripts/bench-deflate.sh [--connections N] [--echo-connections N] [--size BYTES]
+#                                 [--duration D] [--port P] [--out DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+N=10000
+ECHO_N=100
+SIZE=4096
+DURATION=10s
+PORT=9650
+OUT=bench/results
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --connections) N=$2; shift 2 ;;
+        --echo-connections) ECHO_N=$2; shift 2 ;;
+        --size) SIZE=$2; shift 2 ;;
+        --duration) DURATION=$2; shift 2 ;;
+        --port) PORT=$2; shift 2 ;;
+        --out) OUT=$2; shift 2 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+done
+
+FANOUT=target/release/fanout
+LOAD=target/release/fanout-load
+CODEC_DIR=bench/deflate-codec
+if [ ! -x "$FANOUT" ] || [ ! -x "$LOAD" ]; then
+    echo "building release binaries" >&2
+    cargo build --release --workspace >&2
+fi
+mkdir -p "$OUT"
+STAMP=$(date -u +%Y%m%d-%H%M%S)
+WORK=$(mktemp -d)
+SERVER_PID=""
+
+cleanup() {
+    if [ -n "$SERVER_PID" ]; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$SERVER_PID" 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { printf 'bench-deflate: %s\n' "$*" >&2; }
+
+# ----- 1. codec -----
+log "codec: building bench/deflate-codec for zlib-rs and miniz_oxide"
+(cd "$CODEC_DIR" && cargo build -q --release --no-default-features --features zlib-rs &&
+    cp target/release/fanout-deflate-codec "$WORK/codec-zlib-rs" &&
+    cargo build -q --release --no-default-features --features miniz &&
+    cp target/release/fanout-deflate-codec "$WORK/codec-miniz")
+"$WORK/codec-zlib-rs" --dump >"$WORK/payload.json"
+: >"$WORK/codec.jsonl"
+for b in zlib-rs miniz; do
+    "$WORK/codec-$b" "$WORK/payload.json" "$SIZE" | tee -a "$WORK/codec.jsonl" >&2
+done
+
+# ----- servers -----
+start_server() { # flags...
+    "$FANOUT" serve --listen "127.0.0.1:$PORT" --shards 2 --ping-interval 0 "$@" \
+        >"$WORK/server.log" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return 0
+        kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/server.log" >&2; exit 1; }
+        sleep 0.1
+    done
+    echo "server did not start" >&2
+    exit 1
+}
+stop_server() {
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+}
+wchar() { awk '/^wchar:/ {print $2}' "/proc/$1/io"; }
+
+declare -A MODE_FLAGS=(
+    [off]=""
+    [shared]="--deflate"
+    [takeover]="--deflate --deflate-context-takeover"
+)
+MODES=(off shared takeover)
+
+for mode in "${MODES[@]}"; do
+    # shellcheck disable=SC2086 # flags are words
+    # ----- 2. idle -----
+    log "idle: $N connections, deflate $mode"
+    start_server ${MODE_FLAGS[$mode]}
+    "$LOAD" connect --url "ws://127.0.0.1:$PORT/" -n "$N" --duration 5s --deflate \
+        --server-pid "$SERVER_PID" --no-progress --json "$WORK/idle-$mode.json" >&2
+    stop_server
+
+    # ----- 3. after messages -----
+    log "active: $ECHO_N x 10 connections that each sent messages, deflate $mode"
+    start_server ${MODE_FLAGS[$mode]}
+    "$LOAD" echo --url "ws://127.0.0.1:$PORT/" -n $((ECHO_N * 10)) --duration 5s --rate 1 \
+        --message-size "$SIZE" --payload-file "$WORK/payload.json" --text --deflate \
+        --server-pid "$SERVER_PID" --no-progress --json "$WORK/active-$mode.json" >&2
+    stop_server
+done
+
+# ----- 4. throughput -----
+for mode in off shared; do
+    log "echo throughput: $ECHO_N connections, $SIZE-byte JSON messages, deflate $mode"
+    # shellcheck disable=SC2086
+    start_server ${MODE_FLAGS[$mode]}
+    w0=$(wchar "$SERVER_PID")
+    "$LOAD" echo --url "ws://127.0.0.1:$PORT/" -n "$ECHO_N" --duration "$DURATION" \
+        --pipeline 1 --message-size "$SIZE" --payload-file "$WORK/payload.json" --text --deflate \
+        --server-pid "$SERVER_PID" --no-progress --json "$WORK/echo-$mode.json" >&2
+    w1=$(wchar "$SERVER_PID")
+    echo $((w1 - w0)) >"$WORK/echo-$mode.wchar"
+    stop_server
+done
+
+python3 - "$WORK" "$OUT/$STAMP-deflate.json" "$N" "$ECHO_N" "$SIZE" <<'PY'
+import json, sys
+work, out, n, echo_n, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+load = lambda p: json.load(open(f"{work}/{p}"))
+codec = [json.loads(l) for l in open(f"{work}/codec.jsonl") if l.strip()]
+res = {"codec": codec, "message_bytes": size, "idle": {}, "active": {}, "echo": {}}
+for mode in ("off", "shared", "takeover"):
+    i, a = load(f"idle-{mode}.json"), load(f"active-{mode}.json")
+    res["idle"][mode] = {
+        "connections": i["opened"], "failed": i["failed_total"],
+        "rss_bytes_per_connection": i.get("server_rss_bytes_per_connection"),
+    }
+    res["active"][mode] = {
+        "connections": a["opened"], "failed": a["failed_total"],
+        "messages_received": a["messages"]["received"],
+        "rss_bytes_per_connection": a.get("server_rss_bytes_per_connection"),
+    }
+for mode in ("off", "shared"):
+    e = load(f"echo-{mode}.json")
+    wrote = int(open(f"{work}/echo-{mode}.wchar").read())
+    got = e["messages"]["received"]
+    srv = e.get("server", {})
+    res["echo"][mode] = {
+        "messages_per_second": e["messages"]["received_per_second"],
+        "messages": got, "mismatched": e["messages"]["mismatched"],
+        "failed": e["failed_total"],
+        "rtt_ms": e["latency_ms"].get("rtt"),
+        "server_cpu_cores": srv.get("cpu_cores_run"),
+        "server_bytes_written_per_message": wrote / max(got, 1),
+    }
+off, on = res["echo"]["off"], res["echo"]["shared"]
+res["echo"]["throughput_ratio_on_over_off"] = on["messages_per_second"] / max(off["messages_per_second"], 1e-9)
+res["echo"]["wire_ratio"] = off["server_bytes_written_per_message"] / max(on["server_bytes_written_per_message"], 1e-9)
+json.dump(res, open(out, "w"), indent=2)
+print(f"\ncodec ({size}-byte JSON messages):")
+for c in codec:
+    print(f"  {c['backend']:<12} level {c['level']}: ratio {c['ratio']:.2f}, compress {c['compress_mb_per_s']:.0f} MB/s, inflate {c['inflate_mb_per_s']:.0f} MB/s")
+print(f"memory per connection (server RSS delta / N):")
+for mode in ("off", "shared", "takeover"):
+    i, a = res["idle"][mode], res["active"][mode]
+    fmt = lambda v: "n/a" if v is None else f"{v:,.0f} B"
+    print(f"  deflate {mode:<8}: idle {fmt(i['rss_bytes_per_connection'])} ({i['connections']} conns), "
+          f"after messages {fmt(a['rss_bytes_per_connection'])} ({a['connections']} conns)")
+print(f"echo, {echo_n} connections, {size}-byte JSON text:")
+for mode in ("off", "shared"):
+    e = res["echo"][mode]
+    print(f"  deflate {mode:<8}: {e['messages_per_second']:,.0f} msg/s, server {e['server_cpu_cores'] or 0:.2f} cores, "
+          f"{e['server_bytes_written_per_message']:,.0f} B written per message")
+print(f"  throughput on/off {res['echo']['throughput_ratio_on_over_off']:.2f}, wire bytes off/on {res['echo']['wire_ratio']:.2f}")
+print(f"\nwrote {out}")
+PY
