@@ -180,9 +180,13 @@ impl<H: Handler> Core<H> {
             Ok(None) => return self.plain_http(key, conn, &req, head_len, data),
             Err(e) => return self.refuse(key, conn, &e, data.len()),
         };
+        if let Err(n) = self.gate(key, conn, &req, data.len()) {
+            return n;
+        }
         let info = ConnInfo {
             id,
             sock: &conn.sock,
+            token: self.exts.get(key).and_then(|e| e.as_ref()?.token.as_ref()),
         };
         match self.handler.on_open(&req, &info) {
             Ok(accept) => {
@@ -240,6 +244,7 @@ impl<H: Handler> Core<H> {
             let info = ConnInfo {
                 id: self.id(key, conn.gen),
                 sock: &conn.sock,
+                token: None,
             };
             self.handler.on_http(req, body, &info)
         };
@@ -320,6 +325,7 @@ impl<H: Handler> Core<H> {
             state,
             ..
         } = conn;
+        let token = self.exts.get(key).and_then(|e| e.as_ref()?.token.as_ref());
         let mut pos = 0;
         loop {
             let step = decoder.next(&self.dec_cfg, &mut data[pos..]);
@@ -347,6 +353,7 @@ impl<H: Handler> Core<H> {
                                     id,
                                     state,
                                     sock: &*sock,
+                                    token,
                                     out,
                                 };
                                 self.handler.on_message(&mut ctx, msg);
