@@ -6,7 +6,8 @@
 #      release server started plain, with --jwt-secret, and with --jwt-secret plus the per-IP
 #      limits and an Origin list (limits high enough never to refuse); the server's CPU per
 #      handshake (from /proc, via --server-pid) and the ramp rate, median of R rounds run
-#      interleaved so the box's noise hits every mode alike.
+#      interleaved so the box's noise hits every mode alike; also the server's RSS per held
+#      connection (a connection with a token keeps its claims).
 # Writes bench/results/<date>-auth.json and prints the figures.
 #
 # usage: scripts/bench-auth.sh [--connections N] [--rounds R] [--shards K] [--port P] [--no-criterion]
@@ -104,7 +105,7 @@ work, out_path, n, rounds, shards, modes = sys.argv[1:]
 out = {"connections": int(n), "rounds": int(rounds), "shards": int(shards),
        "cpu": os.cpu_count(), "end_to_end": {}, "criterion_ns": {}}
 for mode in modes.split():
-    cpu, rate, failed = [], [], 0
+    cpu, rate, rss, failed = [], [], [], 0
     for r in range(1, int(rounds) + 1):
         try:
             with open(f"{work}/{mode}-{r}.json") as f:
@@ -114,12 +115,15 @@ for mode in modes.split():
         failed += d["failed_total"]
         if d.get("server_cpu_us_per_handshake") is not None:
             cpu.append(d["server_cpu_us_per_handshake"])
+        if d.get("server_rss_bytes_per_connection") is not None:
+            rss.append(d["server_rss_bytes_per_connection"])
         if d.get("ramp_seconds"):
             rate.append(d["established"] / d["ramp_seconds"])
     out["end_to_end"][mode] = {
         "server_cpu_us_per_handshake_median": statistics.median(cpu) if cpu else None,
         "server_cpu_us_per_handshake_runs": cpu,
         "handshakes_per_second_median": statistics.median(rate) if rate else None,
+        "server_rss_bytes_per_connection_median": statistics.median(rss) if rss else None,
         "failed_total": failed,
     }
 base = out["end_to_end"].get("plain", {}).get("server_cpu_us_per_handshake_median")
