@@ -506,3 +506,43 @@ fn handshake_rate_gets_429_with_retry_after_then_recovers() {
     assert!(count(&s, Counter::PerIpRateRefused) >= 1);
     assert!(count(&s, Counter::Http429) >= 1);
 }
+
+#[test]
+fn a_concurrent_flood_from_one_address_gets_exactly_the_cap_across_shards() {
+    let s = echo_with(Config {
+        max_conns_per_ip: 5,
+        ..Config::default()
+    });
+    let addr = s.local_addr();
+    // 8 threads x 15 attempts at once, each holding what it gets: SO_REUSEPORT spreads them
+    // over both shards, and the count is still global.
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                (0..15)
+                    .map(|_| upgrade(addr, Some(LOCAL), "/", &[]))
+                    .collect::<Vec<Reply>>()
+            })
+        })
+        .collect();
+    let replies: Vec<Reply> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let opened = replies.iter().filter(|r| r.status == 101).count();
+    let refused = replies.iter().filter(|r| r.status == 429).count();
+    assert_eq!((opened, refused), (5, 115));
+    assert_eq!(s.connections_from(LOCAL), 5);
+    let per_shard: Vec<u64> = s
+        .stats()
+        .iter()
+        .map(|st| st.get(Counter::Accepted))
+        .collect();
+    assert!(
+        per_shard.iter().all(|&n| n > 0),
+        "both shards took some: {per_shard:?}"
+    );
+    assert_eq!(upgrade(addr, Some(OTHER), "/", &[]).status, 101);
+    drop(replies);
+    wait_connections(&s, LOCAL, 0);
+}
