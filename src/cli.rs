@@ -484,5 +484,20 @@ mod tests {
         assert!(parse(&["--allowed-origins", "example.com"]).is_err());
         assert!(parse(&["--jwt-cookie", "c"]).is_err());
         assert!(parse(&["--handshake-rate-per-ip", "0"]).is_err());
+        // The secret and the list from a file.
+        let dir = std::env::temp_dir().join(format!("fanout-cli-access-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("fanout.toml");
+        std::fs::write(
+            &path,
+            "jwt-secret = \"from-file\"\nallowed-origins = [\"https://*.example.com\"]\n",
+        )
+        .unwrap();
+        let cfg = parse(&["--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(cfg.jwt.unwrap().secret, b"from-file");
+        assert!(cfg
+            .allowed_origins
+            .unwrap()
+            .allows(Some("https://a.example.com")));
     }
 }
