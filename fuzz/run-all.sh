@@ -9,7 +9,7 @@ RUNS="${1:-1000000}"
 shift || true
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-    TARGETS=(handshake_request handshake_response frames_server frames_client utf8_incremental)
+    TARGETS=(handshake_request handshake_response frames_server frames_client utf8_incremental upgrade_policies)
 fi
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     FUZZ=(cargo +nightly fuzz)
@@ -20,7 +20,7 @@ fi
 for t in "${TARGETS[@]}"; do
     extra=()
     case "$t" in
-        handshake_*) extra=(-dict=dict/http.dict -max_len=2048) ;;
+        handshake_* | upgrade_*) extra=(-dict=dict/http.dict -max_len=2048) ;;
         frames_*) extra=(-max_len=4096 -malloc_limit_mb=8) ;;
         utf8_*) extra=(-max_len=512) ;;
     esac

@@ -9,6 +9,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
+use crate::server::auth::JwtConfig;
+use crate::server::origin::OriginPolicy;
+use crate::server::per_ip::RateLimit;
 use crate::server::{Config, SlowConsumerPolicy};
 
 #[derive(Parser, Debug)]
@@ -148,6 +151,32 @@ pub struct ServeArgs {
     /// deflate: zlib compression level 0-9 [default: 1].
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
     pub deflate_level: Option<u8>,
+    /// Upgrades need an HS256 JWT signed with this secret (401 otherwise). Prefer the config
+    /// file: a flag shows in `ps`.
+    #[arg(long)]
+    pub jwt_secret: Option<String>,
+    /// Also take the JWT from this cookie (besides `Authorization: Bearer` and `?token=`).
+    #[arg(long)]
+    pub jwt_cookie: Option<String>,
+    /// Close a connection (1008) when its token's `exp` passes.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub jwt_close_on_expiry: Option<bool>,
+    /// Origins allowed to upgrade, comma-separated: exact (`https://app.example.com`) or
+    /// wildcard subdomains (`https://*.example.com`); others get 403. A request without
+    /// Origin (non-browser clients) is allowed [default: any origin].
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Open WebSocket connections per source IP (IPv6: per /64) past which upgrades get 429
+    /// [default: 0, no cap].
+    #[arg(long)]
+    pub max_conns_per_ip: Option<u32>,
+    /// Upgrade requests per second per source IP (token bucket) past which they get 429 with
+    /// Retry-After [default: no limit].
+    #[arg(long)]
+    pub handshake_rate_per_ip: Option<f64>,
+    /// The bucket's size for --handshake-rate-per-ip [default: one second's worth].
+    #[arg(long)]
+    pub handshake_burst_per_ip: Option<u32>,
     /// Print a stats line this often (open, accepts/s, messages/s, RSS); 0 disables [default: 0].
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
@@ -164,6 +193,7 @@ impl ServeArgs {
     /// Flags first, then the config file's keys.
     pub fn merged(mut self) -> Result<ServeArgs, String> {
         let Some(path) = self.config.clone() else {
+            self.check()?;
             return Ok(self);
         };
         let text = std::fs::read_to_string(&path)
@@ -200,9 +230,57 @@ impl ServeArgs {
             deflate_min_size,
             deflate_window_bits,
             deflate_context_takeover,
-            deflate_level
+            deflate_level,
+            jwt_secret,
+            jwt_cookie,
+            jwt_close_on_expiry,
+            allowed_origins,
+            max_conns_per_ip,
+            handshake_rate_per_ip,
+            handshake_burst_per_ip
         );
+        self.check()?;
         Ok(self)
+    }
+
+    /// Refuses settings that cannot work together or do not parse.
+    pub fn check(&self) -> Result<(), String> {
+        self.origin_policy()?;
+        if self.jwt_secret.as_deref().is_some_and(str::is_empty) {
+            return Err("--jwt-secret is empty".into());
+        }
+        if self.jwt_secret.is_none()
+            && (self.jwt_cookie.is_some() || self.jwt_close_on_expiry == Some(true))
+        {
+            return Err("--jwt-cookie and --jwt-close-on-expiry need --jwt-secret".into());
+        }
+        if let Some(r) = self.handshake_rate_per_ip {
+            if !(r.is_finite() && r > 0.0) {
+                return Err(format!(
+                    "--handshake-rate-per-ip {r}: must be a positive number"
+                ));
+            }
+        } else if self.handshake_burst_per_ip.is_some() {
+            return Err("--handshake-burst-per-ip needs --handshake-rate-per-ip".into());
+        }
+        Ok(())
+    }
+
+    /// The `--allowed-origins` list, parsed.
+    pub fn origin_policy(&self) -> Result<Option<OriginPolicy>, String> {
+        self.allowed_origins
+            .as_deref()
+            .map(OriginPolicy::parse)
+            .transpose()
+    }
+
+    /// The `--jwt-*` settings.
+    pub fn jwt_config(&self) -> Option<JwtConfig> {
+        Some(JwtConfig {
+            secret: self.jwt_secret.clone()?.into_bytes(),
+            cookie: self.jwt_cookie.clone().filter(|c| !c.is_empty()),
+            close_on_expiry: self.jwt_close_on_expiry.unwrap_or(false),
+        })
     }
 
     /// The push app's settings.
@@ -263,6 +341,14 @@ impl ServeArgs {
                     .unwrap_or(d.deflate.context_takeover),
                 level: self.deflate_level.unwrap_or(d.deflate.level).min(9),
             },
+            jwt: self.jwt_config(),
+            // `merged` has refused a list that does not parse.
+            allowed_origins: self.origin_policy().ok().flatten(),
+            max_conns_per_ip: self.max_conns_per_ip.unwrap_or(d.max_conns_per_ip),
+            handshake_rate_per_ip: self
+                .handshake_rate_per_ip
+                .filter(|r| r.is_finite() && *r > 0.0)
+                .map(|r| RateLimit::new(r, self.handshake_burst_per_ip)),
         }
     }
 }
@@ -388,5 +474,64 @@ mod tests {
         let Command::Serve(args) = cli.command;
         let err = args.merged().unwrap_err();
         assert!(err.contains("no-such-key"), "{err}");
+    }
+
+    #[test]
+    fn access_flags() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["fanout", "serve"];
+            argv.extend_from_slice(extra);
+            let Command::Serve(args) = Cli::parse_from(argv).command;
+            args.merged().map(|a| a.config())
+        };
+        let cfg = parse(&[
+            "--jwt-secret",
+            "s3cret",
+            "--jwt-cookie",
+            "auth",
+            "--jwt-close-on-expiry",
+            "--allowed-origins",
+            "https://a.example.com,https://*.example.org",
+            "--max-conns-per-ip",
+            "10",
+            "--handshake-rate-per-ip",
+            "2.5",
+        ])
+        .unwrap();
+        let jwt = cfg.jwt.unwrap();
+        assert_eq!(jwt.secret, b"s3cret");
+        assert_eq!(jwt.cookie.as_deref(), Some("auth"));
+        assert!(jwt.close_on_expiry);
+        assert!(
+            !format!("{jwt:?}").contains("s3cret"),
+            "the secret is not logged"
+        );
+        let origins = cfg.allowed_origins.unwrap();
+        assert!(origins.allows(Some("https://x.example.org")));
+        assert_eq!(cfg.max_conns_per_ip, 10);
+        assert_eq!(
+            cfg.handshake_rate_per_ip,
+            Some(RateLimit::new(2.5, Some(3)))
+        );
+        let off = parse(&[]).unwrap();
+        assert!(off.jwt.is_none() && off.allowed_origins.is_none());
+        assert!(parse(&["--allowed-origins", "example.com"]).is_err());
+        assert!(parse(&["--jwt-cookie", "c"]).is_err());
+        assert!(parse(&["--handshake-rate-per-ip", "0"]).is_err());
+        // The secret and the list from a file.
+        let dir = std::env::temp_dir().join(format!("fanout-cli-access-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("fanout.toml");
+        std::fs::write(
+            &path,
+            "jwt-secret = \"from-file\"\nallowed-origins = [\"https://*.example.com\"]\n",
+        )
+        .unwrap();
+        let cfg = parse(&["--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(cfg.jwt.unwrap().secret, b"from-file");
+        assert!(cfg
+            .allowed_origins
+            .unwrap()
+            .allows(Some("https://a.example.com")));
     }
 }

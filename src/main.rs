@@ -55,6 +55,15 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if args.app() == AppKind::Push && args.push_config().publish_key.is_none() {
         tracing::warn!("no --publish-key: POST /publish/{{topic}} answers 403 until one is set");
     }
+    if let Some(jwt) = config.jwt.as_ref() {
+        if jwt.secret.len() < fanout::server::auth::MIN_SECRET_LEN {
+            tracing::warn!(
+                "--jwt-secret is {} bytes: HS256 wants at least {} random bytes",
+                jwt.secret.len(),
+                fanout::server::auth::MIN_SECRET_LEN
+            );
+        }
+    }
     let server = match args.app() {
         AppKind::Echo => Server::start(config, fanout::apps::echo::Echo),
         AppKind::Push => Server::start(config, fanout::apps::push::Push::new(args.push_config())),

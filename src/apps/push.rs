@@ -19,6 +19,7 @@ use crate::proto::OpCode;
 use crate::pubsub::{validate_topic, Registry, Subscriptions};
 use crate::server::{
     Accept, ConnId, ConnInfo, Ctx, Delivery, Handler, HttpReply, HttpResponse, Message, ShardApi,
+    Token,
 };
 
 #[derive(Debug, Clone)]
@@ -274,6 +275,56 @@ struct Command<'a> {
     data: Option<&'a RawValue>,
 }
 
+/// The topic claims of a verified token: `sub_topics` and `pub_topics`, lists of topic
+/// patterns. A pattern is a topic (`news`), or a prefix ending in `*` that matches every longer
+/// topic starting with it (`news.*` matches `news.uk` and `news.uk.london`, not `news`; `*`
+/// matches every topic). An absent claim does not restrict; an empty list allows nothing.
+#[derive(Deserialize, Default)]
+struct TopicClaims<'a> {
+    #[serde(borrow, default)]
+    sub_topics: Option<Vec<Cow<'a, str>>>,
+    #[serde(borrow, default)]
+    pub_topics: Option<Vec<Cow<'a, str>>>,
+}
+
+const BAD_TOPIC_CLAIMS: &str = "the token's sub_topics and pub_topics must be arrays of strings";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grant {
+    Subscribe,
+    Publish,
+}
+
+/// Does `pattern` (a topic, or a prefix ending in `*`) match `topic`?
+pub fn topic_matches(pattern: &str, topic: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => topic.len() > prefix.len() && topic.starts_with(prefix),
+        None => pattern == topic,
+    }
+}
+
+/// May a connection holding `token` do `grant` on `topic`? Without a token (no
+/// `--jwt-secret`), yes; otherwise its claims decide. `Err` is the reason for the client.
+fn token_allows(token: Option<&Token>, grant: Grant, topic: &str) -> Result<(), &'static str> {
+    let Some(token) = token else {
+        return Ok(());
+    };
+    let claims: TopicClaims<'_> =
+        serde_json::from_str(token.claims_json()).map_err(|_| BAD_TOPIC_CLAIMS)?;
+    let list = match grant {
+        Grant::Subscribe => claims.sub_topics,
+        Grant::Publish => claims.pub_topics,
+    };
+    match list {
+        None => Ok(()),
+        Some(l) if l.iter().any(|p| topic_matches(p, topic)) => Ok(()),
+        Some(_) => Err(match grant {
+            Grant::Subscribe => "the token does not allow subscribing to this topic",
+            Grant::Publish => "the token does not allow publishing to this topic",
+        }),
+    }
+}
+
 /// A connection's state: its subscriptions.
 #[derive(Default)]
 pub struct PushConn {
@@ -303,6 +354,18 @@ impl Handler for Push {
             }
             for t in &topics {
                 validate_topic(t).map_err(|r| HttpError::new(400, r))?;
+            }
+            for t in &topics {
+                token_allows(conn.token(), Grant::Subscribe, t).map_err(|r| {
+                    HttpError::new(
+                        403,
+                        if r == BAD_TOPIC_CLAIMS {
+                            r
+                        } else {
+                            "the token does not allow a topic of ?topics="
+                        },
+                    )
+                })?;
             }
             for t in topics {
                 // Validated above; the limit was checked too.
@@ -342,6 +405,10 @@ impl Handler for Push {
         };
         match cmd.op.as_ref() {
             "subscribe" => {
+                if let Err(r) = token_allows(ctx.token(), Grant::Subscribe, topic) {
+                    ctx.send_text(&error_json(r, Some(topic)));
+                    return;
+                }
                 let id = ctx.id();
                 let max = self.cfg.max_topics_per_conn;
                 let result = self
@@ -374,6 +441,10 @@ impl Handler for Push {
                     return;
                 }
                 if let Err(r) = validate_topic(topic) {
+                    ctx.send_text(&error_json(r, Some(topic)));
+                    return;
+                }
+                if let Err(r) = token_allows(ctx.token(), Grant::Publish, topic) {
                     ctx.send_text(&error_json(r, Some(topic)));
                     return;
                 }
@@ -530,4 +601,21 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_patterns() {
+        assert!(topic_matches("news", "news"));
+        assert!(!topic_matches("news", "news.uk"));
+        assert!(topic_matches("news.*", "news.uk"));
+        assert!(topic_matches("news.*", "news.uk.london"));
+        assert!(!topic_matches("news.*", "news."));
+        assert!(!topic_matches("news.*", "news"));
+        assert!(!topic_matches("news.*", "newsroom"));
+        assert!(topic_matches("*", "anything"));
+    }
 }

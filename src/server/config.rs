@@ -4,6 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::auth::JwtConfig;
+use super::origin::OriginPolicy;
+use super::per_ip::RateLimit;
 pub use crate::proto::deflate::DeflateConfig;
 
 /// What to do with a connection whose queue of unsent bytes passes the cap.
@@ -49,6 +52,16 @@ pub struct Config {
     pub accept_batch: usize,
     /// permessage-deflate (off unless enabled).
     pub deflate: DeflateConfig,
+    /// Upgrades need a valid HS256 JWT (401 otherwise). None: no authentication.
+    pub jwt: Option<JwtConfig>,
+    /// Upgrades whose `Origin` is not in the list get 403. None: any origin.
+    pub allowed_origins: Option<OriginPolicy>,
+    /// Open WebSocket connections per source address (IPv6: per /64) past which upgrades get
+    /// 429. 0: no cap.
+    pub max_conns_per_ip: u32,
+    /// Upgrade requests per second per source address past which they get 429 with
+    /// Retry-After. None: no limit.
+    pub handshake_rate_per_ip: Option<RateLimit>,
 }
 
 impl Default for Config {
@@ -72,6 +85,10 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(10),
             accept_batch: 256,
             deflate: DeflateConfig::default(),
+            jwt: None,
+            allowed_origins: None,
+            max_conns_per_ip: 0,
+            handshake_rate_per_ip: None,
         }
     }
 }

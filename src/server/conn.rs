@@ -2,10 +2,12 @@
 //! the whole of its user-space cost: a socket, a few ticks and flags, and three pointers that
 //! stay null until something is pending. Owns per-connection state; the shard drives it.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use mio::net::TcpStream;
 
+use super::auth::Token;
 use super::compress::{Recoded, ShardDeflate};
 use super::stats::{Counter, ShardStats};
 use super::write_queue::WriteQueue;
@@ -74,6 +76,18 @@ impl Stash {
         v.shrink_to(rest.len().max(256));
         self.0 = reuse;
     }
+}
+
+/// What only some connections carry: a verified token, a count in the per-IP table. Kept in
+/// the shard's side table (`Core::exts`, by slab key), which stays empty while authentication
+/// and per-IP limits are off: the slab entry does not grow for them.
+#[derive(Debug, Default)]
+pub(crate) struct ConnExt {
+    /// The address this connection is counted under in the per-IP table (released on removal).
+    pub counted_ip: Option<IpAddr>,
+    /// The tick at which its token expires, when expired tokens close connections.
+    pub expires_at: Option<u32>,
+    pub token: Option<Token>,
 }
 
 pub(crate) struct Conn<S> {

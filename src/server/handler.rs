@@ -9,6 +9,7 @@ use std::sync::Arc;
 use mio::net::TcpStream;
 
 pub use super::api::ShardApi;
+pub use super::auth::Token;
 use super::conn::{Out, CLOSE_SENT};
 use crate::proto::handshake::{HttpError, Request};
 use crate::proto::{OpCode, ProtocolError};
@@ -95,12 +96,19 @@ impl HttpResponse {
 pub struct ConnInfo<'a> {
     pub id: ConnId,
     pub(crate) sock: &'a TcpStream,
+    pub(crate) token: Option<&'a Token>,
 }
 
-impl ConnInfo<'_> {
+impl<'a> ConnInfo<'a> {
     /// The peer's address (asks the kernel; not stored per connection).
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.sock.peer_addr()
+    }
+
+    /// The verified token of the upgrade request (always there when the server runs with
+    /// `--jwt-secret`, never otherwise).
+    pub fn token(&self) -> Option<&'a Token> {
+        self.token
     }
 }
 
@@ -171,6 +179,7 @@ pub struct Ctx<'a, S> {
     pub(crate) id: ConnId,
     pub(crate) state: &'a mut S,
     pub(crate) sock: &'a TcpStream,
+    pub(crate) token: Option<&'a Token>,
     pub(crate) out: Out<'a>,
 }
 
@@ -185,6 +194,11 @@ impl<S> Ctx<'_, S> {
 
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.sock.peer_addr()
+    }
+
+    /// The connection's verified token (see `ConnInfo::token`).
+    pub fn token(&self) -> Option<&Token> {
+        self.token
     }
 
     /// Bytes queued for this connection and not yet written.

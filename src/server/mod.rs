@@ -3,11 +3,14 @@
 //! not know about topics (that is `pubsub`/`apps`).
 
 pub mod api;
+pub mod auth;
 mod compress;
 pub mod config;
 pub(crate) mod conn;
 pub mod handler;
 pub mod limits;
+pub mod origin;
+pub mod per_ip;
 pub(crate) mod shard;
 pub mod stats;
 pub mod timer;
@@ -25,15 +28,19 @@ pub use api::ShardApi;
 pub use config::{Config, SlowConsumerPolicy};
 pub use handler::{
     Accept, ConnError, ConnId, ConnInfo, Ctx, Delivery, Handler, HttpReply, HttpResponse, Message,
+    Token,
 };
 pub use stats::{Counter, ShardStats};
 
-/// State every shard shares: the connection count behind `max_connections` and the
-/// shutdown flag.
+/// State every shard shares: the connection count behind `max_connections`, the shutdown
+/// flag, and the upgrade policies (each None when off, so an open server does no work for it).
 pub(crate) struct Global {
     pub open: AtomicUsize,
     pub max_connections: usize,
     pub shutdown: AtomicBool,
+    pub jwt: Option<auth::JwtVerifier>,
+    pub origins: Option<origin::OriginPolicy>,
+    pub per_ip: Option<per_ip::PerIpLimiter>,
 }
 
 /// A running server.
@@ -87,6 +94,12 @@ impl Server {
             open: AtomicUsize::new(0),
             max_connections,
             shutdown: AtomicBool::new(false),
+            jwt: config.jwt.as_ref().map(auth::JwtVerifier::new),
+            origins: config.allowed_origins.clone(),
+            per_ip: per_ip::PerIpLimiter::new(
+                config.max_conns_per_ip,
+                config.handshake_rate_per_ip,
+            ),
         });
         // The first listener fixes the port (port 0 picks one); the others share it.
         let first = bind_listener(config.listen, config.backlog)?;
@@ -166,6 +179,11 @@ impl Server {
     /// Open connections across shards.
     pub fn open_connections(&self) -> usize {
         self.global.open.load(SeqCst)
+    }
+
+    /// Connections counted for `ip` by `--max-conns-per-ip` (0 when the cap is off).
+    pub fn connections_from(&self, ip: std::net::IpAddr) -> u32 {
+        self.global.per_ip.as_ref().map_or(0, |l| l.connections(ip))
     }
 
     /// The connection cap in force.

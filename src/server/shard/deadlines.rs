@@ -1,4 +1,5 @@
-//! Connection deadlines on the shard's timing wheel: handshake, ping and pong, idle, close.
+//! Connection deadlines on the shard's timing wheel: handshake, ping and pong, idle, token
+//! expiry (`--jwt-close-on-expiry`, only for connections that carry one), close.
 
 use super::*;
 
@@ -50,7 +51,7 @@ impl<H: Handler> Core<H> {
     // ----- deadlines -----
 
     /// The tick of this connection's next deadline.
-    pub(super) fn due_tick(&self, conn: &Conn<H::State>) -> Option<u32> {
+    pub(super) fn due_tick(&self, key: usize, conn: &Conn<H::State>) -> Option<u32> {
         match conn.phase {
             Phase::Handshaking => Some(conn.since + self.handshake_ticks),
             Phase::Open => {
@@ -62,10 +63,8 @@ impl<H: Handler> Core<H> {
                         conn.since + self.ping_ticks
                     }
                 });
-                match (idle, ping) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
+                let expiry = self.ext(key).and_then(|e| e.expires_at);
+                [idle, ping, expiry].into_iter().flatten().min()
             }
             Phase::HttpWait | Phase::Closing | Phase::Finishing | Phase::Draining => {
                 Some(conn.since + self.close_ticks)
@@ -75,7 +74,7 @@ impl<H: Handler> Core<H> {
 
     /// Arms the connection's timer for its next deadline unless an earlier entry is live.
     pub(super) fn schedule(&mut self, key: usize, conn: &mut Conn<H::State>) {
-        if let Some(due) = self.due_tick(conn) {
+        if let Some(due) = self.due_tick(key, conn) {
             if conn.armed_at == NOT_ARMED || due < conn.armed_at {
                 let entry = Entry {
                     key: key as u32,
@@ -88,7 +87,7 @@ impl<H: Handler> Core<H> {
 
     /// A timer fired. Returns true when the connection must be dropped.
     pub(super) fn on_deadline(&mut self, key: usize, conn: &mut Conn<H::State>) -> bool {
-        let Some(due) = self.due_tick(conn) else {
+        let Some(due) = self.due_tick(key, conn) else {
             return false;
         };
         if self.now < due {
@@ -101,6 +100,14 @@ impl<H: Handler> Core<H> {
                 true
             }
             Phase::Open => {
+                let expiry = self.ext(key).and_then(|e| e.expires_at);
+                if expiry.is_some_and(|t| self.now >= t) {
+                    self.stats.inc(Counter::TokenExpiredClosed);
+                    self.notify_close(key, conn, close_code::POLICY, "token expired");
+                    self.start_close(key, conn, close_code::POLICY, "token expired");
+                    self.mark_dirty(key, conn);
+                    return false;
+                }
                 let silent = self.now - conn.since;
                 if self.idle_ticks > 0 && silent >= self.idle_ticks {
                     self.stats.inc(Counter::IdleTimeouts);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 mod accept;
 mod deadlines;
+mod gate;
 mod read;
 mod write;
 
@@ -73,6 +74,9 @@ pub(crate) struct Core<H: Handler> {
     /// Connections with input left unread (fairness cap, or reading resumed).
     pending_read: Vec<(usize, u32)>,
     due: Vec<Entry>,
+    /// Per-connection extensions (token, per-IP count) by slab key; empty while every upgrade
+    /// policy is off. A slot is cleared when its connection is removed.
+    exts: Vec<Option<Box<ConnExt>>>,
     // Deadlines in ticks.
     handshake_ticks: u32,
     idle_ticks: u32,
@@ -145,6 +149,7 @@ impl<H: Handler> Shard<H> {
             dirty: Vec::new(),
             pending_read: Vec::new(),
             due: Vec::new(),
+            exts: Vec::new(),
             handshake_ticks: to_ticks(cfg.handshake_timeout).max(1),
             idle_ticks: to_ticks(cfg.idle_timeout),
             ping_ticks: to_ticks(cfg.ping_interval),
@@ -350,6 +355,19 @@ impl<H: Handler> Core<H> {
             conn.since = self.now;
             conn.flags &= !PING_OUTSTANDING;
         }
+    }
+
+    /// The connection's extension, if it has one.
+    fn ext(&self, key: usize) -> Option<&ConnExt> {
+        self.exts.get(key)?.as_deref()
+    }
+
+    /// The connection's extension, made if needed.
+    fn ext_mut(&mut self, key: usize) -> &mut ConnExt {
+        if self.exts.len() <= key {
+            self.exts.resize_with(key + 1, || None);
+        }
+        self.exts[key].get_or_insert_with(Default::default)
     }
 
     fn mark_dirty(&mut self, key: usize, conn: &mut Conn<H::State>) {

@@ -180,9 +180,13 @@ impl<H: Handler> Core<H> {
             Ok(None) => return self.plain_http(key, conn, &req, head_len, data),
             Err(e) => return self.refuse(key, conn, &e, data.len()),
         };
+        if let Err(n) = self.gate(key, conn, &req, data.len()) {
+            return n;
+        }
         let info = ConnInfo {
             id,
             sock: &conn.sock,
+            token: self.exts.get(key).and_then(|e| e.as_ref()?.token.as_ref()),
         };
         match self.handler.on_open(&req, &info) {
             Ok(accept) => {
@@ -252,6 +256,7 @@ impl<H: Handler> Core<H> {
             let info = ConnInfo {
                 id: self.id(key, conn.gen),
                 sock: &conn.sock,
+                token: None,
             };
             self.handler.on_http(req, body, &info)
         };
@@ -349,6 +354,7 @@ impl<H: Handler> Core<H> {
         } else {
             self.dec_cfg
         };
+        let token = self.exts.get(key).and_then(|e| e.as_ref()?.token.as_ref());
         let mut pos = 0;
         loop {
             let step = match decoder.next(&dec_cfg, &mut data[pos..]) {
@@ -395,6 +401,7 @@ impl<H: Handler> Core<H> {
                                     id,
                                     state,
                                     sock: &*sock,
+                                    token,
                                     out,
                                 };
                                 self.handler.on_message(&mut ctx, msg);

@@ -112,6 +112,12 @@ impl<H: Handler> Core<H> {
                 self.deflate.remove(key);
             }
             self.notify_close(key, &mut conn, close_code::ABNORMAL, "connection dropped");
+            let ext = self.exts.get_mut(key).and_then(Option::take);
+            if let Some(ip) = ext.and_then(|e| e.counted_ip) {
+                if let Some(limiter) = &self.global.per_ip {
+                    limiter.release(ip, Instant::now());
+                }
+            }
             self.global.open.fetch_sub(1, SeqCst);
             self.stats.open.fetch_sub(1, Relaxed);
             self.stats.inc(Counter::Closed);
