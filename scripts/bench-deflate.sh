@@ -8,7 +8,7 @@
 #   3. memory per connection after every connection exchanged messages (with takeover this is
 #      where per-connection contexts appear);
 #   4. echo throughput with a JSON payload, deflate off vs on, with server CPU and the bytes
-#      the server wrote per message (from /proc/PID/io: the wire compression ratio);
+#      the server wrote per message (its /metrics: the wire compression ratio);
 #   5. writes bench/results/<date>-deflate.json and stops everything it started.
 #
 # usage: scripts/bench-deflate.sh [--connections N] [--echo-connections N] [--size BYTES]
@@ -90,10 +90,24 @@ stop_server() {
     wait "$SERVER_PID" 2>/dev/null || true
     SERVER_PID=""
 }
-wchar() { awk '/^wchar:/ {print $2}' "/proc/$1/io"; }
+# A counter from the server's /metrics.
+metric() {
+    python3 - "$PORT" "$1" <<'PY'
+import sys, urllib.request
+port, name = sys.argv[1], sys.argv[2]
+text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+print(next(l.split()[1] for l in text.splitlines() if l.startswith(name + " ")))
+PY
+}
 
 declare -A MODE_FLAGS=(
     [off]=""
+    [shared]="--deflate"
+    [takeover]="--deflate --deflate-context-takeover"
+)
+# What the client offers: with takeover, plain permessage-deflate (both sides keep contexts).
+declare -A LOAD_FLAGS=(
+    [off]="--deflate"
     [shared]="--deflate"
     [takeover]="--deflate --deflate-context-takeover"
 )
@@ -104,15 +118,17 @@ for mode in "${MODES[@]}"; do
     # ----- 2. idle -----
     log "idle: $N connections, deflate $mode"
     start_server ${MODE_FLAGS[$mode]}
-    "$LOAD" connect --url "ws://127.0.0.1:$PORT/" -n "$N" --duration 5s --deflate \
+    # shellcheck disable=SC2086
+    "$LOAD" connect --url "ws://127.0.0.1:$PORT/" -n "$N" --duration 5s ${LOAD_FLAGS[$mode]} \
         --server-pid "$SERVER_PID" --no-progress --json "$WORK/idle-$mode.json" >&2
     stop_server
 
     # ----- 3. after messages -----
     log "active: $ECHO_N x 10 connections that each sent messages, deflate $mode"
     start_server ${MODE_FLAGS[$mode]}
+    # shellcheck disable=SC2086
     "$LOAD" echo --url "ws://127.0.0.1:$PORT/" -n $((ECHO_N * 10)) --duration 5s --rate 1 \
-        --message-size "$SIZE" --payload-file "$WORK/payload.json" --text --deflate \
+        --message-size "$SIZE" --payload-file "$WORK/payload.json" --text ${LOAD_FLAGS[$mode]} \
         --server-pid "$SERVER_PID" --no-progress --json "$WORK/active-$mode.json" >&2
     stop_server
 done
@@ -122,11 +138,11 @@ for mode in off shared; do
     log "echo throughput: $ECHO_N connections, $SIZE-byte JSON messages, deflate $mode"
     # shellcheck disable=SC2086
     start_server ${MODE_FLAGS[$mode]}
-    w0=$(wchar "$SERVER_PID")
+    w0=$(metric fanout_bytes_out_total)
     "$LOAD" echo --url "ws://127.0.0.1:$PORT/" -n "$ECHO_N" --duration "$DURATION" \
         --pipeline 1 --message-size "$SIZE" --payload-file "$WORK/payload.json" --text --deflate \
         --server-pid "$SERVER_PID" --no-progress --json "$WORK/echo-$mode.json" >&2
-    w1=$(wchar "$SERVER_PID")
+    w1=$(metric fanout_bytes_out_total)
     echo $((w1 - w0)) >"$WORK/echo-$mode.wchar"
     stop_server
 done

@@ -145,11 +145,26 @@ fn deflate_is_negotiated_when_the_server_accepts_and_plain_otherwise() {
         ..config()
     });
     let plain = echo_server(config());
-    for server in [&deflating, &plain] {
+    let takeover = echo_server(Config {
+        deflate: DeflateConfig {
+            enabled: true,
+            min_size: 0,
+            context_takeover: true,
+            ..DeflateConfig::default()
+        },
+        ..config()
+    });
+    for (server, keep) in [
+        (&deflating, false),
+        (&plain, false),
+        (&takeover, true),
+        (&deflating, true),
+    ] {
         let url = WsUrl::parse(&url(server.local_addr())).unwrap();
         let mut client = Client::new(ClientConfig::default(), Tally::default()).unwrap();
         let opts = ConnectOptions {
             deflate: true,
+            deflate_context_takeover: keep,
             ..ConnectOptions::default()
         };
         for _ in 0..20 {
@@ -170,6 +185,7 @@ fn deflate_is_negotiated_when_the_server_accepts_and_plain_otherwise() {
             fanout::server::stats::Counter::DeflateMessagesIn,
         )
     };
-    assert_eq!(compressed(&deflating), 20 * 6);
+    assert_eq!(compressed(&deflating), 2 * 20 * 6);
     assert_eq!(compressed(&plain), 0);
+    assert_eq!(compressed(&takeover), 20 * 6);
 }

@@ -204,6 +204,12 @@ fn messages_are_compressed_both_ways_without_takeover() {
         out = f.payload;
     }
     assert_eq!(out, b"plain binary");
+    // The echo app answers /metrics with the server's counters.
+    assert_eq!(
+        metric(server.local_addr(), "fanout_deflate_messages_in_total"),
+        3
+    );
+    assert!(metric(server.local_addr(), "fanout_deflate_messages_out_total") >= 3);
 }
 
 #[test]

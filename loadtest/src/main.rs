@@ -162,6 +162,10 @@ struct Common {
     /// message is sent compressed and compressed answers are inflated.
     #[arg(long)]
     deflate: bool,
+    /// With --deflate: offer plain permessage-deflate, letting both sides keep their
+    /// contexts (each connection then has its own on both ends).
+    #[arg(long, requires = "deflate")]
+    deflate_context_takeover: bool,
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     connect_timeout: Duration,
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -671,6 +675,7 @@ fn make_plan(
             protocols: c.protocols.clone(),
             source: None,
             deflate: c.deflate,
+            deflate_context_takeover: c.deflate_context_takeover,
         },
         client: ClientConfig {
             connect_timeout: c.connect_timeout,

@@ -531,7 +531,7 @@ impl Handler for Push {
         for id in std::mem::take(&mut self.metrics_waiting) {
             let text = super::metrics::render(api.all_stats(), &self.app_metrics());
             let mut r = HttpResponse::text(200, text);
-            r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+            r.content_type = super::metrics::METRICS_CONTENT_TYPE;
             api.respond(id, r);
         }
         for out in std::mem::take(&mut self.outgoing) {

@@ -6,6 +6,7 @@ mod url;
 
 pub use url::{UrlError, WsUrl};
 
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
@@ -64,6 +65,10 @@ pub struct ConnectOptions {
     /// out compressed and compressed ones are inflated. The contexts are the reactor's, shared
     /// by all its connections.
     pub deflate: bool,
+    /// With `deflate`: offer plain `permessage-deflate` instead, letting both sides keep their
+    /// contexts; whichever side keeps one costs this connection its own compressor
+    /// (~256 KiB) or inflater (~40 KiB).
+    pub deflate_context_takeover: bool,
 }
 
 /// Where a connection failed.
@@ -144,12 +149,18 @@ const APP_OPEN: u8 = 8;
 /// permessage-deflate was offered (handshaking) / accepted (open).
 const DEFLATE_OFFERED: u8 = 16;
 const DEFLATE: u8 = 32;
+/// With DEFLATE: the server keeps its context (this connection has its own inflater) / we
+/// keep ours (its own compressor). While handshaking, OWN_OUT means "offered takeover".
+const DEFLATE_OWN_IN: u8 = 64;
+const DEFLATE_OWN_OUT: u8 = 128;
 
 /// The reactor's permessage-deflate contexts (both sides reset after every message).
 #[derive(Default)]
 struct ClientDeflate {
     out: Compressor,
     inflater: Option<Inflater>,
+    /// Inflaters of connections whose server keeps its context, by key.
+    own_in: HashMap<usize, Inflater>,
     /// Where a compressed message is inflated for the handler.
     inflated: Vec<u8>,
 }
@@ -157,7 +168,22 @@ struct ClientDeflate {
 #[derive(Default)]
 struct Compressor {
     deflater: Option<Deflater>,
+    /// Compressors of connections that keep their context, by key.
+    own: HashMap<usize, Deflater>,
     min_size: usize,
+}
+
+/// The compressor lent to one connection's context.
+struct CtxDeflate<'a> {
+    c: &'a mut Compressor,
+    own: bool,
+}
+
+fn lend(c: &mut Compressor, flags: u8) -> Option<CtxDeflate<'_>> {
+    (flags & DEFLATE != 0).then_some(CtxDeflate {
+        c,
+        own: flags & DEFLATE_OWN_OUT != 0,
+    })
 }
 
 struct Conn<S> {
@@ -207,7 +233,7 @@ pub struct ClientCtx<'a, S> {
     rng: &'a mut MaskRng,
     scratch: &'a mut Vec<u8>,
     /// The reactor's compressor, when this connection negotiated permessage-deflate.
-    deflate: Option<&'a mut Compressor>,
+    deflate: Option<CtxDeflate<'a>>,
 }
 
 impl<S> ClientCtx<'_, S> {
@@ -231,14 +257,21 @@ impl<S> ClientCtx<'_, S> {
         // Mask a copy (compressed or not): the payload is the caller's.
         self.scratch.clear();
         let mut rsv = 0;
-        match self.deflate.as_deref_mut() {
+        match self.deflate.as_mut() {
             Some(d)
                 if matches!(opcode, OpCode::Text | OpCode::Binary)
-                    && payload.len() >= d.min_size =>
+                    && payload.len() >= d.c.min_size =>
             {
-                d.deflater
-                    .get_or_insert_with(|| Deflater::new(15, 1))
-                    .compress(payload, self.scratch, true);
+                if d.own {
+                    d.c.own
+                        .entry(self.key)
+                        .or_insert_with(|| Deflater::new(15, 1))
+                        .compress(payload, self.scratch, false);
+                } else {
+                    d.c.deflater
+                        .get_or_insert_with(|| Deflater::new(15, 1))
+                        .compress(payload, self.scratch, true);
+                }
                 rsv = deflate::RSV1;
             }
             _ => self.scratch.extend_from_slice(payload),
@@ -325,8 +358,8 @@ impl<H: ClientHandler> Client<H> {
             scratch: Vec::new(),
             deflate: ClientDeflate {
                 out: Compressor {
-                    deflater: None,
                     min_size: cfg.deflate_min_size,
+                    ..Compressor::default()
                 },
                 ..ClientDeflate::default()
             },
@@ -408,7 +441,12 @@ impl<H: ClientHandler> Client<H> {
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
         if opts.deflate {
-            headers.push(("Sec-WebSocket-Extensions", deflate::CLIENT_OFFER));
+            let offer = if opts.deflate_context_takeover {
+                deflate::TAKEOVER_OFFER
+            } else {
+                deflate::CLIENT_OFFER
+            };
+            headers.push(("Sec-WebSocket-Extensions", offer));
         }
         handshake::write_client_request(
             &mut request,
@@ -423,7 +461,12 @@ impl<H: ClientHandler> Client<H> {
         let conn = entry.insert(Conn {
             sock,
             phase: Phase::Connecting,
-            flags: WANT_WRITABLE | if opts.deflate { DEFLATE_OFFERED } else { 0 },
+            flags: WANT_WRITABLE
+                | match (opts.deflate, opts.deflate_context_takeover) {
+                    (false, _) => 0,
+                    (true, false) => DEFLATE_OFFERED,
+                    (true, true) => DEFLATE_OFFERED | DEFLATE_OWN_OUT,
+                },
             gen: self.next_gen,
             since: self.now,
             armed_at: NOT_ARMED,
@@ -459,7 +502,7 @@ impl<H: ClientHandler> Client<H> {
         let Some(state) = conn.state.as_mut() else {
             return false;
         };
-        let deflate = (conn.flags & DEFLATE != 0).then_some(&mut self.deflate.out);
+        let deflate = lend(&mut self.deflate.out, conn.flags);
         let mut ctx = ClientCtx {
             key,
             state,
@@ -651,12 +694,26 @@ impl<H: ClientHandler> Client<H> {
                     pos = n;
                     if let Some(ext) = resp.extensions.filter(|e| !e.is_empty()) {
                         // Only offered extensions get here (parse_response refuses others).
-                        if let Err(why) = deflate::check_response(ext) {
-                            let e = ClientHandshakeError::BadExtension(why);
-                            self.fail(key, ClientError::Handshake(e));
-                            return data.len();
+                        let shared = conn.flags & DEFLATE_OWN_OUT == 0;
+                        match deflate::check_response(ext, shared) {
+                            Ok(p) => {
+                                conn.flags &= !(DEFLATE_OWN_IN | DEFLATE_OWN_OUT);
+                                conn.flags |= DEFLATE;
+                                if !p.server_no_context_takeover {
+                                    conn.flags |= DEFLATE_OWN_IN;
+                                }
+                                if !p.client_no_context_takeover {
+                                    conn.flags |= DEFLATE_OWN_OUT;
+                                }
+                            }
+                            Err(why) => {
+                                let e = ClientHandshakeError::BadExtension(why);
+                                self.fail(key, ClientError::Handshake(e));
+                                return data.len();
+                            }
                         }
-                        conn.flags |= DEFLATE;
+                    } else {
+                        conn.flags &= !DEFLATE_OWN_OUT;
                     }
                 }
                 Err(e) => {
@@ -669,7 +726,7 @@ impl<H: ClientHandler> Client<H> {
             conn.flags |= APP_OPEN;
             conn.offered = Vec::new();
             if let Some(state) = conn.state.as_mut() {
-                let deflate = (conn.flags & DEFLATE != 0).then_some(&mut self.deflate.out);
+                let deflate = lend(&mut self.deflate.out, conn.flags);
                 let mut ctx = ClientCtx {
                     key,
                     state,
@@ -710,14 +767,22 @@ impl<H: ClientHandler> Client<H> {
             let ClientDeflate {
                 out,
                 inflater,
+                own_in,
                 inflated,
             } = &mut self.deflate;
+            let own_in_ctx = *flags & DEFLATE_OWN_IN != 0;
+            let lent = lend(out, *flags);
             let step = match decoder.next(&dec_cfg, &mut data[pos..]) {
-                Ok(Decoded::Event(n, Event::Compressed { text, payload })) => inflater
-                    .get_or_insert_with(Inflater::new)
-                    .inflate(payload, inflated, dec_cfg.max_message_size, true)
-                    .and_then(|()| deflate::inflated_event(inflated, text))
-                    .map(|ev| Decoded::Event(n, ev)),
+                Ok(Decoded::Event(n, Event::Compressed { text, payload })) => {
+                    let inf = if own_in_ctx {
+                        own_in.entry(key).or_default()
+                    } else {
+                        inflater.get_or_insert_with(Inflater::new)
+                    };
+                    inf.inflate(payload, inflated, dec_cfg.max_message_size, !own_in_ctx)
+                        .and_then(|()| deflate::inflated_event(inflated, text))
+                        .map(|ev| Decoded::Event(n, ev))
+                }
                 other => other,
             };
             let Some(st) = state.as_mut() else {
@@ -730,7 +795,7 @@ impl<H: ClientHandler> Client<H> {
                 flags,
                 rng: &mut self.rng,
                 scratch: &mut self.scratch,
-                deflate: deflating.then_some(out),
+                deflate: lent,
             };
             match step {
                 Ok(Decoded::Event(n, ev)) => {
@@ -826,6 +891,10 @@ impl<H: ClientHandler> Client<H> {
         if let Some(mut conn) = self.conns.try_remove(key) {
             let _ = self.poll.registry().deregister(&mut conn.sock);
             let _ = conn.sock.shutdown(Shutdown::Both);
+            if conn.flags & DEFLATE != 0 {
+                self.deflate.own_in.remove(&key);
+                self.deflate.out.own.remove(&key);
+            }
         }
     }
 

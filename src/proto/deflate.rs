@@ -170,11 +170,13 @@ pub fn negotiate<'a>(
 pub const CLIENT_OFFER: &str =
     "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
 
-/// Checks a server's answer to `CLIENT_OFFER` (RFC 7692 §5.2, §7.1): a single
-/// permessage-deflate with valid parameters, `server_no_context_takeover` kept (the client's
-/// inflater is reset after every message), and no `client_max_window_bits`, which was not
-/// offered.
-pub fn check_response(value: &str) -> Result<Params, &'static str> {
+/// The offer of a client that lets both sides keep their contexts.
+pub const TAKEOVER_OFFER: &str = "permessage-deflate";
+
+/// Checks a server's answer to `CLIENT_OFFER` (`shared`) or `TAKEOVER_OFFER` (RFC 7692 §5.2,
+/// §7.1): a single permessage-deflate with valid parameters, `server_no_context_takeover` kept
+/// when it was requested, and no `client_max_window_bits`, which was not offered.
+pub fn check_response(value: &str, shared: bool) -> Result<Params, &'static str> {
     let mut exts = split_outside_quotes(value, b',');
     let ext = exts.next().unwrap_or("");
     if exts.next().is_some() {
@@ -190,15 +192,15 @@ pub fn check_response(value: &str) -> Result<Params, &'static str> {
         return Err("an extension that was not offered");
     }
     let o = parse_offer(parts).ok_or("invalid permessage-deflate parameters")?;
-    if !o.server_no_context_takeover {
+    if shared && !o.server_no_context_takeover {
         return Err("server_no_context_takeover was requested but not accepted");
     }
     if o.client_max_window_bits.is_some() {
         return Err("client_max_window_bits was not offered");
     }
     Ok(Params {
-        server_no_context_takeover: true,
-        client_no_context_takeover: true,
+        server_no_context_takeover: o.server_no_context_takeover,
+        client_no_context_takeover: o.client_no_context_takeover || shared,
         server_max_window_bits: o.server_max_window_bits.unwrap_or(15),
         client_max_window_bits: None,
     })
@@ -626,12 +628,14 @@ mod tests {
     fn client_checks_the_response() {
         let ok = check_response(
             "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+            true,
         )
         .unwrap();
         assert!(ok.server_no_context_takeover && ok.client_no_context_takeover);
         assert_eq!(
             check_response(
-                "permessage-deflate; server_no_context_takeover; server_max_window_bits=10"
+                "permessage-deflate; server_no_context_takeover; server_max_window_bits=10",
+                true
             )
             .unwrap()
             .server_max_window_bits,
@@ -644,11 +648,14 @@ mod tests {
             "x-other",
             "permessage-deflate; server_no_context_takeover, permessage-deflate; server_no_context_takeover",
         ] {
-            assert!(check_response(bad).is_err(), "{bad}");
+            assert!(check_response(bad, true).is_err(), "{bad}");
         }
         // What this server answers to the client's offer passes the client's check.
         let p = negotiate([CLIENT_OFFER], &cfg()).unwrap();
-        assert_eq!(check_response(&p.response()).unwrap(), p);
+        assert_eq!(check_response(&p.response(), true).unwrap(), p);
+        // With the takeover offer, a plain answer means both keep their contexts.
+        let p = check_response("permessage-deflate", false).unwrap();
+        assert!(!p.server_no_context_takeover && !p.client_no_context_takeover);
     }
 
     #[test]

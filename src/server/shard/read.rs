@@ -262,6 +262,12 @@ impl<H: Handler> Core<H> {
         };
         let resp = match reply {
             HttpReply::Respond(r) => Some(r),
+            // An app without its own metrics still has the server's.
+            HttpReply::NotFound if req.path == "/metrics" && req.method == "GET" => {
+                let mut r = HttpResponse::text(200, render_metrics(&self.all_stats, ""));
+                r.content_type = METRICS_CONTENT_TYPE;
+                Some(r)
+            }
             HttpReply::NotFound => None,
             HttpReply::Defer => {
                 conn.phase = Phase::HttpWait;
