@@ -2,6 +2,7 @@
 //! `crate::cli`); every field here is a key of `fanout.toml` and a `fanout serve` flag.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What to do with a connection whose queue of unsent bytes passes the cap.
@@ -45,6 +46,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Connections accepted per listener per loop turn before other work runs.
     pub accept_batch: usize,
+    /// TLS (`wss://`, `https://`) on every connection when set (see `server::tls`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for Config {
@@ -67,6 +70,7 @@ impl Default for Config {
             close_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
             accept_batch: 256,
+            tls: None,
         }
     }
 }

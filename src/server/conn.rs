@@ -7,6 +7,7 @@ use std::sync::Arc;
 use mio::net::TcpStream;
 
 use super::stats::{Counter, ShardStats};
+use super::tls::TlsConn;
 use super::write_queue::WriteQueue;
 use crate::proto::frame::{close_payload, encode_header, MAX_HEADER_LEN};
 use crate::proto::{Decoder, OpCode};
@@ -86,13 +87,15 @@ pub(crate) struct Conn<S> {
     pub decoder: Decoder,
     pub stash: Stash,
     pub queue: Option<Box<WriteQueue>>,
+    /// TLS state; null for a plaintext connection.
+    pub tls: Option<Box<TlsConn>>,
     /// The app's state, present while the connection is open for the app.
     pub state: Option<S>,
 }
 
 impl<S> Conn<S> {
     pub fn queued(&self) -> usize {
-        self.queue.as_ref().map_or(0, |q| q.len())
+        self.queue.as_ref().map_or(0, |q| q.len()) + self.tls.as_ref().map_or(0, |t| t.pending())
     }
 }
 

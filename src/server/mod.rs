@@ -10,6 +10,7 @@ pub mod limits;
 pub(crate) mod shard;
 pub mod stats;
 pub mod timer;
+pub mod tls;
 pub mod write_queue;
 
 use std::io;

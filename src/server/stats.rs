@@ -55,6 +55,7 @@ counters! {
     ClosedByServer => "closed_by_server_total",
     ClosedAbnormal => "closed_abnormal_total",
     IoErrors => "io_errors_total",
+    TlsErrors => "tls_errors_total",
     Closed => "connections_closed_total",
 }
 

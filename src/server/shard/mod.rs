@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 mod accept;
 mod deadlines;
 mod read;
+mod tls;
 mod write;
 
 use mio::net::{TcpListener, TcpStream};
@@ -27,6 +28,7 @@ use crate::server::handler::{
 };
 use crate::server::stats::{Counter, ShardStats};
 use crate::server::timer::{self, ms_to_ticks, Entry, TimerWheel, NOT_ARMED, TICK_MS};
+use crate::server::tls::{Sealer, TlsConn, TlsInput};
 use crate::server::Global;
 
 pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
@@ -37,6 +39,8 @@ const MAX_READS_PER_EVENT: usize = 16;
 /// The cork buffer is flushed early past this size, and shrunk back after a big message.
 const CORK_FLUSH_AT: usize = 256 << 10;
 const CORK_CAPACITY: usize = 64 << 10;
+/// The smallest read buffer with TLS: two records of the largest size (16 KiB + 2 KiB + 5).
+const TLS_MIN_READ_BUFFER: usize = 40 << 10;
 /// Accepting pauses this long after EMFILE/ENFILE.
 const ACCEPT_BACKOFF_MS: u64 = 100;
 
@@ -56,6 +60,10 @@ pub(crate) struct Core<H: Handler> {
     /// Shards posted to this turn, woken once at its end.
     wake: Vec<bool>,
     cork: Vec<u8>,
+    /// TLS scratch: decrypted input, sealed output, and a writev's slices gathered for sealing.
+    plain: Vec<u8>,
+    sealed: Vec<u8>,
+    gather: Vec<u8>,
     wheel: TimerWheel,
     start: Instant,
     /// The current tick.
@@ -128,6 +136,9 @@ impl<H: Handler> Shard<H> {
             links: shared.links,
             inbox: shared.inbox,
             cork: Vec::with_capacity(CORK_CAPACITY),
+            plain: Vec::new(),
+            sealed: Vec::new(),
+            gather: Vec::new(),
             wheel: TimerWheel::new(0),
             start: Instant::now(),
             now: 0,
@@ -148,9 +159,15 @@ impl<H: Handler> Shard<H> {
             draining_until: None,
             cfg,
         };
+        // With TLS, the buffer must hold an unfinished record plus a whole one.
+        let min_rbuf = if core.cfg.tls.is_some() {
+            TLS_MIN_READ_BUFFER
+        } else {
+            4096
+        };
         Ok(Self {
             conns: Slab::new(),
-            rbuf: vec![0u8; core.cfg.read_buffer_size.max(4096)].into_boxed_slice(),
+            rbuf: vec![0u8; core.cfg.read_buffer_size.max(min_rbuf)].into_boxed_slice(),
             core,
         })
     }
