@@ -374,3 +374,91 @@ fn bad_certificates_and_keys_fail_with_clear_messages() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-cert needs --tls-key"));
 }
+
+/// fanout's own client reactor over `wss://`: a CA file, then no verification.
+mod client_reactor {
+    use super::*;
+    use fanout::client::{
+        tls_client_config, Client, ClientConfig, ClientCtx, ClientError, ClientHandler,
+        ConnectOptions, Trust, WsUrl,
+    };
+    use fanout::server::Message as SrvMessage;
+
+    #[derive(Default)]
+    struct Tally {
+        opened: usize,
+        echoed: usize,
+        closed: Vec<u16>,
+        errors: Vec<String>,
+    }
+
+    impl ClientHandler for Tally {
+        type State = u32;
+
+        fn on_open(&mut self, ctx: &mut ClientCtx<'_, u32>, _: Option<&str>) {
+            self.opened += 1;
+            ctx.send_text("hello");
+            ctx.send_binary(&vec![5u8; 200_000]);
+        }
+
+        fn on_message(&mut self, ctx: &mut ClientCtx<'_, u32>, msg: SrvMessage<'_>) {
+            match msg {
+                SrvMessage::Text(t) => assert_eq!(t, "hello"),
+                SrvMessage::Binary(b) => assert_eq!(b, &vec![5u8; 200_000][..]),
+            }
+            self.echoed += 1;
+            *ctx.state() += 1;
+            if *ctx.state() == 2 {
+                ctx.close(1000, "");
+            }
+        }
+
+        fn on_error(&mut self, _: usize, _: &mut u32, err: &ClientError) {
+            self.errors.push(err.to_string());
+        }
+
+        fn on_close(&mut self, _: usize, _: u32, code: u16, _: &str) {
+            self.closed.push(code);
+        }
+    }
+
+    fn run(trust: Trust, n: usize, addr: SocketAddr) -> Tally {
+        let cfg = ClientConfig {
+            tls: Some(tls_client_config(&trust).unwrap()),
+            ..ClientConfig::default()
+        };
+        let url = WsUrl::parse(&format!("wss://localhost:{}/", addr.port())).unwrap();
+        let mut client = Client::new(cfg, Tally::default()).unwrap();
+        for _ in 0..n {
+            client
+                .connect(addr, &url, &ConnectOptions::default(), 0)
+                .unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while client.handler().closed.len() < n && std::time::Instant::now() < deadline {
+            client.poll(Some(Duration::from_millis(50))).unwrap();
+        }
+        std::mem::take(client.handler())
+    }
+
+    #[test]
+    fn wss_with_a_ca_file_and_insecure() {
+        let cert = TestCert::new("client");
+        let server = echo_server(tls_config(&cert));
+        for trust in [Trust::CaFile(cert.cert()), Trust::Insecure] {
+            let t = run(trust, 20, server.local_addr());
+            assert!(t.errors.is_empty(), "{:?}", t.errors);
+            assert_eq!((t.opened, t.echoed), (20, 40));
+            assert!(t.closed.iter().all(|&c| c == 1000), "{:?}", t.closed);
+        }
+        // A CA that did not sign the server's certificate: refused.
+        let other = TestCert::new("client-other");
+        let t = run(Trust::CaFile(other.cert()), 1, server.local_addr());
+        assert_eq!(t.opened, 0);
+        assert!(
+            t.errors.iter().any(|e| e.contains("certificate")),
+            "{:?}",
+            t.errors
+        );
+    }
+}

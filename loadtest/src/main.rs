@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use fanout::cli::{parse_duration, parse_size};
-use fanout::client::{ClientConfig, ConnectOptions, WsUrl};
+use fanout::client::{tls_client_config, ClientConfig, ConnectOptions, Trust, WsUrl};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use report::{Merged, Partial, ServerFigures};
@@ -164,6 +164,13 @@ struct Common {
     /// No live progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// wss://: trust the certificates in this PEM file (e.g. a self-signed server's)
+    /// instead of the system's CA bundle.
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    tls_ca: Option<PathBuf>,
+    /// wss://: accept any server certificate (test servers only).
+    #[arg(long)]
+    insecure: bool,
 }
 
 fn main() -> ExitCode {
@@ -320,6 +327,16 @@ fn main_inner(
             .ok_or_else(|| format!("{u}: no address for {}", url.host))?;
         targets.push((addr, url));
     }
+    let tls = if targets.iter().any(|(_, u)| u.tls) {
+        let trust = match (&c.tls_ca, c.insecure) {
+            (Some(ca), _) => Trust::CaFile(ca.clone()),
+            (None, true) => Trust::Insecure,
+            (None, false) => Trust::System,
+        };
+        Some(tls_client_config(&trust)?)
+    } else {
+        None
+    };
     let sources = match &c.source_ips {
         Some(s) => parse_sources(s)?,
         None => Vec::new(),
@@ -367,6 +384,7 @@ fn main_inner(
             index,
             of,
         );
+        plan.client.tls = tls.clone();
         if fanout.is_some() {
             // The parent says when the publisher is done: "stop <published>" on stdin.
             let flags = publish::Flags::default();
@@ -468,6 +486,7 @@ fn main_inner(
             0,
             1,
         );
+        plan.client.tls = tls.clone();
         if publisher.plan.is_some() {
             plan.hold_done = Some(publisher.flags.done.clone());
             plan.published = Some(publisher.flags.published.clone());
@@ -659,6 +678,7 @@ fn make_plan(
         client: ClientConfig {
             connect_timeout: c.connect_timeout,
             handshake_timeout: c.handshake_timeout,
+            tls: None,
             ..ClientConfig::default()
         },
         index,
