@@ -186,7 +186,7 @@ fn refusals_and_resets_are_failures_not_successes() {
 fn clear_errors_for_bad_urls_and_impossible_requests() {
     let (code, _, out) = load(&["connect", "--url", "http://x/", "-n", "1"]);
     assert_eq!(code, 2);
-    assert!(out.contains("expected a ws:// URL"), "{out}");
+    assert!(out.contains("expected a ws:// or wss:// URL"), "{out}");
     let free = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
