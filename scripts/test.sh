@@ -30,4 +30,7 @@ scripts/interop.sh
 step "Autobahn|Testsuite fuzzingclient"
 scripts/autobahn.sh
 
+step "Autobahn|Testsuite fuzzingclient over wss:// (TLS)"
+scripts/autobahn.sh --tls
+
 step "all checks passed"
