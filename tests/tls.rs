@@ -238,6 +238,48 @@ fn push_broadcast_shared_frames_over_tls() {
     }
 }
 
+#[test]
+fn a_non_reading_tls_subscriber_is_cut_off_while_others_keep_receiving() {
+    // The write-queue limit counts sealed records not yet written as well as the queue.
+    let cert = TestCert::new("slow");
+    let server = Server::start(
+        Config {
+            write_queue_limit: 64 << 10,
+            slow_consumer: fanout::server::SlowConsumerPolicy::Disconnect,
+            ..tls_config(&cert)
+        },
+        Push::new(PushConfig {
+            allow_ws_publish: true,
+            ..PushConfig::default()
+        }),
+    )
+    .unwrap();
+    let addr = server.local_addr();
+    let mut good = wss(&cert, addr, "/ws?topics=firehose");
+    let _slow = wss(&cert, addr, "/ws?topics=firehose"); // never read
+    let mut publisher = wss(&cert, addr, "/ws");
+    let payload = "p".repeat(60_000);
+    let reader = std::thread::spawn(move || {
+        for _ in 0..100 {
+            match read_data(&mut good) {
+                Message::Text(t) => assert_eq!(t.len(), 60_000),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    });
+    for _ in 0..100 {
+        let msg = format!(r#"{{"op":"publish","topic":"firehose","data":"{payload}"}}"#);
+        publisher.send(Message::text(msg)).unwrap();
+        let reply = read_data(&mut publisher);
+        assert!(reply.to_text().unwrap().starts_with(r#"{"op":"published""#));
+    }
+    reader.join().unwrap();
+    assert_eq!(
+        stats::total(&server.stats(), Counter::SlowConsumerDisconnected),
+        1
+    );
+}
+
 /// The first bytes a real TLS client sends.
 fn client_hello(cert: &TestCert) -> Vec<u8> {
     let mut conn = rustls::ClientConnection::new(

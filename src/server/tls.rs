@@ -23,8 +23,10 @@ use rustls::ServerConfig;
 
 use super::conn::Stash;
 
-/// Plaintext sealed per call of the queue's writer before the records are written out.
-pub(crate) const SEAL_BUDGET: usize = 256 << 10;
+/// Records sealed per round before they are written out. Sealing only a little ahead of the
+/// socket keeps a blocked connection's ciphertext small (at most about this much): the rest of
+/// its queue stays plaintext, where a broadcast frame is one shared chunk for every subscriber.
+pub(crate) const SEAL_BUDGET: usize = 32 << 10;
 
 /// A start-up failure of `--tls-cert` / `--tls-key`.
 #[derive(Debug)]

@@ -218,13 +218,13 @@ impl<H: Handler> Core<H> {
         }
         out.drain(..pos);
         if out.is_empty() {
-            if out.capacity() <= 2 * crate::server::tls::SEAL_BUDGET {
+            if out.capacity() <= CORK_FLUSH_AT * 2 {
                 self.sealed = out;
             }
         } else {
             tls.out = out;
         }
-        if self.gather.capacity() > 2 * crate::server::tls::SEAL_BUDGET {
+        if self.gather.capacity() > CORK_FLUSH_AT * 2 {
             self.gather = Vec::new();
         }
         if let Some(e) = error {
