@@ -290,6 +290,7 @@ fn publish_plan(f: &FanoutArgs) -> Result<publish::PublishPlan, String> {
         rate: f.publish_rate,
         count: f.publish_count,
         size: f.message_size,
+        client: ClientConfig::default(),
     })
 }
 
@@ -327,7 +328,10 @@ fn main_inner(
             .ok_or_else(|| format!("{u}: no address for {}", url.host))?;
         targets.push((addr, url));
     }
-    let tls = if targets.iter().any(|(_, u)| u.tls) {
+    let publish_wss = fanout
+        .and_then(|f| f.publish_ws.as_deref())
+        .is_some_and(|u| u.starts_with("wss://"));
+    let tls = if publish_wss || targets.iter().any(|(_, u)| u.tls) {
         let trust = match (&c.tls_ca, c.insecure) {
             (Some(ca), _) => Trust::CaFile(ca.clone()),
             (None, true) => Trust::Insecure,
@@ -463,7 +467,10 @@ fn main_inner(
         ));
     }
 
-    let pub_plan = fanout.map(publish_plan).transpose()?;
+    let mut pub_plan = fanout.map(publish_plan).transpose()?;
+    if let Some(p) = pub_plan.as_mut() {
+        p.client.tls = tls.clone();
+    }
     let mut publisher = PublisherCtl {
         plan: pub_plan,
         grace: fanout.map_or(Duration::ZERO, |f| f.grace),
