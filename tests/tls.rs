@@ -152,6 +152,40 @@ fn wss_echoes_text_binary_and_large_messages() {
 }
 
 #[test]
+fn wss_over_tls12_too() {
+    let cert = TestCert::new("tls12");
+    let server = echo_server(tls_config(&cert));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der.clone()).unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let addr = server.local_addr();
+    let sock = TcpStream::connect(addr).unwrap();
+    let (mut ws, _) = tungstenite::client_tls_with_config(
+        format!("wss://localhost:{}/", addr.port()),
+        sock,
+        None,
+        Some(Connector::Rustls(Arc::new(cfg))),
+    )
+    .expect("TLS 1.2 handshake");
+    let big = Message::binary(vec![3u8; 500_000]);
+    ws.send(big.clone()).unwrap();
+    assert_eq!(read_data(&mut ws), big);
+    match ws.get_ref() {
+        tungstenite::stream::MaybeTlsStream::Rustls(s) => assert_eq!(
+            s.conn.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2)
+        ),
+        _ => panic!("not a TLS stream"),
+    }
+}
+
+#[test]
 fn wss_ping_and_close_handshake() {
     let cert = TestCert::new("close");
     let server = echo_server(tls_config(&cert));
