@@ -3,7 +3,7 @@
 #   - handshakes per second (fanout-load connect, ws:// then wss://) and the server's CPU
 #     per handshake,
 #   - memory per idle connection after the handshake (server RSS delta / open connections,
-#     sampled by fanout-load while the connections are held),
+#     sampled by fanout-load while the connections are held), and after 64 KiB echoes,
 #   - echo throughput over TLS as a ratio of plaintext (fanout-load echo, same settings).
 # Prints the figures and writes bench/results/tls.json. Takes about a minute.
 #
@@ -118,6 +118,11 @@ for kind in plain tls; do
     unset 'SERVER_PIDS[-1]'
 done
 
+echo "== tls: memory after traffic: 2000 connections each echo 64 KiB twice, then sit idle" >&2
+start_server "after-tls" "$PORT_TLS" --tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem"
+run_load "after-tls" "${SERVER_PIDS[-1]}" "wss://localhost:$PORT_TLS/" \
+    echo --connections 2000 --duration 4s --rate 0.5 --message-size 65536
+
 python3 - "$WORK" "$OUT/tls.json" "$N" "$ECHO_N" "$ECHO_DURATION" "$SIZE" "$PIPELINE" "$SHARDS" <<'PY'
 import json, sys, platform, datetime
 work, out, n, echo_n, dur, size, pipeline, shards = sys.argv[1:9]
@@ -145,6 +150,8 @@ for kind in ("plain", "tls"):
         "echo_server_cpu_us_per_message": 1e6 * ((e.get("server") or {}).get("cpu_seconds_run") or 0)
             / max(e["messages"]["received"], 1),
     }
+a = load("after-tls")
+rep["tls"]["server_rss_bytes_per_connection_after_64k_echo"] = a.get("server_rss_bytes_per_connection")
 p, t = rep["plain"], rep["tls"]
 rep["ratios_tls_over_plain"] = {
     "handshakes_per_second": t["handshakes_per_second"] / p["handshakes_per_second"],
@@ -160,6 +167,7 @@ print(f"connections held: {n} per run, {shards} shard(s)")
 print(f"handshakes/s      plain {p['handshakes_per_second']:8.0f}   tls {t['handshakes_per_second']:8.0f}   ratio {r['handshakes_per_second']:.2f}  (load generator bound; see server CPU)")
 print(f"server CPU/hs us  plain {p['server_cpu_us_per_handshake'] or 0:8.1f}   tls {t['server_cpu_us_per_handshake'] or 0:8.1f}   ratio {r['server_cpu_per_handshake']:.1f}")
 print(f"RSS/idle conn B   plain {p['server_rss_bytes_per_idle_connection'] or 0:8.0f}   tls {t['server_rss_bytes_per_idle_connection'] or 0:8.0f}   (+{rep['tls_extra_bytes_per_idle_connection']:.0f} B for TLS)")
+print(f"RSS/conn B after 64 KiB echoes (2000 TLS conns, then idle): {t['server_rss_bytes_per_connection_after_64k_echo'] or 0:.0f}")
 print(f"echo msg/s        plain {p['echo_messages_per_second']:8.0f}   tls {t['echo_messages_per_second']:8.0f}   ratio {r['echo_messages_per_second']:.2f}")
 print(f"server CPU/msg us plain {p['echo_server_cpu_us_per_message']:8.2f}   tls {t['echo_server_cpu_us_per_message']:8.2f}   ratio {r['echo_server_cpu_per_message']:.2f}")
 print(f"echo rtt p50 ms   plain {p['echo_rtt_ms_p50']:8.3f}   tls {t['echo_rtt_ms_p50']:8.3f}")
