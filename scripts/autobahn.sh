@@ -405,6 +405,10 @@ rm -rf "$OUTDIR"
 if ((tls)); then
   py27 "$PY27" -c 'import OpenSSL, service_identity' ||
     die "the suite's Python 2.7 cannot import pyOpenSSL/service_identity (needed for wss://)"
+  if ! command -v openssl >/dev/null && command -v apt-get >/dev/null; then
+    log "apt-get install openssl (for the test certificate)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl </dev/null || true
+  fi
   command -v openssl >/dev/null || die "--tls needs the openssl command (apt-get install openssl)"
   TLS_CERT=$WORK/cert.pem TLS_KEY=$WORK/key.pem
   export TLS_CERT TLS_KEY # for an AUTOBAHN_SERVER_CMD

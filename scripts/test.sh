@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README): formatting, lints, unit, property and integration
 # tests, interop with third-party clients (Python websockets, Node ws), and the Autobahn
-# conformance suite. Installs what it needs itself, idempotently.
+# conformance suite over ws:// and wss://. Installs what it needs itself, idempotently.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
