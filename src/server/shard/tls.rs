@@ -221,6 +221,14 @@ impl<H: Handler> Core<H> {
             if out.capacity() <= CORK_FLUSH_AT * 2 {
                 self.sealed = out;
             }
+        } else if out.capacity() > 2 * out.len().max(crate::server::tls::SEAL_BUDGET) {
+            // A blocked connection keeps a copy of its few records, not the shard's large
+            // scratch (think of many slow subscribers).
+            tls.out = out.clone();
+            out.clear();
+            if out.capacity() <= CORK_FLUSH_AT * 2 {
+                self.sealed = out;
+            }
         } else {
             tls.out = out;
         }
