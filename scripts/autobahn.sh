@@ -2,7 +2,7 @@
 # Run the Autobahn|Testsuite fuzzingclient against fanout's echo app and fail
 # on any non-passing case.
 #
-# Usage: scripts/autobahn.sh [--deflate | --deflate-full] [--build]
+# Usage: scripts/autobahn.sh [--deflate | --deflate-full] [--tls] [--build]
 #                            [--install-only] [-h]
 #
 #   --deflate       also run a quick subset of the permessage-deflate
@@ -13,6 +13,9 @@
 #                   2 busy cores; scripts/test.sh runs 12.* and 13.* side by side)
 #   With either, the server runs with --deflate --deflate-min-size 0 (sections
 #   1-10 do not offer the extension, so they are unaffected).
+#   --tls           run the cases over wss:// (a self-signed certificate made
+#                   with openssl; the suite's pyOpenSSL and service_identity
+#                   pins provide the client side); output in target/autobahn-tls
 #   --build         always run `cargo build --release` first (default: only
 #                   when FANOUT_BIN is unset and target/release/fanout is missing)
 #   --install-only  install (or verify the cached) test suite, then exit
@@ -91,6 +94,7 @@ PORT=${AUTOBAHN_PORT:-${PORT:-9001}}
 export PORT
 WORK=${AUTOBAHN_WORK:-$ROOT/target/autobahn}
 [[ $WORK == /* ]] || WORK=$ROOT/$WORK
+SCHEME=ws
 OUTDIR=$WORK/report
 
 log() { printf 'autobahn: %s\n' "$*" >&2; }
@@ -98,18 +102,23 @@ die() { log "error: $*"; exit 2; }
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
 
-deflate=none build=0 install_only=0
+deflate=none build=0 install_only=0 tls=0
 while (($#)); do
   case $1 in
     --deflate) deflate=quick ;;
     --deflate-full) deflate=full ;;
     --build) build=1 ;;
+    --tls) tls=1 ;;
     --install-only) install_only=1 ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
   shift
 done
+if ((tls)); then
+  [[ -n ${AUTOBAHN_WORK:-} ]] || WORK=$ROOT/target/autobahn-tls
+  OUTDIR=$WORK/report SCHEME=wss
+fi
 
 [[ $PORT =~ ^[0-9]+$ ]] || die "PORT must be a number, got '$PORT'"
 
@@ -349,6 +358,9 @@ start_server() {
     printf -v cmd '%q serve --app echo --listen 127.0.0.1:%s' "$bin" "$PORT"
     # Sections 12 and 13 need the extension; every message is compressed back.
     [[ $deflate == none ]] || cmd+=" --deflate --deflate-min-size 0"
+    if ((tls)); then
+      printf -v cmd '%s --tls-cert %q --tls-key %q' "$cmd" "$TLS_CERT" "$TLS_KEY"
+    fi
   fi
   port_open && die "port $PORT is already in use; set AUTOBAHN_PORT"
 
@@ -376,9 +388,9 @@ start_server() {
 write_spec() {
   local cases=${AUTOBAHN_CASES:-$DEFAULT_CASES}
   python3 - "$1" "$OUTDIR" "$PORT" "$cases" "$deflate" "${AUTOBAHN_DEFLATE_CASES:-$DEFLATE_FULL_CASES}" \
-    "${AUTOBAHN_EXCLUDE:-[]}" <<'PY'
+    "${AUTOBAHN_EXCLUDE:-[]}" "$SCHEME" <<'PY'
 import json, sys
-path, outdir, port, cases, deflate, deflate_full, exclude = sys.argv[1:]
+path, outdir, port, cases, deflate, deflate_full, exclude, scheme = sys.argv[1:]
 def pats(name, text):
     try:
         value = json.loads(text)
@@ -400,7 +412,7 @@ else:
 cases += [c for c in extra if c not in cases]
 spec = {
     "outdir": outdir,
-    "servers": [{"agent": "fanout", "url": "ws://127.0.0.1:%s" % port}],
+    "servers": [{"agent": "fanout", "url": "%s://127.0.0.1:%s" % (scheme, port)}],
     "cases": cases,
     "exclude-cases": pats("AUTOBAHN_EXCLUDE", exclude),
     "exclude-agent-cases": {},
@@ -418,13 +430,28 @@ ensure_suite
 
 mkdir -p "$WORK"
 rm -rf "$OUTDIR"
+if ((tls)); then
+  py27 "$PY27" -c 'import OpenSSL, service_identity' ||
+    die "the suite's Python 2.7 cannot import pyOpenSSL/service_identity (needed for wss://)"
+  if ! command -v openssl >/dev/null && command -v apt-get >/dev/null; then
+    log "apt-get install openssl (for the test certificate)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl </dev/null || true
+  fi
+  command -v openssl >/dev/null || die "--tls needs the openssl command (apt-get install openssl)"
+  TLS_CERT=$WORK/cert.pem TLS_KEY=$WORK/key.pem
+  export TLS_CERT TLS_KEY # for an AUTOBAHN_SERVER_CMD
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout "$TLS_KEY" -out "$TLS_CERT" -days 2 -subj "/CN=127.0.0.1" \
+    -addext "subjectAltName=IP:127.0.0.1" -addext "basicConstraints=critical,CA:FALSE" \
+    2>/dev/null || die "openssl could not make the test certificate"
+fi
 spec=$WORK/spec.json
 write_spec "$spec"
 start_server
 
 timeout_s=${AUTOBAHN_TIMEOUT:-540}
 wlog=$WORK/wstest.log
-log "running wstest fuzzingclient against ws://127.0.0.1:$PORT (timeout ${timeout_s}s, log: ${wlog#"$ROOT"/})"
+log "running wstest fuzzingclient against $SCHEME://127.0.0.1:$PORT (timeout ${timeout_s}s, log: ${wlog#"$ROOT"/})"
 t0=$SECONDS
 # In the background, so INT/TERM traps run at once, not after wstest.
 (cd "$WORK" && exec timeout -k 10 "$timeout_s" env -u PYTHONPATH -u PYTHONHOME PYTHONUNBUFFERED=1 \

@@ -75,6 +75,12 @@ fi
 # ----- Python: venv + websockets, pytest, pytest-timeout -----
 setup_python() {
     need python3 "install Python 3.10+"
+    # test_tls.py makes its self-signed certificate with the openssl command.
+    if ! command -v openssl >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [[ $(id -u) == 0 ]]; then
+        log "apt-get install openssl"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl </dev/null
+    fi
+    need openssl "install openssl (test_tls.py makes its certificate with it)"
     local stamp=$VENV/.requirements.sha256 want
     want=$(hash_of "$PY_DIR/requirements.txt")
     if [[ -x $VENV/bin/python ]] && ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then

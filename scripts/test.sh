@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README): formatting, lints, unit, property and integration
 # tests, interop with third-party clients (Python websockets, Node ws), and the Autobahn
-# conformance suite. Installs what it needs itself, idempotently.
+# conformance suite over ws:// and wss://. Installs what it needs itself, idempotently.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,5 +49,8 @@ if ((ra != 0 || rb != 0)); then
     echo "autobahn failed (1.*-10.*,12.*: exit $ra; 13.*: exit $rb)" >&2
     exit 1
 fi
+
+step "Autobahn|Testsuite fuzzingclient over wss:// (TLS)"
+scripts/autobahn.sh --tls
 
 step "all checks passed"

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -177,6 +178,12 @@ pub struct ServeArgs {
     /// The bucket's size for --handshake-rate-per-ip [default: one second's worth].
     #[arg(long)]
     pub handshake_burst_per_ip: Option<u32>,
+    /// TLS certificate chain (PEM); with --tls-key, serve `wss://` and `https://` only.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1) matching --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
     /// Print a stats line this often (open, accepts/s, messages/s, RSS); 0 disables [default: 0].
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
@@ -222,6 +229,8 @@ impl ServeArgs {
             drain_timeout,
             accept_batch,
             stats_interval,
+            tls_cert,
+            tls_key,
             publish_key,
             allow_ws_publish,
             envelope,
@@ -349,6 +358,20 @@ impl ServeArgs {
                 .handshake_rate_per_ip
                 .filter(|r| r.is_finite() && *r > 0.0)
                 .map(|r| RateLimit::new(r, self.handshake_burst_per_ip)),
+            // Loaded by `tls_config`, which can fail.
+            tls: None,
+        }
+    }
+
+    /// Loads `--tls-cert` and `--tls-key` (both or neither).
+    pub fn tls_config(&self) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => crate::server::tls::load_server_config(cert, key)
+                .map(Some)
+                .map_err(|e| format!("TLS: {e}")),
+            (Some(_), None) => Err("--tls-cert needs --tls-key".into()),
+            (None, Some(_)) => Err("--tls-key needs --tls-cert".into()),
         }
     }
 }

@@ -32,7 +32,8 @@ fn main() -> ExitCode {
 
 fn serve(args: ServeArgs) -> Result<(), String> {
     let args = args.merged()?;
-    let config = args.config();
+    let mut config = args.config();
+    config.tls = args.tls_config()?;
     let (soft, hard) = limits::raise_nofile();
     let capacity = limits::socket_capacity();
     tracing::info!(
@@ -51,6 +52,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let listen = config.listen;
     let shards = config.shards;
+    let tls = config.tls.is_some();
     let stats_interval = args.stats_interval.unwrap_or(Duration::ZERO);
     if args.app() == AppKind::Push && args.push_config().publish_key.is_none() {
         tracing::warn!("no --publish-key: POST /publish/{{topic}} answers 403 until one is set");
@@ -69,8 +71,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         AppKind::Push => Server::start(config, fanout::apps::push::Push::new(args.push_config())),
     }
     .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let scheme = if tls { "wss/https" } else { "ws/http" };
     tracing::info!(
-        "listening on {} with {shards} shard(s), app {:?}, max {} connections",
+        "listening on {} ({scheme}) with {shards} shard(s), app {:?}, max {} connections",
         server.local_addr(),
         args.app(),
         server.max_connections()

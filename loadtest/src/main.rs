@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use fanout::cli::{parse_duration, parse_size};
-use fanout::client::{ClientConfig, ConnectOptions, WsUrl};
+use fanout::client::{tls_client_config, ClientConfig, ConnectOptions, Trust, WsUrl};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use report::{Merged, Partial, ServerFigures};
@@ -176,6 +176,13 @@ struct Common {
     /// No live progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// wss://: trust the certificates in this PEM file (e.g. a self-signed server's)
+    /// instead of the system's CA bundle.
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    tls_ca: Option<PathBuf>,
+    /// wss://: accept any server certificate (test servers only).
+    #[arg(long)]
+    insecure: bool,
 }
 
 fn main() -> ExitCode {
@@ -302,6 +309,7 @@ fn publish_plan(f: &FanoutArgs) -> Result<publish::PublishPlan, String> {
         rate: f.publish_rate,
         count: f.publish_count,
         size: f.message_size,
+        client: ClientConfig::default(),
     })
 }
 
@@ -339,6 +347,19 @@ fn main_inner(
             .ok_or_else(|| format!("{u}: no address for {}", url.host))?;
         targets.push((addr, url));
     }
+    let publish_wss = fanout
+        .and_then(|f| f.publish_ws.as_deref())
+        .is_some_and(|u| u.starts_with("wss://"));
+    let tls = if publish_wss || targets.iter().any(|(_, u)| u.tls) {
+        let trust = match (&c.tls_ca, c.insecure) {
+            (Some(ca), _) => Trust::CaFile(ca.clone()),
+            (None, true) => Trust::Insecure,
+            (None, false) => Trust::System,
+        };
+        Some(tls_client_config(&trust)?)
+    } else {
+        None
+    };
     let sources = match &c.source_ips {
         Some(s) => parse_sources(s)?,
         None => Vec::new(),
@@ -386,6 +407,7 @@ fn main_inner(
             index,
             of,
         );
+        plan.client.tls = tls.clone();
         if fanout.is_some() {
             // The parent says when the publisher is done: "stop <published>" on stdin.
             let flags = publish::Flags::default();
@@ -464,7 +486,10 @@ fn main_inner(
         ));
     }
 
-    let pub_plan = fanout.map(publish_plan).transpose()?;
+    let mut pub_plan = fanout.map(publish_plan).transpose()?;
+    if let Some(p) = pub_plan.as_mut() {
+        p.client.tls = tls.clone();
+    }
     let mut publisher = PublisherCtl {
         plan: pub_plan,
         grace: fanout.map_or(Duration::ZERO, |f| f.grace),
@@ -487,6 +512,7 @@ fn main_inner(
             0,
             1,
         );
+        plan.client.tls = tls.clone();
         if publisher.plan.is_some() {
             plan.hold_done = Some(publisher.flags.done.clone());
             plan.published = Some(publisher.flags.published.clone());
@@ -680,6 +706,7 @@ fn make_plan(
         client: ClientConfig {
             connect_timeout: c.connect_timeout,
             handshake_timeout: c.handshake_timeout,
+            tls: None,
             ..ClientConfig::default()
         },
         index,

@@ -69,6 +69,8 @@ pub struct PublishPlan {
     pub rate: f64,
     pub count: u64,
     pub size: usize,
+    /// The WebSocket publisher's client settings (TLS trust for wss://).
+    pub client: ClientConfig,
 }
 
 #[derive(Debug)]
@@ -254,7 +256,7 @@ pub fn run_publisher(
                 closed: false,
             };
             let mut client =
-                Client::new(ClientConfig::default(), handler).map_err(|e| e.to_string())?;
+                Client::new(plan.client.clone(), handler).map_err(|e| e.to_string())?;
             let opts = ConnectOptions {
                 headers: headers.clone(),
                 ..ConnectOptions::default()

@@ -186,7 +186,7 @@ fn refusals_and_resets_are_failures_not_successes() {
 fn clear_errors_for_bad_urls_and_impossible_requests() {
     let (code, _, out) = load(&["connect", "--url", "http://x/", "-n", "1"]);
     assert_eq!(code, 2);
-    assert!(out.contains("expected a ws:// URL"), "{out}");
+    assert!(out.contains("expected a ws:// or wss:// URL"), "{out}");
     let free = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -360,5 +360,60 @@ fn ctrl_c_stops_the_run_and_still_reports() {
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(v["interrupted"], true);
     assert_eq!(v["established"], 50);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn connect_and_echo_over_wss_with_a_ca_file_or_insecure() {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("fanout-load-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let s = server(Config {
+        tls: Some(fanout::server::tls::load_server_config(&cert, &key).unwrap()),
+        ..Config::default()
+    });
+    let url = format!("wss://localhost:{}/", s.local_addr().port());
+    let ca = cert.to_str().unwrap();
+    let (code, v, out) = load(&[
+        "connect",
+        "--url",
+        &url,
+        "-n",
+        "50",
+        "--duration",
+        "200ms",
+        "--tls-ca",
+        ca,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["established"], 50, "{out}");
+    let (code, v, out) = load(&[
+        "echo",
+        "--url",
+        &url,
+        "-n",
+        "5",
+        "--duration",
+        "300ms",
+        "--message-size",
+        "20000",
+        "--insecure",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["failed_total"], 0, "{out}");
+    assert!(v["messages"]["received"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["messages"]["mismatched"], 0, "{v}");
+    // Without trust in the self-signed certificate, every handshake fails.
+    let (code, v, out) = load(&["connect", "--url", &url, "-n", "3", "--duration", "100ms"]);
+    if code == 2 {
+        // A machine without a system CA bundle says so before connecting.
+        assert!(out.contains("no system CA bundle"), "{out}");
+    } else {
+        assert_eq!(code, 3, "{out}");
+        assert_eq!(v["established"], 0, "{out}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,13 +2,16 @@
 //! events as the server (open, message, close, error), masked sends. The load generator is
 //! built on it. Owns client sockets and their lifecycles; no async runtime, no threads.
 
+mod tls;
 mod url;
 
+pub use tls::{client_config as tls_client_config, Trust};
 pub use url::{UrlError, WsUrl};
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -37,6 +40,9 @@ pub struct ClientConfig {
     pub read_buffer_size: usize,
     /// With permessage-deflate, shorter messages go out uncompressed.
     pub deflate_min_size: usize,
+    /// TLS settings for `wss://` URLs (see `tls_client_config`); without them, `wss://` uses
+    /// the system's CA bundle.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for ClientConfig {
@@ -48,6 +54,7 @@ impl Default for ClientConfig {
             close_timeout: Duration::from_secs(5),
             read_buffer_size: 64 << 10,
             deflate_min_size: 0,
+            tls: None,
         }
     }
 }
@@ -198,6 +205,8 @@ struct Conn<S> {
     decoder: Decoder,
     stash: Vec<u8>,
     queue: Option<Box<WriteQueue>>,
+    /// `wss://`: the TLS session (buffered rustls; the queue holds plaintext).
+    tls: Option<Box<rustls::ClientConnection>>,
     state: Option<S>,
 }
 
@@ -398,6 +407,11 @@ impl<H: ClientHandler> Client<H> {
         opts: &ConnectOptions,
         state: H::State,
     ) -> Result<usize, ClientError> {
+        let tls = if url.tls {
+            Some(self.tls_session(url)?)
+        } else {
+            None
+        };
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
             .map_err(ClientError::Connect)?;
         socket.set_nonblocking(true).map_err(ClientError::Connect)?;
@@ -475,10 +489,29 @@ impl<H: ClientHandler> Client<H> {
             decoder: Decoder::new(),
             stash: Vec::new(),
             queue: Some(queue),
+            tls,
             state: Some(state),
         });
         schedule(&mut self.wheel, &self.ticks, key, conn);
         Ok(key)
+    }
+
+    /// A TLS session for a `wss://` URL (the system's CA bundle when no config was given).
+    fn tls_session(&mut self, url: &WsUrl) -> Result<Box<rustls::ClientConnection>, ClientError> {
+        let setup = |e: String| ClientError::Connect(io::Error::other(e));
+        if self.cfg.tls.is_none() {
+            self.cfg.tls = Some(tls::client_config(&Trust::System).map_err(setup)?);
+        }
+        let cfg = self
+            .cfg
+            .tls
+            .clone()
+            .ok_or_else(|| setup("no TLS config".into()))?;
+        let name = rustls::pki_types::ServerName::try_from(url.host.clone())
+            .map_err(|e| setup(format!("TLS: bad server name {}: {e}", url.host)))?;
+        let conn =
+            rustls::ClientConnection::new(cfg, name).map_err(|e| setup(format!("TLS: {e}")))?;
+        Ok(Box::new(conn))
     }
 
     /// Runs `f` on an open connection (to send from outside the event handlers). Returns
@@ -631,6 +664,9 @@ impl<H: ClientHandler> Client<H> {
             if conn.phase == Phase::Connecting {
                 return;
             }
+            if conn.tls.is_some() {
+                return self.on_readable_tls(key);
+            }
             // Input is what was kept from the last read followed by the new bytes.
             let kept = conn.stash.len();
             let mut rbuf = std::mem::take(&mut self.rbuf);
@@ -667,6 +703,77 @@ impl<H: ClientHandler> Client<H> {
             self.rbuf = rbuf;
             if n < space && !to_eof {
                 break;
+            }
+        }
+        self.flush_conn(key);
+    }
+
+    /// `on_readable` for `wss://`: records into rustls until the socket is drained, the
+    /// plaintext through `process`.
+    fn on_readable_tls(&mut self, key: usize) {
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            let Some(tls) = conn.tls.as_mut() else {
+                return;
+            };
+            let eof = match tls.read_tls(&mut conn.sock) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.fail(key, ClientError::Io(e)),
+            };
+            if let Err(e) = tls.process_new_packets() {
+                // Send the alert rustls queued, then fail.
+                let _ = tls.write_tls(&mut conn.sock);
+                return self.fail(key, ClientError::Io(io::Error::other(format!("TLS: {e}"))));
+            }
+            let mut closed = false;
+            loop {
+                let Some(conn) = self.conns.get_mut(key) else {
+                    return;
+                };
+                let Some(tls) = conn.tls.as_mut() else {
+                    return;
+                };
+                let kept = conn.stash.len();
+                let mut rbuf = std::mem::take(&mut self.rbuf);
+                if rbuf.len() < kept + 4096 {
+                    rbuf = vec![0u8; kept + self.cfg.read_buffer_size.max(4096)].into_boxed_slice();
+                }
+                rbuf[..kept].copy_from_slice(&conn.stash);
+                let n = match tls.reader().read(&mut rbuf[kept..]) {
+                    Ok(0) => {
+                        closed = true; // close_notify
+                        0
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                    Err(e) => {
+                        self.rbuf = rbuf;
+                        return self.fail(key, ClientError::Io(e));
+                    }
+                };
+                if n == 0 {
+                    self.rbuf = rbuf;
+                    break;
+                }
+                let total = kept + n;
+                let used = self.process(key, &mut rbuf[..total]).min(total);
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.stash.clear();
+                    c.stash.extend_from_slice(&rbuf[used..total]);
+                    if c.stash.is_empty() && c.stash.capacity() > 0 {
+                        c.stash = Vec::new();
+                    }
+                }
+                self.rbuf = rbuf;
+            }
+            if closed || eof {
+                self.flush_conn(key);
+                return self.on_eof(key);
             }
         }
         self.flush_conn(key);
@@ -878,9 +985,7 @@ impl<H: ClientHandler> Client<H> {
         // A protocol error's close frame is queued: try to send it before dropping.
         if matches!(err, ClientError::Protocol(_)) {
             if let Some(conn) = self.conns.get_mut(key) {
-                if let Some(q) = conn.queue.as_mut() {
-                    let _ = q.flush(&mut conn.sock);
-                }
+                let _ = write_out(conn);
             }
         }
         self.drop_conn(key, code, "failed");
@@ -889,6 +994,10 @@ impl<H: ClientHandler> Client<H> {
     fn drop_conn(&mut self, key: usize, code: u16, reason: &str) {
         self.notify_close(key, code, reason);
         if let Some(mut conn) = self.conns.try_remove(key) {
+            if let Some(tls) = conn.tls.as_mut() {
+                tls.send_close_notify();
+                let _ = tls.write_tls(&mut conn.sock);
+            }
             let _ = self.poll.registry().deregister(&mut conn.sock);
             let _ = conn.sock.shutdown(Shutdown::Both);
             if conn.flags & DEFLATE != 0 {
@@ -916,14 +1025,14 @@ impl<H: ClientHandler> Client<H> {
         if conn.phase == Phase::Connecting {
             return;
         }
-        let Some(q) = conn.queue.as_mut() else {
+        if conn.queue.is_none() && conn.tls.is_none() {
             return;
-        };
-        match q.flush(&mut conn.sock) {
-            Ok(_) => {}
-            Err(e) => return self.fail(key, ClientError::Io(e)),
         }
-        if q.is_empty() {
+        let pending = match write_out(conn) {
+            Ok(p) => p,
+            Err(e) => return self.fail(key, ClientError::Io(e)),
+        };
+        if !pending {
             // The client keeps its (empty) queue: load generators send on every connection,
             // and reallocating it per message costs more than the memory it holds.
             if conn.flags & WANT_WRITABLE != 0 {
@@ -1007,6 +1116,58 @@ fn schedule<S>(wheel: &mut TimerWheel, ticks: &[u32; 3], key: usize, conn: &mut 
                 due,
             );
         }
+    }
+}
+
+/// Writes the queue (through TLS for `wss://`). Returns whether bytes are left to write.
+fn write_out<S>(conn: &mut Conn<S>) -> io::Result<bool> {
+    let Some(tls) = conn.tls.as_mut() else {
+        return match conn.queue.as_mut() {
+            Some(q) => q.flush(&mut conn.sock).map(|_| !q.is_empty()),
+            None => Ok(false),
+        };
+    };
+    loop {
+        if let Some(q) = conn.queue.as_mut() {
+            if !q.is_empty() {
+                q.flush(&mut TlsWriter(tls))?;
+            }
+        }
+        if !tls.wants_write() {
+            // Either all is written, or rustls holds plaintext until its handshake is done
+            // (its next input brings us back here).
+            return Ok(conn.queue.as_ref().is_some_and(|q| !q.is_empty()));
+        }
+        match tls.write_tls(&mut conn.sock) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Plaintext into a rustls session; a full session buffer reads as WouldBlock.
+struct TlsWriter<'a>(&'a mut rustls::ClientConnection);
+
+impl Write for TlsWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.0.writer().write(buf)? {
+            0 if !buf.is_empty() => Err(io::ErrorKind::WouldBlock.into()),
+            n => Ok(n),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self.0.writer().write_vectored(bufs)? {
+            0 if bufs.iter().any(|b| !b.is_empty()) => Err(io::ErrorKind::WouldBlock.into()),
+            n => Ok(n),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

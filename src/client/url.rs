@@ -1,4 +1,4 @@
-//! `ws://` URLs: host, port, path and the Host header. Owns parsing only (no DNS).
+//! `ws://` and `wss://` URLs: host, port, path and the Host header. Owns parsing only (no DNS).
 
 use std::fmt;
 
@@ -8,6 +8,8 @@ pub struct WsUrl {
     pub port: u16,
     /// Path and query, always starting with `/`.
     pub path: String,
+    /// `wss://`: TLS to the server.
+    pub tls: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,14 +25,12 @@ impl std::error::Error for UrlError {}
 
 impl WsUrl {
     pub fn parse(s: &str) -> Result<WsUrl, UrlError> {
-        let rest = if let Some(r) = s.strip_prefix("ws://") {
-            r
-        } else if s.starts_with("wss://") {
-            return Err(UrlError(format!(
-                "{s}: wss:// (TLS) is not supported by this client yet"
-            )));
+        let (rest, tls) = if let Some(r) = s.strip_prefix("ws://") {
+            (r, false)
+        } else if let Some(r) = s.strip_prefix("wss://") {
+            (r, true)
         } else {
-            return Err(UrlError(format!("{s}: expected a ws:// URL")));
+            return Err(UrlError(format!("{s}: expected a ws:// or wss:// URL")));
         };
         let (authority, path) = match rest.find(['/', '?']) {
             Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
@@ -53,6 +53,7 @@ impl WsUrl {
             }
         };
         let port = match port {
+            None if tls => 443,
             None => 80,
             Some(p) => p
                 .parse()
@@ -61,7 +62,12 @@ impl WsUrl {
         if host.is_empty() {
             return Err(UrlError(format!("{s}: missing host")));
         }
-        Ok(WsUrl { host, port, path })
+        Ok(WsUrl {
+            host,
+            port,
+            path,
+            tls,
+        })
     }
 
     /// The Host header value.
@@ -71,10 +77,18 @@ impl WsUrl {
         } else {
             self.host.clone()
         };
-        if self.port == 80 {
+        if self.port == self.default_port() {
             host
         } else {
             format!("{host}:{}", self.port)
+        }
+    }
+
+    fn default_port(&self) -> u16 {
+        if self.tls {
+            443
+        } else {
+            80
         }
     }
 
@@ -87,7 +101,8 @@ impl WsUrl {
 
 impl fmt::Display for WsUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ws://{}{}", self.host_header(), self.path)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        write!(f, "{scheme}://{}{}", self.host_header(), self.path)
     }
 }
 
@@ -110,7 +125,13 @@ mod tests {
         assert_eq!(u.host_header(), "[::1]:9");
         let u = WsUrl::parse("ws://h:1?x=1").unwrap();
         assert_eq!(u.path, "/?x=1");
-        for bad in ["http://x", "ws://", "ws://h:port", "wss://x", "ws://u@h"] {
+        let u = WsUrl::parse("wss://example.com/x").unwrap();
+        assert!(u.tls);
+        assert_eq!((u.port, u.host_header()), (443, "example.com".to_string()));
+        assert_eq!(u.to_string(), "wss://example.com/x");
+        let u = WsUrl::parse("wss://h:9001").unwrap();
+        assert_eq!(u.host_header(), "h:9001");
+        for bad in ["http://x", "ws://", "ws://h:port", "wss://", "ws://u@h"] {
             assert!(WsUrl::parse(bad).is_err(), "{bad}");
         }
     }

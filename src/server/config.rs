@@ -2,6 +2,7 @@
 //! `crate::cli`); every field here is a key of `fanout.toml` and a `fanout serve` flag.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::auth::JwtConfig;
@@ -62,6 +63,8 @@ pub struct Config {
     /// Upgrade requests per second per source address past which they get 429 with
     /// Retry-After. None: no limit.
     pub handshake_rate_per_ip: Option<RateLimit>,
+    /// TLS (`wss://`, `https://`) on every connection when set (see `server::tls`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for Config {
@@ -89,6 +92,7 @@ impl Default for Config {
             allowed_origins: None,
             max_conns_per_ip: 0,
             handshake_rate_per_ip: None,
+            tls: None,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod per_ip;
 pub(crate) mod shard;
 pub mod stats;
 pub mod timer;
+pub mod tls;
 pub mod write_queue;
 
 use std::io;

@@ -74,6 +74,7 @@ counters! {
     DeflateMessagesOut => "deflate_messages_out_total",
     DeflateOutRawBytes => "deflate_out_raw_bytes_total",
     DeflateOutWireBytes => "deflate_out_compressed_bytes_total",
+    TlsErrors => "tls_errors_total",
     Closed => "connections_closed_total",
 }
 

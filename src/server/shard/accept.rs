@@ -42,10 +42,25 @@ impl<H: Handler> Shard<H> {
                     &HttpError::new(503, "server at its connection limit"),
                 );
                 // A fresh socket's buffer is empty: the answer fits or the client is gone.
-                let _ = sock.write(&resp);
+                // (A TLS client cannot read plaintext: it just sees the connection close.)
+                if c.cfg.tls.is_none() {
+                    let _ = sock.write(&resp);
+                }
                 let _ = sock.shutdown(Shutdown::Write);
                 continue;
             }
+            let tls = match &c.cfg.tls {
+                None => None,
+                Some(cfg) => match TlsConn::new(cfg) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        c.global.open.fetch_sub(1, SeqCst);
+                        c.stats.inc(Counter::TlsErrors);
+                        tracing::warn!(shard = c.index, "TLS session: {e}");
+                        continue;
+                    }
+                },
+            };
             let _ = sock.set_nodelay(true);
             let entry = self.conns.vacant_entry();
             let key = entry.key();
@@ -71,6 +86,7 @@ impl<H: Handler> Shard<H> {
                 decoder: Default::default(),
                 stash: Default::default(),
                 queue: None,
+                tls,
                 state: None,
             });
             c.stats.open.fetch_add(1, Relaxed);

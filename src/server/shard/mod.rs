@@ -12,6 +12,7 @@ mod accept;
 mod deadlines;
 mod gate;
 mod read;
+mod tls;
 mod write;
 
 use mio::net::{TcpListener, TcpStream};
@@ -30,6 +31,7 @@ use crate::server::handler::{
 };
 use crate::server::stats::{render_metrics, Counter, ShardStats, METRICS_CONTENT_TYPE};
 use crate::server::timer::{self, ms_to_ticks, Entry, TimerWheel, NOT_ARMED, TICK_MS};
+use crate::server::tls::{Sealer, TlsConn, TlsInput};
 use crate::server::Global;
 
 pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
@@ -40,6 +42,8 @@ const MAX_READS_PER_EVENT: usize = 16;
 /// The cork buffer is flushed early past this size, and shrunk back after a big message.
 const CORK_FLUSH_AT: usize = 256 << 10;
 const CORK_CAPACITY: usize = 64 << 10;
+/// The smallest read buffer with TLS: two records of the largest size (16 KiB + 2 KiB + 5).
+const TLS_MIN_READ_BUFFER: usize = 40 << 10;
 /// Accepting pauses this long after EMFILE/ENFILE.
 const ACCEPT_BACKOFF_MS: u64 = 100;
 
@@ -64,6 +68,10 @@ pub(crate) struct Core<H: Handler> {
     inflated: Vec<u8>,
     /// The `Sec-WebSocket-Extensions` answer being written.
     ext_buf: Vec<u8>,
+    /// TLS scratch: decrypted input, sealed output, and a writev's slices gathered for sealing.
+    plain: Vec<u8>,
+    sealed: Vec<u8>,
+    gather: Vec<u8>,
     wheel: TimerWheel,
     start: Instant,
     /// The current tick.
@@ -142,6 +150,9 @@ impl<H: Handler> Shard<H> {
             deflate: ShardDeflate::new(cfg.deflate),
             inflated: Vec::new(),
             ext_buf: Vec::new(),
+            plain: Vec::new(),
+            sealed: Vec::new(),
+            gather: Vec::new(),
             wheel: TimerWheel::new(0),
             start: Instant::now(),
             now: 0,
@@ -163,9 +174,15 @@ impl<H: Handler> Shard<H> {
             draining_until: None,
             cfg,
         };
+        // With TLS, the buffer must hold an unfinished record plus a whole one.
+        let min_rbuf = if core.cfg.tls.is_some() {
+            TLS_MIN_READ_BUFFER
+        } else {
+            4096
+        };
         Ok(Self {
             conns: Slab::new(),
-            rbuf: vec![0u8; core.cfg.read_buffer_size.max(4096)].into_boxed_slice(),
+            rbuf: vec![0u8; core.cfg.read_buffer_size.max(min_rbuf)].into_boxed_slice(),
             core,
         })
     }

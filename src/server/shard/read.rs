@@ -16,6 +16,9 @@ impl<H: Handler> Shard<H> {
         if conn.flags & READ_PAUSED != 0 {
             return;
         }
+        if conn.tls.is_some() {
+            return self.read_tls(key, to_eof);
+        }
         for round in 0.. {
             if round == MAX_READS_PER_EVENT {
                 conn.flags |= PENDING_READ;

@@ -129,6 +129,19 @@ impl<H: Handler> Core<H> {
     /// Writes what this connection has corked and queued. Returns false when the connection
     /// must be dropped (the caller removes it).
     pub(super) fn flush_conn(&mut self, key: usize, conn: &mut Conn<H::State>) -> bool {
+        let written = if conn.tls.is_some() {
+            self.write_tls(key, conn)
+        } else {
+            self.write_plain(key, conn)
+        };
+        if !written {
+            return false;
+        }
+        self.after_write(key, conn)
+    }
+
+    /// Writes the cork, then the queue, as they are. False: the connection failed.
+    fn write_plain(&mut self, key: usize, conn: &mut Conn<H::State>) -> bool {
         if !self.cork.is_empty() {
             let queue_empty = conn.queue.as_ref().is_none_or(|q| q.is_empty());
             let mut written = 0;
@@ -163,6 +176,12 @@ impl<H: Handler> Core<H> {
                 }
             }
         }
+        true
+    }
+
+    /// What follows a write: interest in WRITABLE, the slow-consumer policy, and the shutdown
+    /// of a finished connection. False: the connection must be dropped.
+    fn after_write(&mut self, key: usize, conn: &mut Conn<H::State>) -> bool {
         let backlog = conn.queued();
         if backlog == 0 {
             conn.queue = None;
@@ -222,7 +241,10 @@ impl<H: Handler> Core<H> {
                         crate::proto::frame::close_payload(close_code::POLICY, "slow consumer");
                     let mut frame = vec![0x88, n as u8];
                     frame.extend_from_slice(&payload[..n]);
-                    let _ = conn.sock.write(&frame);
+                    // (Not over TLS: records still queued would have to go first.)
+                    if conn.tls.is_none() {
+                        let _ = conn.sock.write(&frame);
+                    }
                     return false;
                 }
             }
