@@ -175,10 +175,12 @@ for mode in ("off", "shared"):
         "failed": e["failed_total"],
         "rtt_ms": e["latency_ms"].get("rtt"),
         "server_cpu_cores": srv.get("cpu_cores_run"),
+        "server_cpu_us_per_message": (srv.get("cpu_seconds_run") or 0) * 1e6 / max(got, 1),
         "server_bytes_written_per_message": wrote / max(got, 1),
     }
 off, on = res["echo"]["off"], res["echo"]["shared"]
 res["echo"]["throughput_ratio_on_over_off"] = on["messages_per_second"] / max(off["messages_per_second"], 1e-9)
+res["echo"]["server_cpu_ratio_on_over_off"] = on["server_cpu_us_per_message"] / max(off["server_cpu_us_per_message"], 1e-9)
 res["echo"]["wire_ratio"] = off["server_bytes_written_per_message"] / max(on["server_bytes_written_per_message"], 1e-9)
 json.dump(res, open(out, "w"), indent=2)
 print(f"\ncodec ({size}-byte JSON messages):")
@@ -193,8 +195,11 @@ for mode in ("off", "shared", "takeover"):
 print(f"echo, {echo_n} connections, {size}-byte JSON text:")
 for mode in ("off", "shared"):
     e = res["echo"][mode]
-    print(f"  deflate {mode:<8}: {e['messages_per_second']:,.0f} msg/s, server {e['server_cpu_cores'] or 0:.2f} cores, "
+    print(f"  deflate {mode:<8}: {e['messages_per_second']:,.0f} msg/s, server {e['server_cpu_cores'] or 0:.2f} cores "
+          f"({e['server_cpu_us_per_message']:.1f} us per message), "
           f"{e['server_bytes_written_per_message']:,.0f} B written per message")
-print(f"  throughput on/off {res['echo']['throughput_ratio_on_over_off']:.2f}, wire bytes off/on {res['echo']['wire_ratio']:.2f}")
+print(f"  throughput on/off {res['echo']['throughput_ratio_on_over_off']:.2f} (the load generator compresses and "
+      f"inflates too, on the same cores), server CPU per message on/off {res['echo']['server_cpu_ratio_on_over_off']:.2f}, "
+      f"wire bytes off/on {res['echo']['wire_ratio']:.2f}")
 print(f"\nwrote {out}")
 PY

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import os
 import shutil
 import socket
 import ssl
@@ -113,3 +114,24 @@ def test_bad_certificate_files_fail_at_start(cert_dir, tmp_path):
                            capture_output=True, timeout=10)
         assert p.returncode != 0, flags
         assert message in p.stderr.decode(), (flags, p.stderr.decode())
+
+
+def test_wss_with_permessage_deflate(start, cert_dir):
+    """Compression and TLS together: compressed frames are sealed like any others."""
+    srv = start("--tls-cert", str(cert_dir / "cert.pem"), "--tls-key", str(cert_dir / "key.pem"),
+                "--deflate")
+    url = f"wss://localhost:{srv.port}/"
+
+    async def main():
+        async with connect(url, ssl=client_ctx(cert_dir), max_size=None) as ws:
+            assert ws.response.headers.get("Sec-WebSocket-Extensions") == (
+                "permessage-deflate; server_no_context_takeover; client_no_context_takeover")
+            doc = '{"items": [' + ",".join(f'{{"id": {i}, "name": "item-{i}"}}' for i in range(20000)) + "]}"
+            for _ in range(3):
+                await ws.send(doc)
+                assert await ws.recv() == doc
+            blob = os.urandom(300_000)
+            await ws.send(blob)
+            assert await ws.recv() == blob
+
+    run(main())
