@@ -47,6 +47,20 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             config.max_connections
         );
     }
+    // A shard that panicked would leave its connections counted, its listener closed and its
+    // share of the port unanswered: a half-working server. Stop the process instead, with a
+    // status a supervisor restarts on.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        if std::thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with("fanout-shard-"))
+        {
+            eprintln!("fanout: a shard thread panicked; exiting with status 70");
+            std::process::exit(70);
+        }
+    }));
     // Signals are caught before anything starts, so a SIGTERM right after start is graceful.
     let signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;

@@ -211,6 +211,15 @@ fn every_auth_failure_is_a_401_with_its_reason_and_counter() {
             "token expired",
             Counter::AuthExpired,
         ),
+        (
+            sign(
+                Algorithm::HS256,
+                SECRET,
+                serde_json::json!({ "exp": later, "nbf": unix_now() + 600 }),
+            ),
+            "not valid yet",
+            Counter::AuthNotYetValid,
+        ),
         (none, "must be HS256", Counter::AuthBadAlgorithm),
         (
             sign(
@@ -238,6 +247,7 @@ fn every_auth_failure_is_a_401_with_its_reason_and_counter() {
     assert_eq!(count(&s, Counter::AuthMalformed), 2);
     assert_eq!(count(&s, Counter::AuthBadSignature), 1);
     assert_eq!(count(&s, Counter::AuthExpired), 1);
+    assert_eq!(count(&s, Counter::AuthNotYetValid), 1);
     assert_eq!(count(&s, Counter::AuthBadAlgorithm), 2);
     assert_eq!(count(&s, Counter::Http401), cases.len() as u64);
     assert_eq!(count(&s, Counter::HandshakesOk), 0);
@@ -545,4 +555,32 @@ fn a_concurrent_flood_from_one_address_gets_exactly_the_cap_across_shards() {
     assert_eq!(upgrade(addr, Some(OTHER), "/", &[]).status, 101);
     drop(replies);
     wait_connections(&s, LOCAL, 0);
+}
+
+#[test]
+fn a_refused_upgrade_gives_its_per_ip_slot_back_at_once() {
+    // Refused clients that keep their sockets open must not use up the address's cap.
+    let s = echo_with(Config {
+        max_conns_per_ip: 2,
+        jwt: jwt(false, None),
+        ..Config::default()
+    });
+    let addr = s.local_addr();
+    let refused: Vec<Reply> = (0..5)
+        .map(|_| upgrade(addr, Some(LOCAL), "/", &[]))
+        .collect();
+    assert!(refused.iter().all(|r| r.status == 401));
+    assert_eq!(s.connections_from(LOCAL), 0);
+    let auth = format!("Authorization: Bearer {}", token(serde_json::json!({})));
+    let ok: Vec<Reply> = (0..2)
+        .map(|_| upgrade(addr, Some(LOCAL), "/", &[&auth]))
+        .collect();
+    assert!(
+        ok.iter().all(|r| r.status == 101),
+        "{:?}",
+        ok.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert_eq!(s.connections_from(LOCAL), 2);
+    assert_eq!(upgrade(addr, Some(LOCAL), "/", &[&auth]).status, 429);
+    drop(refused);
 }

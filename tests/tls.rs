@@ -378,6 +378,37 @@ fn garbage_instead_of_a_client_hello_is_closed_cleanly() {
 }
 
 #[test]
+fn a_handshake_message_split_across_records_then_garbage_does_not_kill_a_shard() {
+    // Record 1: a ClientHello header announcing 4 KiB of body, without the body (rustls keeps
+    // it, by offset, in the caller's buffer); record 2: application data in the middle of the
+    // handshake. rustls fails; answering that failure must hand rustls the kept bytes again
+    // (an empty buffer made it panic and took the shard's thread down).
+    let cert = TestCert::new("split");
+    let server = echo_server(tls_config(&cert));
+    let attack = [
+        0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0x00, 0x10, 0x00, // handshake record
+        0x17, 0x03, 0x03, 0x00, 0x01, 0x00, // application data record
+    ];
+    // Enough times to reach every shard (SO_REUSEPORT spreads connections).
+    for _ in 0..12 {
+        let out = raw_exchange(server.local_addr(), &attack);
+        assert!(!out.starts_with(b"HTTP"), "{out:?}");
+    }
+    // Every shard still serves real clients, and nothing is left counted as open.
+    for i in 0..12 {
+        let mut ws = wss(&cert, server.local_addr(), "/");
+        ws.send(Message::text(format!("alive {i}"))).unwrap();
+        assert_eq!(read_data(&mut ws), Message::text(format!("alive {i}")));
+        ws.close(None).unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while server.open_connections() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(server.open_connections(), 0);
+}
+
+#[test]
 fn plaintext_client_is_refused_by_a_tls_server_and_vice_versa() {
     let cert = TestCert::new("mixed");
     let tls_server = echo_server(tls_config(&cert));

@@ -53,6 +53,10 @@ pub struct Params {
     /// Our compressor's window. 8 (which zlib cannot produce) means: never compress, which
     /// the extension allows (RSV1 clear).
     pub server_max_window_bits: u8,
+    /// `server_max_window_bits` is in the response: always when the client offered it (even
+    /// 15: accepting the parameter means answering it, RFC 7692 §7.1.2.1), and when we use
+    /// less than 15.
+    pub announce_server_window: bool,
     /// The client's window, when the response limits it.
     pub client_max_window_bits: Option<u8>,
 }
@@ -67,7 +71,7 @@ impl Params {
         if self.client_no_context_takeover {
             out.extend_from_slice(b"; client_no_context_takeover");
         }
-        if self.server_max_window_bits < 15 {
+        if self.announce_server_window {
             out.extend_from_slice(b"; server_max_window_bits=");
             push_bits(out, self.server_max_window_bits);
         }
@@ -202,6 +206,7 @@ pub fn check_response(value: &str, shared: bool) -> Result<Params, &'static str>
         server_no_context_takeover: o.server_no_context_takeover,
         client_no_context_takeover: o.client_no_context_takeover || shared,
         server_max_window_bits: o.server_max_window_bits.unwrap_or(15),
+        announce_server_window: o.server_max_window_bits.is_some(),
         client_max_window_bits: None,
     })
 }
@@ -224,6 +229,8 @@ fn accept(offer: &Offer, cfg: &DeflateConfig) -> Option<Params> {
         server_no_context_takeover: offer.server_no_context_takeover || !cfg.context_takeover,
         client_no_context_takeover: offer.client_no_context_takeover || !cfg.context_takeover,
         server_max_window_bits,
+        announce_server_window: offer.server_max_window_bits.is_some()
+            || server_max_window_bits < 15,
         client_max_window_bits,
     })
 }
@@ -567,12 +574,21 @@ mod tests {
                 server_no_context_takeover: true,
                 client_no_context_takeover: true,
                 server_max_window_bits: 9,
+                announce_server_window: true,
                 client_max_window_bits: Some(12),
             }
         );
         assert_eq!(
             p.response(),
             "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=9; client_max_window_bits=12"
+        );
+    }
+
+    #[test]
+    fn an_offered_server_window_is_always_answered() {
+        assert_eq!(
+            neg("permessage-deflate; server_max_window_bits=15", &takeover()).as_deref(),
+            Some("permessage-deflate; server_max_window_bits=15")
         );
     }
 
@@ -672,6 +688,7 @@ mod tests {
             server_no_context_takeover: false,
             client_no_context_takeover: true,
             server_max_window_bits: 11,
+            announce_server_window: true,
             client_max_window_bits: None,
         };
         let k = Packed(p.pack());

@@ -69,6 +69,8 @@ pub enum AuthFailure {
     Malformed,
     BadSignature,
     Expired,
+    /// `nbf` is in the future.
+    NotYetValid,
     /// Not HS256 (`none`, HS512, RS256, ...).
     BadAlgorithm,
 }
@@ -85,6 +87,7 @@ impl AuthFailure {
             }
             AuthFailure::BadSignature => "bad token signature",
             AuthFailure::Expired => "token expired",
+            AuthFailure::NotYetValid => "token not valid yet (nbf)",
             AuthFailure::BadAlgorithm => "token algorithm must be HS256",
         }
     }
@@ -95,6 +98,7 @@ impl AuthFailure {
             AuthFailure::Malformed => Counter::AuthMalformed,
             AuthFailure::BadSignature => Counter::AuthBadSignature,
             AuthFailure::Expired => Counter::AuthExpired,
+            AuthFailure::NotYetValid => Counter::AuthNotYetValid,
             AuthFailure::BadAlgorithm => Counter::AuthBadAlgorithm,
         }
     }
@@ -128,6 +132,8 @@ impl JwtVerifier {
     pub fn new(cfg: &JwtConfig) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
+        // `nbf` is optional; when present, a token is refused before it.
+        validation.validate_nbf = true;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp"]);
         Self {
@@ -166,6 +172,7 @@ fn classify(kind: &ErrorKind, token: &str) -> AuthFailure {
     match kind {
         ErrorKind::InvalidSignature => AuthFailure::BadSignature,
         ErrorKind::ExpiredSignature => AuthFailure::Expired,
+        ErrorKind::ImmatureSignature => AuthFailure::NotYetValid,
         ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => AuthFailure::BadAlgorithm,
         // `alg: none` (or any name the library does not know) fails as a header that does not
         // parse: tell it apart from a token that is garbage.

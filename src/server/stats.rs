@@ -35,6 +35,7 @@ counters! {
     AuthMalformed => "auth_malformed_token_total",
     AuthBadSignature => "auth_bad_signature_total",
     AuthExpired => "auth_expired_token_total",
+    AuthNotYetValid => "auth_not_yet_valid_total",
     AuthBadAlgorithm => "auth_bad_algorithm_total",
     OriginRefused => "origin_refused_total",
     PerIpConnsRefused => "per_ip_connections_refused_total",

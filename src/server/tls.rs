@@ -115,6 +115,11 @@ pub(crate) enum TlsInput {
 /// One connection's TLS state, boxed behind `Conn::tls` (null for plaintext connections).
 pub(crate) struct TlsConn {
     conn: UnbufferedServerConnection,
+    /// Ciphertext not yet consumed: an unfinished record, and the parts of an unfinished
+    /// handshake message rustls decrypted in place and refers to by offset. Every call into
+    /// rustls must be given these bytes (never an empty buffer while they exist), and they
+    /// are kept across reads until rustls discards them.
+    pub incoming: Stash,
     /// Decrypted bytes not yet consumed: an unfinished request head or frame head.
     pub plain: Stash,
     /// Records not yet written to the socket; empty (unallocated) when caught up.
@@ -129,6 +134,7 @@ impl TlsConn {
     pub fn new(cfg: &Arc<ServerConfig>) -> Result<Box<Self>, rustls::Error> {
         Ok(Box::new(Self {
             conn: UnbufferedServerConnection::new(cfg.clone())?,
+            incoming: Stash::default(),
             plain: Stash::default(),
             out: Vec::new(),
             notify_sent: false,
@@ -153,7 +159,7 @@ impl TlsConn {
                 Ok(s) => s,
                 Err(e) => {
                     pos += discard;
-                    self.fail();
+                    pos += self.fail(&mut data[pos..]);
                     return (pos, TlsInput::Failed(e));
                 }
             };
@@ -167,7 +173,7 @@ impl TlsConn {
                             }
                             Err(e) => {
                                 pos += discard;
-                                self.fail();
+                                pos += self.fail(&mut data[pos..]);
                                 return (pos, TlsInput::Failed(e));
                             }
                         }
@@ -203,21 +209,19 @@ impl TlsConn {
         }
     }
 
-    /// After an error, queues the fatal alert rustls prepared, if any.
-    fn fail(&mut self) {
+    /// After an error, queues the fatal alert rustls prepared, if any. `rest` is the input
+    /// not consumed yet: rustls may hold offsets into it, so it must be given (an empty buffer
+    /// makes it panic). One call only: a queued alert comes back before rustls looks at the
+    /// input again, while a second call would parse the bad input again (and raise a second
+    /// alert). Returns how much of `rest` rustls discarded.
+    fn fail(&mut self, rest: &mut [u8]) -> usize {
         self.failed = true;
-        for _ in 0..4 {
-            let status = self.conn.process_tls_records(&mut []);
-            match status.state {
-                Ok(ConnectionState::EncodeTlsData(mut enc)) => {
-                    if encode(&mut enc, &mut self.out).is_err() {
-                        return;
-                    }
-                }
-                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
-                _ => return,
-            }
+        let status = self.conn.process_tls_records(rest);
+        let discard = status.discard;
+        if let Ok(ConnectionState::EncodeTlsData(mut enc)) = status.state {
+            let _ = encode(&mut enc, &mut self.out);
         }
+        discard
     }
 
     /// Seals `data` into records appended to `out`; `close_notify` instead of data when
@@ -228,8 +232,35 @@ impl TlsConn {
                 "TLS connection closed for writing".into(),
             ));
         }
+        // rustls is handed the kept ciphertext (it may hold offsets into it) and may discard
+        // a prefix of it.
+        let mut incoming = self.incoming.take();
+        let mut used = 0;
+        let r = self.seal_with(
+            data,
+            out,
+            incoming.as_deref_mut().map_or(&mut [][..], |v| &mut v[..]),
+            &mut used,
+        );
+        if let Some(v) = incoming.as_mut() {
+            v.drain(..used.min(v.len()));
+        }
+        if let Some(v) = incoming {
+            self.incoming.set(v);
+        }
+        r
+    }
+
+    fn seal_with(
+        &mut self,
+        data: Option<&[u8]>,
+        out: &mut Vec<u8>,
+        incoming: &mut [u8],
+        used: &mut usize,
+    ) -> Result<(), rustls::Error> {
         loop {
-            let status = self.conn.process_tls_records(&mut []);
+            let status = self.conn.process_tls_records(&mut incoming[*used..]);
+            *used += status.discard;
             match status.state? {
                 ConnectionState::EncodeTlsData(mut enc) => encode(&mut enc, out)?,
                 ConnectionState::TransmitTlsData(t) => t.done(),

@@ -91,6 +91,18 @@ impl<H: Handler> Core<H> {
         Ok(())
     }
 
+    /// A refused upgrade gives its per-IP slot back at once, not when the connection is
+    /// finally removed (a client that never closes would hold it for the close timeout).
+    pub(super) fn release_counted_ip(&mut self, key: usize) {
+        let ip = self
+            .exts
+            .get_mut(key)
+            .and_then(|e| e.as_mut()?.counted_ip.take());
+        if let (Some(ip), Some(limiter)) = (ip, &self.global.per_ip) {
+            limiter.release(ip, Instant::now());
+        }
+    }
+
     /// The tick at which a token with this `exp` (Unix seconds) has expired.
     fn expiry_tick(&self, exp: u64) -> u32 {
         let secs = exp.saturating_sub(crate::server::auth::unix_now());
@@ -109,6 +121,7 @@ impl<H: Handler> Core<H> {
         headers: &[(&str, &str)],
         len: usize,
     ) -> usize {
+        self.release_counted_ip(key);
         self.stats.inc(Counter::HandshakeRejected);
         self.stats.http_status(status);
         tracing::debug!(shard = self.index, status, "handshake refused: {reason}");

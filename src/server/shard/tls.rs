@@ -18,7 +18,8 @@ impl<H: Handler> Shard<H> {
                 core.pending_read.push((key, conn.gen));
                 break;
             }
-            let stash = conn.stash.take();
+            // The unconsumed ciphertext lives in the TLS state: rustls may refer to it.
+            let stash = conn.tls.as_mut().and_then(|t| t.incoming.take());
             let kept = stash.as_ref().map_or(0, |s| s.len());
             if kept + TLS_MIN_READ > rbuf.len() {
                 // Unfinished records larger than any handshake message rustls accepts.
@@ -39,11 +40,11 @@ impl<H: Handler> Shard<H> {
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    conn.stash.keep(&rbuf[..kept], stash);
+                    keep_incoming(conn, &rbuf[..kept], stash);
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    conn.stash.keep(&rbuf[..kept], stash);
+                    keep_incoming(conn, &rbuf[..kept], stash);
                     continue;
                 }
                 Err(e) => {
@@ -55,13 +56,9 @@ impl<H: Handler> Shard<H> {
             core.stats.add(Counter::BytesIn, n as u64);
             core.touch(conn);
             let total = kept + n;
-            let input = match conn.phase {
-                // Input after the last answer is discarded, as for plaintext connections.
-                Phase::HttpWait | Phase::Finishing | Phase::Draining => TlsInput::More,
-                Phase::Handshaking | Phase::Open | Phase::Closing => {
-                    core.decrypt_and_process(key, conn, &mut rbuf[..total], stash)
-                }
-            };
+            // Records are decrypted in every phase, so rustls' state stays whole; after the
+            // last answer the plaintext is discarded (`process`), as for plaintext connections.
+            let input = core.decrypt_and_process(key, conn, &mut rbuf[..total], stash);
             match input {
                 TlsInput::More => {}
                 TlsInput::PeerClosed => {
@@ -76,8 +73,10 @@ impl<H: Handler> Shard<H> {
                         core.stats.inc(Counter::ClosedAbnormal);
                     }
                     core.notify_close(key, conn, close_code::ABNORMAL, "TLS error");
-                    // Send the alert, if any, then shut down and drain.
+                    // Send the alert, if any, then shut down and drain. Nothing more can be
+                    // sealed: the queue is dropped so the shutdown is not held up by it.
                     core.cork.clear();
+                    conn.queue = None;
                     core.finish(key, conn);
                     break;
                 }
@@ -93,6 +92,13 @@ impl<H: Handler> Shard<H> {
         if !core.flush_conn(key, conn) {
             core.remove(conns, key);
         }
+    }
+}
+
+#[allow(clippy::box_collection)]
+fn keep_incoming<S>(conn: &mut Conn<S>, bytes: &[u8], reuse: Option<Box<Vec<u8>>>) {
+    if let Some(t) = conn.tls.as_mut() {
+        t.incoming.keep(bytes, reuse);
     }
 }
 
@@ -120,7 +126,7 @@ impl<H: Handler> Core<H> {
             plain.extend_from_slice(p);
         }
         let (used, input) = tls.read(data, &mut plain);
-        conn.stash.keep(&data[used..], reuse);
+        tls.incoming.keep(&data[used..], reuse);
         if !plain.is_empty() {
             let consumed = self.process(key, conn, &mut plain);
             if let Some(tls) = conn.tls.as_mut() {
