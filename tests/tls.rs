@@ -569,3 +569,40 @@ mod client_reactor {
         );
     }
 }
+
+#[test]
+fn a_large_https_publish_body_arrives_whole() {
+    // Hundreds of TLS records of one HTTP body: kept and grown in place until complete.
+    let cert = TestCert::new("body");
+    let server = Server::start(
+        tls_config(&cert),
+        Push::new(PushConfig {
+            publish_key: Some("k".into()),
+            ..PushConfig::default()
+        }),
+    )
+    .unwrap();
+    let addr = server.local_addr();
+    let mut sub = wss(&cert, addr, "/ws?topics=big");
+    sub.send(Message::text(r#"{"op":"subscribe","topic":"other"}"#))
+        .unwrap();
+    let _ = read_data(&mut sub);
+    let body: String = (0..900_000)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    let mut s = tls_stream(&cert, addr);
+    let head = format!(
+        "POST /publish/big HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer k\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    for chunk in body.as_bytes().chunks(10_000) {
+        s.write_all(chunk).unwrap();
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains(r#""subscribers":1"#), "{text}");
+    assert_eq!(read_data(&mut sub), Message::text(body));
+}

@@ -102,6 +102,9 @@ fn keep_incoming<S>(conn: &mut Conn<S>, bytes: &[u8], reuse: Option<Box<Vec<u8>>
     }
 }
 
+/// Unconsumed plaintext from this size on is grown in place rather than re-copied per read.
+const BIG_PLAIN: usize = 16 << 10;
+
 /// Room a TLS read needs past the unfinished records it keeps.
 const TLS_MIN_READ: usize = 4096;
 
@@ -119,9 +122,22 @@ impl<H: Handler> Core<H> {
         let Some(tls) = conn.tls.as_mut() else {
             return TlsInput::More;
         };
+        let mut prev = tls.plain.take();
+        if let Some(mut big) = prev.take_if(|p| p.len() >= BIG_PLAIN) {
+            // A large unfinished request (an HTTP body): grow it in place, as the plaintext
+            // path does, rather than copying all of it through the scratch on every read.
+            let (used, input) = tls.read(data, &mut big);
+            tls.incoming.keep(&data[used..], reuse);
+            let len = big.len();
+            let consumed = self.process(key, conn, &mut big[..len]);
+            big.drain(..consumed.min(len));
+            if let Some(tls) = conn.tls.as_mut() {
+                tls.plain.set(big);
+            }
+            return input;
+        }
         let mut plain = std::mem::take(&mut self.plain);
         plain.clear();
-        let prev = tls.plain.take();
         if let Some(p) = &prev {
             plain.extend_from_slice(p);
         }
