@@ -692,14 +692,7 @@ impl<H: ClientHandler> Client<H> {
                 }
             };
             let total = kept + n;
-            let used = self.process(key, &mut rbuf[..total]).min(total);
-            if let Some(c) = self.conns.get_mut(key) {
-                c.stash.clear();
-                c.stash.extend_from_slice(&rbuf[used..total]);
-                if c.stash.is_empty() && c.stash.capacity() > 0 {
-                    c.stash = Vec::new();
-                }
-            }
+            self.process_and_keep(key, &mut rbuf[..total]);
             self.rbuf = rbuf;
             if n < space && !to_eof {
                 break;
@@ -761,14 +754,7 @@ impl<H: ClientHandler> Client<H> {
                     break;
                 }
                 let total = kept + n;
-                let used = self.process(key, &mut rbuf[..total]).min(total);
-                if let Some(c) = self.conns.get_mut(key) {
-                    c.stash.clear();
-                    c.stash.extend_from_slice(&rbuf[used..total]);
-                    if c.stash.is_empty() && c.stash.capacity() > 0 {
-                        c.stash = Vec::new();
-                    }
-                }
+                self.process_and_keep(key, &mut rbuf[..total]);
                 self.rbuf = rbuf;
             }
             if closed || eof {
@@ -777,6 +763,18 @@ impl<H: ClientHandler> Client<H> {
             }
         }
         self.flush_conn(key);
+    }
+
+    /// Processes `data` (kept bytes, then what was read) and keeps the unconsumed rest.
+    fn process_and_keep(&mut self, key: usize, data: &mut [u8]) {
+        let used = self.process(key, data).min(data.len());
+        if let Some(c) = self.conns.get_mut(key) {
+            c.stash.clear();
+            c.stash.extend_from_slice(&data[used..]);
+            if c.stash.is_empty() && c.stash.capacity() > 0 {
+                c.stash = Vec::new();
+            }
+        }
     }
 
     /// Processes input; returns bytes consumed. May drop the connection.
