@@ -10,7 +10,6 @@ use mio::net::TcpStream;
 use super::auth::Token;
 use super::compress::{Recoded, ShardDeflate};
 use super::stats::{Counter, ShardStats};
-use super::tls::TlsConn;
 use super::write_queue::WriteQueue;
 use crate::proto::deflate::Packed;
 use crate::proto::frame::{close_payload, encode_header, MAX_HEADER_LEN};
@@ -46,6 +45,8 @@ pub(crate) const APP_OPEN: u8 = 1 << 4;
 pub(crate) const DIRTY: u8 = 1 << 5;
 /// In the shard's list of connections with input left to read.
 pub(crate) const PENDING_READ: u8 = 1 << 6;
+/// A TLS connection: its state is in the shard's `tls` side table under the same key.
+pub(crate) const TLS: u8 = 1 << 7;
 
 /// Input bytes kept between reads: an unfinished request head or frame header, or a control
 /// frame cut by the read boundary. Null when there are none.
@@ -105,15 +106,13 @@ pub(crate) struct Conn<S> {
     pub decoder: Decoder,
     pub stash: Stash,
     pub queue: Option<Box<WriteQueue>>,
-    /// TLS state; null for a plaintext connection.
-    pub tls: Option<Box<TlsConn>>,
     /// The app's state, present while the connection is open for the app.
     pub state: Option<S>,
 }
 
 impl<S> Conn<S> {
     pub fn queued(&self) -> usize {
-        self.queue.as_ref().map_or(0, |q| q.len()) + self.tls.as_ref().map_or(0, |t| t.pending())
+        self.queue.as_ref().map_or(0, |q| q.len())
     }
 }
 
@@ -238,14 +237,15 @@ mod tests {
 
     #[test]
     fn an_idle_connection_entry_stays_small() {
-        // A socket, 4 null-when-idle pointers (decoder, stash, queue, TLS), 3 ticks, and phase,
+        // A socket, 3 null-when-idle pointers (decoder, stash, queue), 3 ticks, and phase,
         // flags, deflate params and the app state's tag in 4 bytes: the deflate byte lives in
-        // what was padding. 64 bytes in release builds (mio's socket is 4 bytes there, more
-        // with debug assertions). Anything else per connection goes to a side table.
+        // what was padding. 48 bytes in release builds (mio's socket is 4 bytes there, more
+        // with debug assertions). Anything else per connection (TLS, a token) goes to a side
+        // table, so a plaintext connection does not pay for it.
         let socket = std::mem::size_of::<TcpStream>();
         assert_eq!(
             std::mem::size_of::<Conn<()>>(),
-            (socket + 4 * 8 + 3 * 4 + 4).next_multiple_of(8)
+            (socket + 3 * 8 + 3 * 4 + 4).next_multiple_of(8)
         );
     }
 }

@@ -112,7 +112,8 @@ pub(crate) enum TlsInput {
     Failed(rustls::Error),
 }
 
-/// One connection's TLS state, boxed behind `Conn::tls` (null for plaintext connections).
+/// One connection's TLS state, boxed in the shard's side table under the connection's slab key
+/// (a plaintext connection has none and its slab entry does not grow for TLS).
 pub(crate) struct TlsConn {
     conn: UnbufferedServerConnection,
     /// Ciphertext not yet consumed: an unfinished record, and the parts of an unfinished

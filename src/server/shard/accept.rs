@@ -78,7 +78,7 @@ impl<H: Handler> Shard<H> {
             let conn = entry.insert(Conn {
                 sock,
                 phase: Phase::Handshaking,
-                flags: 0,
+                flags: if tls.is_some() { TLS } else { 0 },
                 ext: Packed::OFF,
                 gen: c.next_gen,
                 since: c.now,
@@ -86,9 +86,14 @@ impl<H: Handler> Shard<H> {
                 decoder: Default::default(),
                 stash: Default::default(),
                 queue: None,
-                tls,
                 state: None,
             });
+            if let Some(t) = tls {
+                if c.tls.len() <= key {
+                    c.tls.resize_with(key + 1, || None);
+                }
+                c.tls[key] = Some(t);
+            }
             c.stats.open.fetch_add(1, Relaxed);
             c.schedule(key, conn);
         }

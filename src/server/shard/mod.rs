@@ -68,6 +68,9 @@ pub(crate) struct Core<H: Handler> {
     inflated: Vec<u8>,
     /// The `Sec-WebSocket-Extensions` answer being written.
     ext_buf: Vec<u8>,
+    /// TLS state of the connections with the TLS flag, by slab key (empty on a plaintext
+    /// server, so a plaintext connection pays nothing for TLS).
+    tls: Vec<Option<Box<TlsConn>>>,
     /// TLS scratch: decrypted input, sealed output, and a writev's slices gathered for sealing.
     plain: Vec<u8>,
     sealed: Vec<u8>,
@@ -150,6 +153,7 @@ impl<H: Handler> Shard<H> {
             deflate: ShardDeflate::new(cfg.deflate),
             inflated: Vec::new(),
             ext_buf: Vec::new(),
+            tls: Vec::new(),
             plain: Vec::new(),
             sealed: Vec::new(),
             gather: Vec::new(),

@@ -16,7 +16,7 @@ impl<H: Handler> Shard<H> {
         if conn.flags & READ_PAUSED != 0 {
             return;
         }
-        if conn.tls.is_some() {
+        if conn.flags & TLS != 0 {
             return self.read_tls(key, to_eof);
         }
         for round in 0.. {

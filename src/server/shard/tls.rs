@@ -19,7 +19,7 @@ impl<H: Handler> Shard<H> {
                 break;
             }
             // The unconsumed ciphertext lives in the TLS state: rustls may refer to it.
-            let stash = conn.tls.as_mut().and_then(|t| t.incoming.take());
+            let stash = core.tls_of(key).and_then(|t| t.incoming.take());
             let kept = stash.as_ref().map_or(0, |s| s.len());
             if kept + TLS_MIN_READ > rbuf.len() {
                 // Unfinished records larger than any handshake message rustls accepts.
@@ -40,11 +40,11 @@ impl<H: Handler> Shard<H> {
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    keep_incoming(conn, &rbuf[..kept], stash);
+                    core.keep_incoming(key, &rbuf[..kept], stash);
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    keep_incoming(conn, &rbuf[..kept], stash);
+                    core.keep_incoming(key, &rbuf[..kept], stash);
                     continue;
                 }
                 Err(e) => {
@@ -95,13 +95,6 @@ impl<H: Handler> Shard<H> {
     }
 }
 
-#[allow(clippy::box_collection)]
-fn keep_incoming<S>(conn: &mut Conn<S>, bytes: &[u8], reuse: Option<Box<Vec<u8>>>) {
-    if let Some(t) = conn.tls.as_mut() {
-        t.incoming.keep(bytes, reuse);
-    }
-}
-
 /// Unconsumed plaintext from this size on is grown in place rather than re-copied per read.
 const BIG_PLAIN: usize = 16 << 10;
 
@@ -109,6 +102,26 @@ const BIG_PLAIN: usize = 16 << 10;
 const TLS_MIN_READ: usize = 4096;
 
 impl<H: Handler> Core<H> {
+    /// The TLS state of connection `key` (None for plaintext ones).
+    pub(super) fn tls_of(&mut self, key: usize) -> Option<&mut TlsConn> {
+        self.tls.get_mut(key)?.as_deref_mut()
+    }
+
+    /// Records sealed for connection `key` and not yet written.
+    pub(super) fn tls_pending(&self, key: usize) -> usize {
+        self.tls
+            .get(key)
+            .and_then(|t| t.as_ref())
+            .map_or(0, |t| t.pending())
+    }
+
+    #[allow(clippy::box_collection)]
+    fn keep_incoming(&mut self, key: usize, bytes: &[u8], reuse: Option<Box<Vec<u8>>>) {
+        if let Some(t) = self.tls_of(key) {
+            t.incoming.keep(bytes, reuse);
+        }
+    }
+
     /// Decrypts the records in `data` (unfinished bytes are kept in the stash) and processes
     /// the plaintext after what was left of it last time.
     #[allow(clippy::box_collection)]
@@ -119,9 +132,24 @@ impl<H: Handler> Core<H> {
         data: &mut [u8],
         reuse: Option<Box<Vec<u8>>>,
     ) -> TlsInput {
-        let Some(tls) = conn.tls.as_mut() else {
+        // Out of the side table while the plaintext is processed (which never writes).
+        let Some(mut tls) = self.tls.get_mut(key).and_then(Option::take) else {
             return TlsInput::More;
         };
+        let input = self.decrypt_with(key, conn, &mut tls, data, reuse);
+        self.tls[key] = Some(tls);
+        input
+    }
+
+    #[allow(clippy::box_collection)]
+    fn decrypt_with(
+        &mut self,
+        key: usize,
+        conn: &mut Conn<H::State>,
+        tls: &mut TlsConn,
+        data: &mut [u8],
+        reuse: Option<Box<Vec<u8>>>,
+    ) -> TlsInput {
         let mut prev = tls.plain.take();
         if let Some(mut big) = prev.take_if(|p| p.len() >= BIG_PLAIN) {
             // A large unfinished request (an HTTP body): grow it in place, as the plaintext
@@ -131,9 +159,7 @@ impl<H: Handler> Core<H> {
             let len = big.len();
             let consumed = self.process(key, conn, &mut big[..len]);
             big.drain(..consumed.min(len));
-            if let Some(tls) = conn.tls.as_mut() {
-                tls.plain.set(big);
-            }
+            tls.plain.set(big);
             return input;
         }
         let mut plain = std::mem::take(&mut self.plain);
@@ -145,9 +171,7 @@ impl<H: Handler> Core<H> {
         tls.incoming.keep(&data[used..], reuse);
         if !plain.is_empty() {
             let consumed = self.process(key, conn, &mut plain);
-            if let Some(tls) = conn.tls.as_mut() {
-                tls.plain.keep(&plain[consumed..], prev);
-            }
+            tls.plain.keep(&plain[consumed..], prev);
         }
         if plain.capacity() > 4 * TLS_MIN_READ_BUFFER {
             plain = Vec::new(); // after a large HTTP body
@@ -160,16 +184,26 @@ impl<H: Handler> Core<H> {
     /// and the queue sealed into records (up to a budget per round), then close_notify once a
     /// finishing connection has written everything. False: the connection failed.
     pub(super) fn write_tls(&mut self, key: usize, conn: &mut Conn<H::State>) -> bool {
-        let Conn {
-            sock,
-            phase,
-            queue,
-            tls,
-            ..
-        } = conn;
-        let Some(tls) = tls.as_mut() else {
+        let Some(mut tls) = self.tls.get_mut(key).and_then(Option::take) else {
             return true;
         };
+        let error = self.seal_and_write(conn, &mut tls);
+        self.tls[key] = Some(tls);
+        if let Some(e) = error {
+            self.fail_io(key, conn, e);
+            return false;
+        }
+        true
+    }
+
+    fn seal_and_write(
+        &mut self,
+        conn: &mut Conn<H::State>,
+        tls: &mut TlsConn,
+    ) -> Option<io::Error> {
+        let Conn {
+            sock, phase, queue, ..
+        } = conn;
         // Records are sealed into the connection's own buffer while it has a backlog, else into
         // the shard's scratch (so an idle connection holds no buffer).
         let mut out = if tls.out.is_empty() {
@@ -257,10 +291,6 @@ impl<H: Handler> Core<H> {
         if self.gather.capacity() > CORK_FLUSH_AT * 2 {
             self.gather = Vec::new();
         }
-        if let Some(e) = error {
-            self.fail_io(key, conn, e);
-            return false;
-        }
-        true
+        error
     }
 }

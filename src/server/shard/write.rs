@@ -111,6 +111,11 @@ impl<H: Handler> Core<H> {
             if conn.ext.server_takeover() || conn.ext.client_takeover() {
                 self.deflate.remove(key);
             }
+            if conn.flags & TLS != 0 {
+                if let Some(slot) = self.tls.get_mut(key) {
+                    *slot = None;
+                }
+            }
             self.notify_close(key, &mut conn, close_code::ABNORMAL, "connection dropped");
             let ext = self.exts.get_mut(key).and_then(Option::take);
             if let Some(ip) = ext.and_then(|e| e.counted_ip) {
@@ -129,7 +134,7 @@ impl<H: Handler> Core<H> {
     /// Writes what this connection has corked and queued. Returns false when the connection
     /// must be dropped (the caller removes it).
     pub(super) fn flush_conn(&mut self, key: usize, conn: &mut Conn<H::State>) -> bool {
-        let written = if conn.tls.is_some() {
+        let written = if conn.flags & TLS != 0 {
             self.write_tls(key, conn)
         } else {
             self.write_plain(key, conn)
@@ -182,7 +187,7 @@ impl<H: Handler> Core<H> {
     /// What follows a write: interest in WRITABLE, the slow-consumer policy, and the shutdown
     /// of a finished connection. False: the connection must be dropped.
     fn after_write(&mut self, key: usize, conn: &mut Conn<H::State>) -> bool {
-        let backlog = conn.queued();
+        let backlog = conn.queued() + self.tls_pending(key);
         if backlog == 0 {
             conn.queue = None;
             if conn.flags & WANT_WRITABLE != 0 {
@@ -242,7 +247,7 @@ impl<H: Handler> Core<H> {
                     let mut frame = vec![0x88, n as u8];
                     frame.extend_from_slice(&payload[..n]);
                     // (Not over TLS: records still queued would have to go first.)
-                    if conn.tls.is_none() {
+                    if conn.flags & TLS == 0 {
                         let _ = conn.sock.write(&frame);
                     }
                     return false;
