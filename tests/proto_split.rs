@@ -10,34 +10,12 @@ use fanout::proto::handshake::{
     accept_key, client_key, parse_request, parse_response, write_accept_response,
     write_client_request, DEFAULT_MAX_HEADER_BYTES,
 };
-use fanout::proto::{close_code, Decoded, Decoder, DecoderConfig, Event, OpCode, Role};
+use fanout::proto::testing::Owned;
+use fanout::proto::{close_code, Decoded, Decoder, DecoderConfig, OpCode, Role};
 use proptest::prelude::*;
 use proptest::sample::Index;
 
 // ----- harness -----
-
-/// An owned copy of an event (or of the error that ended the stream), to compare runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Owned {
-    Text(String),
-    Binary(Vec<u8>),
-    Ping(Vec<u8>),
-    Pong(Vec<u8>),
-    Close(u16, String),
-    Compressed(bool, Vec<u8>),
-    Error(u16),
-}
-
-fn own(e: &Event<'_>) -> Owned {
-    match e {
-        Event::Text(t) => Owned::Text(t.to_string()),
-        Event::Binary(b) => Owned::Binary(b.to_vec()),
-        Event::Ping(b) => Owned::Ping(b.to_vec()),
-        Event::Pong(b) => Owned::Pong(b.to_vec()),
-        Event::Close(c) => Owned::Close(c.code, c.reason.to_string()),
-        Event::Compressed { text, payload } => Owned::Compressed(*text, payload.to_vec()),
-    }
-}
 
 /// What a run left behind.
 struct Run {
@@ -64,7 +42,7 @@ fn decode_chunks(cfg: &DecoderConfig, chunks: &[&[u8]]) -> Run {
             let before = pos;
             match dec.next(cfg, &mut data[pos..]) {
                 Ok(Decoded::Event(n, e)) => {
-                    events.push(own(&e));
+                    events.push(Owned::of(&e));
                     pos += n;
                 }
                 Ok(Decoded::Progress(n)) => pos += n,

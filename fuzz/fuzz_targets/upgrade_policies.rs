@@ -41,7 +41,10 @@ fuzz_target!(|data: &[u8]| {
     if let Some(token) = find_token(&req, Some("jwt")) {
         assert!(!token.is_empty());
         let start = token.as_ptr() as usize - data.as_ptr() as usize;
-        assert!(start + token.len() <= data.len(), "the token borrows the request");
+        assert!(
+            start + token.len() <= data.len(),
+            "the token borrows the request"
+        );
         assert!(verifier().verify(token).is_err());
     }
     let allowed = origins().allows(req.origin);

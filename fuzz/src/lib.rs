@@ -2,7 +2,8 @@
 //! loop around `Decoder::next`, and a plain whole-buffer reference decoder to compare it with.
 //! Owns no target; must not be used outside `fuzz/`.
 
-use fanout::proto::{Decoded, Decoder, DecoderConfig, Event, Role};
+pub use fanout::proto::testing::Owned;
+use fanout::proto::{Decoded, Decoder, DecoderConfig, Role};
 
 /// The message size limit of the frame targets (1 MiB): large enough for any input, small
 /// enough that a header announcing a huge frame is refused from the header alone.
@@ -11,39 +12,6 @@ pub const MAX_MESSAGE: usize = 1 << 20;
 pub const TINY_MESSAGE: usize = 64;
 /// What the decoder may reserve past the bytes received (`RESERVE_AHEAD` in message.rs).
 const RESERVE_AHEAD: usize = 64 << 10;
-
-/// An owned copy of an event, or the close code of the error that ended the run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Owned {
-    Text(String),
-    Binary(Vec<u8>),
-    Ping(Vec<u8>),
-    Pong(Vec<u8>),
-    Close(u16, String),
-    Compressed(bool, Vec<u8>),
-    Error(u16),
-}
-
-fn own(e: &Event<'_>) -> Owned {
-    match e {
-        Event::Text(t) => {
-            // `Text` may be built with `from_utf8_unchecked`: check the invariant it relies on.
-            assert!(std::str::from_utf8(t.as_bytes()).is_ok(), "Text not UTF-8");
-            Owned::Text(t.to_string())
-        }
-        Event::Binary(b) => Owned::Binary(b.to_vec()),
-        Event::Ping(b) => {
-            assert!(b.len() <= 125, "ping payload over 125 bytes");
-            Owned::Ping(b.to_vec())
-        }
-        Event::Pong(b) => {
-            assert!(b.len() <= 125, "pong payload over 125 bytes");
-            Owned::Pong(b.to_vec())
-        }
-        Event::Close(c) => Owned::Close(c.code, c.reason.to_string()),
-        Event::Compressed { text, payload } => Owned::Compressed(*text, payload.to_vec()),
-    }
-}
 
 /// A frames input: byte 0 picks the options and the number (0 to 7) of read-size bytes that
 /// follow; the rest is the byte stream of the peer.
@@ -110,7 +78,7 @@ pub fn decode_reads(cfg: &DecoderConfig, reads: &[&[u8]]) -> Vec<Owned> {
             match dec.next(cfg, &mut data[pos..]) {
                 Ok(Decoded::Event(n, e)) => {
                     assert!(n <= avail, "event consumed past the input");
-                    out.push(own(&e));
+                    out.push(Owned::of(&e));
                     pos += n;
                 }
                 Ok(Decoded::Progress(n)) => {

@@ -314,28 +314,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::proto::frame::encode_frame;
 
-    /// An owned copy of an event, to compare runs.
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    pub enum Owned {
-        Text(String),
-        Binary(Vec<u8>),
-        Ping(Vec<u8>),
-        Pong(Vec<u8>),
-        Close(u16, String),
-        Compressed(bool, Vec<u8>),
-        Error(u16),
-    }
-
-    fn own(e: &Event<'_>) -> Owned {
-        match e {
-            Event::Text(t) => Owned::Text(t.to_string()),
-            Event::Binary(b) => Owned::Binary(b.to_vec()),
-            Event::Ping(b) => Owned::Ping(b.to_vec()),
-            Event::Pong(b) => Owned::Pong(b.to_vec()),
-            Event::Close(c) => Owned::Close(c.code, c.reason.to_string()),
-            Event::Compressed { text, payload } => Owned::Compressed(*text, payload.to_vec()),
-        }
-    }
+    pub use crate::proto::testing::Owned;
 
     /// Feeds `chunks` the way the server does: unconsumed bytes are kept and the next chunk is
     /// appended to them. Stops at the first error.
@@ -350,7 +329,7 @@ pub(crate) mod tests {
             loop {
                 match dec.next(cfg, &mut data[pos..]) {
                     Ok(Decoded::Event(n, e)) => {
-                        out.push(own(&e));
+                        out.push(Owned::of(&e));
                         pos += n;
                     }
                     Ok(Decoded::Progress(n)) => pos += n,

@@ -7,6 +7,8 @@ pub mod frame;
 pub mod handshake;
 pub mod mask;
 pub mod message;
+#[doc(hidden)]
+pub mod testing;
 pub mod utf8;
 
 pub use frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
