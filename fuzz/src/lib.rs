@@ -124,8 +124,9 @@ fn valid_prefix(bytes: &[u8]) -> bool {
 pub fn reference(cfg: &DecoderConfig, buf: &[u8]) -> Vec<Owned> {
     let mut out = Vec::new();
     let mut pos = 0;
-    // The data message being assembled: is it text, and its (unmasked) bytes so far.
-    let mut msg: Option<(bool, Vec<u8>)> = None;
+    // The data message being assembled: is it text, its (unmasked) bytes so far, and was it
+    // marked compressed (RSV1 on its first frame, where an extension allows RSV1).
+    let mut msg: Option<(bool, Vec<u8>, bool)> = None;
     macro_rules! fail {
         ($code:expr) => {{
             out.push(Owned::Error($code));
@@ -189,6 +190,10 @@ pub fn reference(cfg: &DecoderConfig, buf: &[u8]) -> Vec<Owned> {
         if (op == 1 || op == 2) && msg.is_some() {
             fail!(1002);
         }
+        // RSV1 means "compressed" only on the first frame of a data message.
+        if rsv & 0b100 != 0 && (control || op == 0) {
+            fail!(1002);
+        }
         let avail = (b.len() - hl) as u64;
         let unmask = |p: &[u8]| -> Vec<u8> {
             p.iter()
@@ -227,10 +232,10 @@ pub fn reference(cfg: &DecoderConfig, buf: &[u8]) -> Vec<Owned> {
         if len > cfg.max_message_size.saturating_sub(so_far) as u64 {
             fail!(1009);
         }
-        let m = msg.get_or_insert_with(|| (op == 1, Vec::new()));
+        let m = msg.get_or_insert_with(|| (op == 1, Vec::new(), rsv & 0b100 != 0));
         let take = avail.min(len) as usize;
         m.1.extend(unmask(&b[hl..hl + take]));
-        if m.0 && !valid_prefix(&m.1) {
+        if m.0 && !m.2 && !valid_prefix(&m.1) {
             fail!(1007);
         }
         if (take as u64) < len {
@@ -238,8 +243,10 @@ pub fn reference(cfg: &DecoderConfig, buf: &[u8]) -> Vec<Owned> {
         }
         pos += hl + take;
         if fin {
-            let (text, bytes) = msg.take().unwrap();
-            if text {
+            let (text, bytes, compressed) = msg.take().unwrap();
+            if compressed {
+                out.push(Owned::Compressed(text, bytes));
+            } else if text {
                 match String::from_utf8(bytes) {
                     Ok(s) => out.push(Owned::Text(s)),
                     Err(_) => fail!(1007),
