@@ -141,6 +141,14 @@ struct Driver {
     other_messages: u64,
 }
 
+/// `v` as 16 lowercase hex digits (as `format!("{v:016x}")`, without the String).
+fn hex16(v: u64, out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in out.iter_mut().take(16).enumerate() {
+        *b = DIGITS[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
+}
+
 fn us_since(t: Instant) -> u64 {
     t.elapsed().as_micros().max(1) as u64
 }
@@ -170,30 +178,36 @@ pub fn reason(err: &ClientError) -> String {
 }
 
 impl Driver {
-    fn fill_payload(&mut self, seq: u64) {
+    /// Writes the timestamp (`ts`, microseconds since t0) and sequence number into the
+    /// payload; the filler after them is written once.
+    fn fill_payload(&mut self, ts: u64, seq: u64) {
         let Some((size, _, text)) = self.echo else {
             return;
         };
-        let ts = us_since(self.t0);
-        self.payload.clear();
-        if text {
-            self.payload
-                .extend_from_slice(format!("{ts:016x}{seq:016x}").as_bytes());
-        } else {
-            self.payload.extend_from_slice(&ts.to_le_bytes());
-            self.payload.extend_from_slice(&seq.to_le_bytes());
+        // Text: the two numbers in hex (32 bytes); binary: little-endian (16 bytes).
+        let head = if text { 32 } else { 16 };
+        let size = size.max(head);
+        if self.payload.len() != size {
+            self.payload.clear();
+            self.payload.resize(head, 0);
+            while self.payload.len() < size {
+                let n = (size - self.payload.len()).min(self.fill.len());
+                self.payload.extend_from_slice(&self.fill[..n]);
+            }
         }
-        let size = size.max(self.payload.len());
-        while self.payload.len() < size {
-            let n = (size - self.payload.len()).min(self.fill.len());
-            self.payload.extend_from_slice(&self.fill[..n]);
+        if text {
+            hex16(ts, &mut self.payload[..16]);
+            hex16(seq, &mut self.payload[16..32]);
+        } else {
+            self.payload[..8].copy_from_slice(&ts.to_le_bytes());
+            self.payload[8..16].copy_from_slice(&seq.to_le_bytes());
         }
     }
 
-    fn send_one(&mut self, ctx: &mut ClientCtx<'_, ConnSt>) {
+    fn send_one(&mut self, ctx: &mut ClientCtx<'_, ConnSt>, ts: u64) {
         let seq = ctx.state().seq;
         ctx.state().seq += 1;
-        self.fill_payload(seq);
+        self.fill_payload(ts, seq);
         match self.echo {
             Some((_, _, true)) => {
                 // The payload is ASCII by construction.
@@ -266,18 +280,19 @@ impl ClientHandler for Driver {
             }
             return;
         }
+        // One clock reading times this echo and stamps the next message.
+        let now = us_since(self.t0);
         match (self.echo, self.sent_at(bytes, text)) {
             (Some((size, _, _)), Some(ts))
-                if bytes.len() == size.max(16) || bytes.len() == size =>
+                if bytes.len() == size.max(if text { 32 } else { 16 }) =>
             {
-                let now = us_since(self.t0);
                 let _ = self.rtt.record(now.saturating_sub(ts).max(1));
             }
             _ => self.mismatches += 1,
         }
         if let Some((_, pipeline, _)) = self.echo {
             if pipeline > 0 && self.echo_running && !self.closing {
-                self.send_one(ctx);
+                self.send_one(ctx, now);
             }
         }
     }
@@ -473,7 +488,7 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
                         break;
                     }
                     schedule.pop_front();
-                    if client.with_conn_and_handler(key, |d, ctx| d.send_one(ctx)) {
+                    if client.with_conn_and_handler(key, |d, ctx| d.send_one(ctx, us_since(d.t0))) {
                         schedule.push_back((due + period, key));
                     }
                 }
@@ -489,7 +504,7 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
         } else {
             for key in keys {
                 for _ in 0..echo.map_or(1, |e| e.1) {
-                    client.with_conn_and_handler(key, |d, ctx| d.send_one(ctx));
+                    client.with_conn_and_handler(key, |d, ctx| d.send_one(ctx, us_since(d.t0)));
                 }
             }
             while run_start.elapsed() < plan.duration && !stop.load(Relaxed) {
@@ -590,4 +605,18 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
         fanout_lossy_subscribers: lossy,
         fanout_other_messages: d.other_messages,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hex16;
+
+    #[test]
+    fn hex16_is_the_016x_format() {
+        for v in [0, 1, 0xabc, u64::MAX, 0x0123_4567_89ab_cdef, 1 << 63] {
+            let mut out = [0u8; 16];
+            hex16(v, &mut out);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{v:016x}"));
+        }
+    }
 }

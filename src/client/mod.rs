@@ -263,14 +263,15 @@ impl<S> ClientCtx<'_, S> {
             return;
         }
         let mask = self.rng.next();
-        // Mask a copy (compressed or not): the payload is the caller's.
-        self.scratch.clear();
+        // The payload is the caller's: what goes out is a masked copy (of the compressed bytes
+        // when compressing), made once, in the queue.
         let mut rsv = 0;
-        match self.deflate.as_mut() {
+        let body = match self.deflate.as_mut() {
             Some(d)
                 if matches!(opcode, OpCode::Text | OpCode::Binary)
                     && payload.len() >= d.c.min_size =>
             {
+                self.scratch.clear();
                 if d.own {
                     d.c.own
                         .entry(self.key)
@@ -282,25 +283,34 @@ impl<S> ClientCtx<'_, S> {
                         .compress(payload, self.scratch, true);
                 }
                 rsv = deflate::RSV1;
+                &self.scratch[..]
             }
-            _ => self.scratch.extend_from_slice(payload),
-        }
+            _ => payload,
+        };
         let mut header = [0u8; MAX_HEADER_LEN];
         let n = encode_header(
             &mut header,
             true,
             rsv,
             opcode,
-            self.scratch.len() as u64,
+            body.len() as u64,
             Some(mask),
         );
         let q = self.queue.get_or_insert_with(Default::default);
         q.push_bytes(&header[..n]);
-        apply_mask(self.scratch, mask, 0);
-        if self.scratch.len() > 16 << 10 {
-            q.push_owned(std::mem::take(self.scratch));
+        if body.len() > 16 << 10 {
+            // A large message is its own chunk, not copied again into a coalesced one.
+            let mut own = if rsv != 0 {
+                std::mem::take(self.scratch)
+            } else {
+                payload.to_vec()
+            };
+            apply_mask(&mut own, mask, 0);
+            q.push_owned(own);
         } else {
-            q.push_bytes(self.scratch);
+            q.push_bytes_then(body, |b| {
+                apply_mask(b, mask, 0);
+            });
         }
         if opcode == OpCode::Close {
             *self.flags |= CLOSE_SENT;
@@ -343,6 +353,7 @@ pub struct Client<H: ClientHandler> {
     now: u32,
     next_gen: u32,
     dirty: Vec<(usize, u32)>,
+    ready: Vec<(usize, bool, bool, bool)>,
     ticks: [u32; 3],
 }
 
@@ -377,6 +388,7 @@ impl<H: ClientHandler> Client<H> {
             now: 0,
             next_gen: 0,
             dirty: Vec::new(),
+            ready: Vec::new(),
             ticks: [
                 to_ticks(cfg.connect_timeout),
                 to_ticks(cfg.handshake_timeout),
@@ -599,19 +611,19 @@ impl<H: ClientHandler> Client<H> {
             Err(e) => return Err(e),
         }
         self.now = self.tick_now();
-        let ready: Vec<(usize, bool, bool, bool)> = self
-            .events
-            .iter()
-            .map(|e| {
-                (
-                    e.token().0,
-                    e.is_readable() || e.is_read_closed() || e.is_error(),
-                    e.is_writable() || e.is_error(),
-                    e.is_read_closed() || e.is_error(),
-                )
-            })
-            .collect();
-        for (key, readable, writable, to_eof) in ready {
+        // The events are copied out (the handlers need the reactor), into a buffer kept
+        // from turn to turn.
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
+        ready.extend(self.events.iter().map(|e| {
+            (
+                e.token().0,
+                e.is_readable() || e.is_read_closed() || e.is_error(),
+                e.is_writable() || e.is_error(),
+                e.is_read_closed() || e.is_error(),
+            )
+        }));
+        for &(key, readable, writable, to_eof) in &ready {
             if writable {
                 self.on_writable(key);
             }
@@ -619,6 +631,7 @@ impl<H: ClientHandler> Client<H> {
                 self.on_readable(key, to_eof);
             }
         }
+        self.ready = ready;
         self.fire_timers();
         self.flush_dirty();
         Ok(())
@@ -1006,14 +1019,18 @@ impl<H: ClientHandler> Client<H> {
     }
 
     fn flush_dirty(&mut self) {
-        let dirty = std::mem::take(&mut self.dirty);
-        for (key, gen) in dirty {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &(key, gen) in &dirty {
             match self.conns.get_mut(key) {
                 Some(c) if c.gen == gen => c.flags &= !DIRTY,
                 _ => continue,
             }
             self.flush_conn(key);
         }
+        // The list's buffer is kept for the next turn, with anything marked meanwhile.
+        dirty.clear();
+        dirty.append(&mut self.dirty);
+        self.dirty = dirty;
     }
 
     fn flush_conn(&mut self, key: usize) {

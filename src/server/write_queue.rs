@@ -34,6 +34,9 @@ pub struct WriteQueue {
     head_offset: usize,
     /// Bytes still to write.
     len: usize,
+    /// The last owned chunk written out, emptied and kept for the next push: a connection that
+    /// sends on and on (a client driving load) allocates its buffer once, not once per message.
+    spare: Vec<u8>,
 }
 
 pub enum Flush {
@@ -54,18 +57,30 @@ impl WriteQueue {
 
     /// Appends owned bytes, coalescing small writes into the last owned chunk.
     pub fn push_bytes(&mut self, bytes: &[u8]) {
+        self.push_bytes_then(bytes, |_| {});
+    }
+
+    /// Appends owned bytes, then lets `f` change the appended copy in place (a client masks
+    /// its payload so, copying it once).
+    pub fn push_bytes_then(&mut self, bytes: &[u8], f: impl FnOnce(&mut [u8])) {
         if bytes.is_empty() {
             return;
         }
         self.len += bytes.len();
-        if let Some(Chunk::Owned(last)) = self.chunks.back_mut() {
-            // The front chunk may be partly written; appending keeps its offset valid.
-            if last.len() + bytes.len() <= COALESCE_LIMIT {
-                last.extend_from_slice(bytes);
-                return;
-            }
+        let coalesce = matches!(self.chunks.back(),
+            Some(Chunk::Owned(last)) if last.len() + bytes.len() <= COALESCE_LIMIT);
+        if !coalesce {
+            let mut v = std::mem::take(&mut self.spare);
+            v.reserve(bytes.len());
+            self.chunks.push_back(Chunk::Owned(v));
         }
-        self.chunks.push_back(Chunk::Owned(bytes.to_vec()));
+        let Some(Chunk::Owned(last)) = self.chunks.back_mut() else {
+            unreachable!("the back chunk was just made an owned one");
+        };
+        // The front chunk may be partly written; appending keeps its offset valid.
+        let at = last.len();
+        last.extend_from_slice(bytes);
+        f(&mut last[at..]);
     }
 
     pub fn push_owned(&mut self, bytes: Vec<u8>) {
@@ -108,6 +123,26 @@ impl WriteQueue {
     pub fn flush<W: Write>(&mut self, w: &mut W) -> io::Result<(Flush, usize)> {
         let mut total = 0;
         while self.len > 0 {
+            if self.chunks.len() == 1 {
+                // One chunk: write(2), which the kernel serves more cheaply than writev(2).
+                let bytes = &self.chunks[0].bytes()[self.head_offset..];
+                let offered = bytes.len();
+                let written = match w.write(bytes) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(k) => k,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        return Ok((Flush::Blocked, total))
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                total += written;
+                self.consume(written);
+                if written < offered {
+                    return Ok((Flush::Blocked, total));
+                }
+                continue;
+            }
             let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
             let mut n = 0;
             let mut offered = 0;
@@ -121,13 +156,7 @@ impl WriteQueue {
                 offered += bytes.len();
                 n += 1;
             }
-            // One chunk: write(2), which the kernel serves more cheaply than writev(2).
-            let result = if n == 1 {
-                w.write(&slices[0])
-            } else {
-                w.write_vectored(&slices[..n])
-            };
-            let written = match result {
+            let written = match w.write_vectored(&slices[..n]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(k) => k,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -155,7 +184,12 @@ impl WriteQueue {
             if n >= left {
                 n -= left;
                 self.head_offset = 0;
-                self.chunks.pop_front();
+                if let Some(Chunk::Owned(mut v)) = self.chunks.pop_front() {
+                    if v.capacity() <= 2 * COALESCE_LIMIT && v.capacity() > self.spare.capacity() {
+                        v.clear();
+                        self.spare = v;
+                    }
+                }
             } else {
                 self.head_offset += n;
                 n = 0;
@@ -252,5 +286,25 @@ mod tests {
         assert_eq!(&w.out[..100], &[0u8; 100][..]);
         assert_eq!(&w.out[100..200], &[9u8; 100][..]);
         assert_eq!(&w.out[200..300], &[99u8; 100][..]);
+    }
+
+    #[test]
+    fn a_drained_buffer_is_reused_and_push_then_changes_only_the_copy() {
+        let mut q = WriteQueue::default();
+        let mut sink = Vec::new();
+        let payload = *b"payload";
+        q.push_bytes(b"h");
+        q.push_bytes_then(&payload, |b| b.iter_mut().for_each(|x| *x ^= 0x20));
+        assert_eq!(q.chunks.len(), 1, "small pushes coalesce");
+        let first = q.chunks[0].bytes().as_ptr();
+        assert!(matches!(q.flush(&mut sink).unwrap(), (Flush::Done, 8)));
+        assert_eq!(sink, b"hPAYLOAD");
+        assert_eq!(payload, *b"payload");
+        assert!(q.is_empty());
+        // The next message goes into the same buffer: no allocation per message.
+        q.push_bytes(b"next");
+        assert_eq!(q.chunks[0].bytes().as_ptr(), first);
+        assert!(matches!(q.flush(&mut sink).unwrap(), (Flush::Done, 4)));
+        assert_eq!(sink, b"hPAYLOADnext");
     }
 }
