@@ -306,6 +306,39 @@ fn a_non_reading_subscriber_is_cut_off_while_others_keep_receiving() {
 }
 
 #[test]
+fn a_subscriber_that_reads_late_gets_every_frame_whole_and_in_order() {
+    // Frames are written straight to an idle subscriber's socket; once its buffer is full the
+    // rest of a frame, and every frame after it, waits in the queue. Nothing may be lost,
+    // repeated or reordered across that switch.
+    let s = push_server(
+        Config {
+            write_queue_limit: 64 << 20,
+            ..Config::default()
+        },
+        default_push(),
+    );
+    let addr = s.local_addr();
+    let mut late = sub(addr, "?topics=big");
+    let sizes: Vec<usize> = (0..40).map(|i| 150_000 + i * 7_001).collect();
+    for (i, &n) in sizes.iter().enumerate() {
+        let body: String = std::iter::repeat((b'a' + (i % 26) as u8) as char)
+            .take(n)
+            .collect();
+        assert_eq!(publish(addr, "big", &body, "text/plain", KEY).0, 200);
+    }
+    for (i, &n) in sizes.iter().enumerate() {
+        let t = next_text(&mut late);
+        assert_eq!(t.len(), n, "frame {i}");
+        let c = (b'a' + (i % 26) as u8) as char;
+        assert!(t.chars().all(|x| x == c), "frame {i} holds only {c:?}");
+    }
+    assert!(
+        silent(&mut late, Duration::from_millis(100)),
+        "nothing twice"
+    );
+}
+
+#[test]
 fn metrics_reflect_connections_and_publishes() {
     let s = push_server(Config::default(), default_push());
     let addr = s.local_addr();

@@ -536,7 +536,7 @@ impl Handler for Push {
         }
         for out in std::mem::take(&mut self.outgoing) {
             self.shared.publishes.fetch_add(1, Relaxed);
-            let local = self.deliver_local(api, &out.topic, &out.frame);
+            // The other shards first, woken now, so that they fan out while this one does.
             let others = api.shards() - 1;
             for s in 0..api.shards() as u16 {
                 if s != api.index() {
@@ -551,6 +551,8 @@ impl Handler for Push {
                     );
                 }
             }
+            api.wake_posted();
+            let local = self.deliver_local(api, &out.topic, &out.frame);
             let w = Waiting {
                 reply: out.reply,
                 topic: out.topic,

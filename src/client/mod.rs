@@ -658,7 +658,9 @@ impl<H: ClientHandler> Client<H> {
             }
             conn.phase = Phase::Handshaking;
             conn.since = self.now;
-            conn.flags &= !WANT_WRITABLE;
+            // Still registered for WRITABLE (WANT_WRITABLE stays set): flush_conn below drops
+            // that interest once the handshake request is out, or every later event would
+            // come with a writable edge to serve for nothing.
             schedule(&mut self.wheel, &self.ticks, key, conn);
             if let Some(state) = conn.state.as_mut() {
                 self.handler.on_connected(key, state);
