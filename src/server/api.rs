@@ -2,13 +2,12 @@
 //! any local connection, answer a deferred HTTP request, post to other shards. Owns no state;
 //! lends the shard's connections for the length of one hook call.
 
-use std::io::Write;
 use std::sync::{mpsc, Arc};
 
 use slab::Slab;
 
 use super::compress::{Recoded, ShardDeflate};
-use super::conn::{Conn, Phase, CLOSE_SENT, DIRTY, TLS};
+use super::conn::{Conn, Phase, CLOSE_SENT, DIRTY};
 use super::handler::{ConnId, Delivery, Handler, HttpResponse};
 use super::stats::{Counter, ShardStats};
 use super::write_queue::WriteQueue;
@@ -63,11 +62,8 @@ impl<H: Handler> ShardApi<'_, H> {
         }
     }
 
-    /// Sends a frame encoded once and shared by reference (`Arc`) to an open connection of
-    /// this shard. With nothing queued ahead of it on a plaintext connection it is written at
-    /// once, straight from the shared bytes (no queue, no reference taken); what the socket
-    /// does not take, or any frame behind queued output, is queued and written at the end of
-    /// the turn with the connection's other output.
+    /// Queues a frame encoded once and shared by reference (`Arc`) on an open connection of
+    /// this shard. Written at the end of the turn, with the connection's other output.
     pub fn deliver(&mut self, id: ConnId, frame: &Arc<[u8]>) -> Delivery {
         let limit = self.write_queue_limit;
         let key = id.key as usize;
@@ -77,43 +73,18 @@ impl<H: Handler> ShardApi<'_, H> {
         if conn.phase != Phase::Open || conn.flags & CLOSE_SENT != 0 {
             return Delivery::Gone;
         }
-        let chunk = if conn.ext.on() {
-            self.deflate.recode(key, conn.ext, frame, self.stats)
-        } else {
-            Recoded::Same
-        };
-        self.stats.inc(Counter::MessagesOut);
-        // A connection with no queue has nothing pending (an emptied queue is dropped), and
-        // a TLS connection's bytes must go through its session.
-        let written = if conn.queue.is_none() && conn.flags & TLS == 0 {
-            let bytes: &[u8] = match &chunk {
-                Recoded::Same => frame,
-                Recoded::Shared(z) => z,
-                Recoded::Owned(v) => v,
-            };
-            match (&conn.sock).write(bytes) {
-                Ok(n) => {
-                    self.stats.add(Counter::BytesOut, n as u64);
-                    if n == bytes.len() {
-                        return Delivery::Queued;
-                    }
-                    n
-                }
-                // Full, or failed: the end-of-turn flush meets the same state and waits for
-                // WRITABLE or drops the connection, as for any queued output.
-                Err(_) => 0,
+        let q = conn.queue.get_or_insert_with(Box::<WriteQueue>::default);
+        if conn.ext.on() {
+            match self.deflate.recode(key, conn.ext, frame, self.stats) {
+                Recoded::Same => q.push_shared(frame.clone()),
+                Recoded::Shared(z) => q.push_shared(z),
+                Recoded::Owned(v) => q.push_owned(v),
             }
         } else {
-            0
-        };
-        let q = conn.queue.get_or_insert_with(Box::<WriteQueue>::default);
-        match chunk {
-            Recoded::Same => q.push_shared(frame.clone()),
-            Recoded::Shared(z) => q.push_shared(z),
-            Recoded::Owned(v) => q.push_owned(v),
+            q.push_shared(frame.clone());
         }
-        q.skip(written);
         let over = q.len() > limit;
+        self.stats.inc(Counter::MessagesOut);
         Self::mark_dirty(self.dirty, key, conn);
         if over {
             Delivery::SlowConsumer

@@ -174,11 +174,6 @@ impl WriteQueue {
         Ok((Flush::Done, total))
     }
 
-    /// Marks the first `n` queued bytes as written (by the caller, straight to the socket).
-    pub fn skip(&mut self, n: usize) {
-        self.consume(n.min(self.len));
-    }
-
     fn consume(&mut self, mut n: usize) {
         self.len -= n;
         while n > 0 {
