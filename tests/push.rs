@@ -321,9 +321,7 @@ fn a_subscriber_that_reads_late_gets_every_frame_whole_and_in_order() {
     let mut late = sub(addr, "?topics=big");
     let sizes: Vec<usize> = (0..40).map(|i| 150_000 + i * 7_001).collect();
     for (i, &n) in sizes.iter().enumerate() {
-        let body: String = std::iter::repeat((b'a' + (i % 26) as u8) as char)
-            .take(n)
-            .collect();
+        let body: String = std::iter::repeat_n((b'a' + (i % 26) as u8) as char, n).collect();
         assert_eq!(publish(addr, "big", &body, "text/plain", KEY).0, 200);
     }
     for (i, &n) in sizes.iter().enumerate() {
