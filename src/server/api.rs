@@ -155,7 +155,8 @@ impl<H: Handler> ShardApi<'_, H> {
     }
 
     /// Posts a message to a shard (this one included); it is handled there by
-    /// `Handler::on_shard_msg`. Shards are woken once per turn, not per message.
+    /// `Handler::on_shard_msg`. Shards are woken once per turn, not per message (or at
+    /// `wake_posted`).
     pub fn post(&mut self, shard: u16, msg: H::Msg) {
         if let Some(link) = self.links.get(shard as usize) {
             if link.tx.send(msg).is_ok() {
@@ -163,17 +164,20 @@ impl<H: Handler> ShardApi<'_, H> {
             }
         }
     }
-}
 
-impl<H: Handler> ShardApi<'_, H> {
     /// Wakes now the shards posted to so far, rather than at the end of the turn: for a
     /// message they should start on while this shard goes on working (a publish fanned out
     /// by every shard at once).
     pub fn wake_posted(&mut self) {
-        for (i, w) in self.wake.iter_mut().enumerate() {
-            if std::mem::take(w) {
-                let _ = self.links[i].waker.wake();
-            }
+        wake_marked(self.wake, self.links);
+    }
+}
+
+/// Wakes each shard marked in `wake` (posted to) and clears its mark.
+pub(crate) fn wake_marked<M>(wake: &mut [bool], links: &[ShardLink<M>]) {
+    for (w, link) in wake.iter_mut().zip(links) {
+        if std::mem::take(w) {
+            let _ = link.waker.wake();
         }
     }
 }

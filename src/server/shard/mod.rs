@@ -277,11 +277,7 @@ impl<H: Handler> Shard<H> {
     /// Wakes the shards posted to this turn.
     fn wake_peers(&mut self) {
         let c = &mut self.core;
-        for (i, w) in c.wake.iter_mut().enumerate() {
-            if std::mem::take(w) {
-                let _ = c.links[i].waker.wake();
-            }
-        }
+        crate::server::api::wake_marked(&mut c.wake, &c.links);
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
