@@ -307,9 +307,9 @@ fn a_non_reading_subscriber_is_cut_off_while_others_keep_receiving() {
 
 #[test]
 fn a_subscriber_that_reads_late_gets_every_frame_whole_and_in_order() {
-    // Frames are written straight to an idle subscriber's socket; once its buffer is full the
-    // rest of a frame, and every frame after it, waits in the queue. Nothing may be lost,
-    // repeated or reordered across that switch.
+    // The socket takes what fits of the first frames; the rest of a frame, partly written,
+    // and every frame after it wait in the queue. Nothing may be lost, repeated or reordered
+    // across partial writes.
     let s = push_server(
         Config {
             write_queue_limit: 64 << 20,

@@ -534,10 +534,10 @@ impl Handler for Push {
             r.content_type = super::metrics::METRICS_CONTENT_TYPE;
             api.respond(id, r);
         }
-        for out in std::mem::take(&mut self.outgoing) {
-            self.shared.publishes.fetch_add(1, Relaxed);
-            // The other shards first, woken now, so that they fan out while this one does.
-            let others = api.shards() - 1;
+        // The other shards get every publish of this turn first, woken now, so that they fan
+        // out while this one does its own share.
+        let outgoing = std::mem::take(&mut self.outgoing);
+        for out in &outgoing {
             for s in 0..api.shards() as u16 {
                 if s != api.index() {
                     api.post(
@@ -551,7 +551,11 @@ impl Handler for Push {
                     );
                 }
             }
-            api.wake_posted();
+        }
+        api.wake_posted();
+        let others = api.shards() - 1;
+        for out in outgoing {
+            self.shared.publishes.fetch_add(1, Relaxed);
             let local = self.deliver_local(api, &out.topic, &out.frame);
             let w = Waiting {
                 reply: out.reply,

@@ -10,6 +10,9 @@ use std::sync::Arc;
 const MAX_IOVECS: usize = 64;
 /// Small owned writes are appended to the last owned chunk up to this size.
 const COALESCE_LIMIT: usize = 16 << 10;
+/// A drained owned buffer is kept for reuse up to this capacity: enough for a client's
+/// messages, small next to a backlogged server queue (which is dropped once drained).
+const SPARE_LIMIT: usize = 4 << 10;
 
 #[derive(Debug)]
 pub enum Chunk {
@@ -123,40 +126,28 @@ impl WriteQueue {
     pub fn flush<W: Write>(&mut self, w: &mut W) -> io::Result<(Flush, usize)> {
         let mut total = 0;
         while self.len > 0 {
-            if self.chunks.len() == 1 {
-                // One chunk: write(2), which the kernel serves more cheaply than writev(2).
+            let (result, offered) = if self.chunks.len() == 1 {
+                // One chunk: write(2), which the kernel serves more cheaply than writev(2),
+                // and no iovec array to fill.
                 let bytes = &self.chunks[0].bytes()[self.head_offset..];
-                let offered = bytes.len();
-                let written = match w.write(bytes) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(k) => k,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        return Ok((Flush::Blocked, total))
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                };
-                total += written;
-                self.consume(written);
-                if written < offered {
-                    return Ok((Flush::Blocked, total));
+                (w.write(bytes), bytes.len())
+            } else {
+                let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
+                let mut n = 0;
+                let mut offered = 0;
+                for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
+                    let bytes = if i == 0 {
+                        &chunk.bytes()[self.head_offset..]
+                    } else {
+                        chunk.bytes()
+                    };
+                    slices[n] = IoSlice::new(bytes);
+                    offered += bytes.len();
+                    n += 1;
                 }
-                continue;
-            }
-            let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut n = 0;
-            let mut offered = 0;
-            for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
-                let bytes = if i == 0 {
-                    &chunk.bytes()[self.head_offset..]
-                } else {
-                    chunk.bytes()
-                };
-                slices[n] = IoSlice::new(bytes);
-                offered += bytes.len();
-                n += 1;
-            }
-            let written = match w.write_vectored(&slices[..n]) {
+                (w.write_vectored(&slices[..n]), offered)
+            };
+            let written = match result {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(k) => k,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -185,7 +176,7 @@ impl WriteQueue {
                 n -= left;
                 self.head_offset = 0;
                 if let Some(Chunk::Owned(mut v)) = self.chunks.pop_front() {
-                    if v.capacity() <= 2 * COALESCE_LIMIT && v.capacity() > self.spare.capacity() {
+                    if v.capacity() <= SPARE_LIMIT && v.capacity() > self.spare.capacity() {
                         v.clear();
                         self.spare = v;
                     }
