@@ -31,19 +31,16 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-if [ ! -x target/release/fanout ] || [ ! -x target/release/fanout-load ]; then
-    cargo build --release --workspace >&2
-fi
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
+bench_binaries missing
 OUT=bench/results
 mkdir -p "$OUT"
 STAMP=$(date -u +%Y%m%d-%H%M%S)
 WORK=$(mktemp -d)
 SERVER_PID=""
 cleanup() {
-    if [ -n "$SERVER_PID" ]; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
+    bench_stop "$SERVER_PID"
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -80,15 +77,11 @@ run_one() {
     target/release/fanout serve --listen "127.0.0.1:$PORT" --shards "$SHARDS" ${FLAGS[$mode]} \
         2>"$WORK/server.log" &
     SERVER_PID=$!
-    for _ in $(seq 200); do
-        grep -q "listening on" "$WORK/server.log" 2>/dev/null && break
-        sleep 0.05
-    done
+    bench_wait_listening "$WORK/server.log" "$SERVER_PID"
     target/release/fanout-load connect --url "ws://127.0.0.1:$PORT/?token=$TOKEN" \
         --connections "$N" --duration 1s --source-ips 127.0.0.1-127.0.0.4 \
         --server-pid "$SERVER_PID" --no-progress --json "$WORK/$mode-$round.json" >"$WORK/$mode-$round.txt" || true
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
+    bench_stop "$SERVER_PID"
     SERVER_PID=""
 }
 

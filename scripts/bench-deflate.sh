@@ -38,21 +38,16 @@ done
 FANOUT=target/release/fanout
 LOAD=target/release/fanout-load
 CODEC_DIR=bench/deflate-codec
-if [ ! -x "$FANOUT" ] || [ ! -x "$LOAD" ]; then
-    echo "building release binaries" >&2
-    cargo build --release --workspace >&2
-fi
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
+bench_binaries missing
 mkdir -p "$OUT"
 STAMP=$(date -u +%Y%m%d-%H%M%S)
 WORK=$(mktemp -d)
 SERVER_PID=""
 
 cleanup() {
-    if [ -n "$SERVER_PID" ]; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$SERVER_PID" 2>/dev/null || true
-    fi
+    bench_stop "$SERVER_PID"
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -86,8 +81,7 @@ start_server() { # flags...
     exit 1
 }
 stop_server() {
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
+    bench_stop "$SERVER_PID"
     SERVER_PID=""
 }
 # A counter from the server's /metrics.

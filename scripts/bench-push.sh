@@ -26,9 +26,9 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-if [ ! -x target/release/fanout ] || [ ! -x target/release/fanout-load ]; then
-    cargo build --release --workspace >&2
-fi
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
+bench_binaries missing
 OUT=bench/results
 mkdir -p "$OUT"
 BASE="$OUT/$(date -u +%Y%m%d-%H%M%S)-push"
@@ -36,10 +36,7 @@ WORK=$(mktemp -d)
 KEY="bench-$RANDOM$RANDOM"
 SERVER_PID=""
 cleanup() {
-    if [ -n "$SERVER_PID" ]; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
+    bench_stop "$SERVER_PID"
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -48,10 +45,7 @@ trap 'exit 130' INT TERM
 target/release/fanout serve --app push --listen "127.0.0.1:$PORT" --shards "$SHARDS" \
     --publish-key "$KEY" --write-queue-limit 4MiB 2>"$WORK/server.log" &
 SERVER_PID=$!
-for _ in $(seq 100); do
-    grep -q "listening on" "$WORK/server.log" 2>/dev/null && break
-    sleep 0.05
-done
+bench_wait_listening "$WORK/server.log" "$SERVER_PID"
 
 run() {
     local name=$1 count=$2 rate=$3

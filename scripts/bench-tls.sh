@@ -44,19 +44,16 @@ done
 
 FANOUT=target/release/fanout
 LOAD=target/release/fanout-load
-echo "== building release binaries" >&2
-cargo build --release --workspace >&2
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
+bench_binaries always
 command -v openssl >/dev/null || { echo "openssl is needed to make the test certificate" >&2; exit 2; }
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 SERVER_PIDS=()
 cleanup() {
     local rc=$?
-    for pid in "${SERVER_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${SERVER_PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-    done
+    bench_stop "${SERVER_PIDS[@]}"
     rm -rf "$WORK"
     exit "$rc"
 }
@@ -74,11 +71,7 @@ start_server() { # name port [tls flags...]
     shift 2
     "$FANOUT" serve --listen "127.0.0.1:$port" --shards "$SHARDS" "$@" 2>"$WORK/$name.log" &
     SERVER_PIDS+=("$!")
-    for _ in $(seq 100); do
-        grep -q "listening on" "$WORK/$name.log" 2>/dev/null && break
-        sleep 0.05
-    done
-    grep -q "listening on" "$WORK/$name.log" || { cat "$WORK/$name.log" >&2; exit 1; }
+    bench_wait_listening "$WORK/$name.log" "$!" || exit 1
 }
 
 run_load() { # name pid url [args...]
