@@ -70,10 +70,133 @@ fn run_until(client: &mut Client<Tally>, n: usize) {
 }
 
 #[test]
-fn many_connections_echo_and_close_cleanly() {
+fn many_connections_echo_and_close_cleanly_with_plain_calls() {
+    let client = many_connections_echo_and_close_cleanly(false);
+    assert!(!client.batching());
+    assert_eq!(client.batched_ops(), (0, 0));
+}
+
+#[test]
+fn many_connections_echo_and_close_cleanly_in_io_uring_batches() {
+    let client = many_connections_echo_and_close_cleanly(true);
+    assert!(
+        client.batching(),
+        "io_uring is available here, and no batch failed"
+    );
+    let (reads, _) = client.batched_ops();
+    // 300 connections answered at once: turns with many ready connections are batched.
+    assert!(reads >= 300, "{reads} reads batched");
+}
+
+/// Each connection answers every echo with its next message, as a load generator does:
+/// reads and writes of many connections per turn, in io_uring batches or plain calls.
+#[derive(Default)]
+struct PingPong {
+    done: usize,
+    errors: Vec<String>,
+}
+
+const ROUNDS: u32 = 30;
+
+fn ping_pong_message(round: u32) -> Vec<u8> {
+    // Every tenth a 40,000-byte one: more than a batched read's slot.
+    let len = if round % 10 == 5 {
+        40_000
+    } else {
+        20 + round as usize
+    };
+    (0..len).map(|i| (i as u32 * 7 + round) as u8).collect()
+}
+
+impl ClientHandler for PingPong {
+    type State = u32;
+
+    fn on_open(&mut self, ctx: &mut ClientCtx<'_, u32>, _: Option<&str>) {
+        ctx.send_binary(&ping_pong_message(0));
+    }
+
+    fn on_message(&mut self, ctx: &mut ClientCtx<'_, u32>, msg: Message<'_>) {
+        let round = *ctx.state();
+        match msg {
+            Message::Binary(b) if b == &ping_pong_message(round)[..] => {}
+            Message::Binary(b) => {
+                self.errors
+                    .push(format!("round {round}: a wrong echo of {} bytes", b.len()));
+                return;
+            }
+            Message::Text(t) => {
+                self.errors.push(format!("round {round}: text {t:?}"));
+                return;
+            }
+        }
+        *ctx.state() += 1;
+        if round + 1 == ROUNDS {
+            self.done += 1;
+            ctx.close(1000, "");
+        } else {
+            ctx.send_binary(&ping_pong_message(round + 1));
+        }
+    }
+
+    fn on_error(&mut self, _: usize, _: &mut u32, err: &ClientError) {
+        self.errors.push(err.to_string());
+    }
+}
+
+fn ping_pong(batch_io: bool) -> Client<PingPong> {
     let server = echo_server(config());
     let url = WsUrl::parse(&url(server.local_addr())).unwrap();
-    let mut client = Client::new(ClientConfig::default(), Tally::default()).unwrap();
+    let cfg = ClientConfig {
+        batch_io,
+        ..ClientConfig::default()
+    };
+    let mut client = Client::new(cfg, PingPong::default()).unwrap();
+    for _ in 0..200 {
+        client
+            .connect(server.local_addr(), &url, &ConnectOptions::default(), 0)
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client.is_empty() && Instant::now() < deadline {
+        client.poll(Some(Duration::from_millis(50))).unwrap();
+    }
+    let h = client.handler();
+    assert!(
+        h.errors.is_empty(),
+        "{:?}",
+        &h.errors[..h.errors.len().min(5)]
+    );
+    assert_eq!(h.done, 200);
+    client
+}
+
+#[test]
+fn ping_pong_over_many_connections_in_io_uring_batches() {
+    let client = ping_pong(true);
+    assert!(client.batching());
+    let (reads, writes) = client.batched_ops();
+    assert!(
+        reads > 1000 && writes > 1000,
+        "{reads} reads, {writes} writes batched of 6,000 each way"
+    );
+}
+
+#[test]
+fn ping_pong_over_many_connections_with_plain_calls() {
+    let client = ping_pong(false);
+    assert_eq!(client.batched_ops(), (0, 0));
+}
+
+/// 300 connections, each sending 5 short texts and one 100,000-byte binary (bigger than a
+/// batch read's slot, and its own chunk in the queue), checking every echo, then closing.
+fn many_connections_echo_and_close_cleanly(batch_io: bool) -> Client<Tally> {
+    let server = echo_server(config());
+    let url = WsUrl::parse(&url(server.local_addr())).unwrap();
+    let cfg = ClientConfig {
+        batch_io,
+        ..ClientConfig::default()
+    };
+    let mut client = Client::new(cfg, Tally::default()).unwrap();
     for _ in 0..300 {
         client
             .connect(
@@ -91,6 +214,7 @@ fn many_connections_echo_and_close_cleanly() {
     assert_eq!(t.closed.len(), 300);
     assert!(t.closed.iter().all(|&c| c == 1000), "{:?}", t.closed);
     assert!(t.errors.is_empty(), "{:?}", t.errors);
+    client
 }
 
 #[test]

@@ -176,6 +176,11 @@ struct Common {
     /// No live progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// One recv(2) or send(2) per connection instead of one io_uring submission carrying
+    /// every ready connection's read (and write) of a loop turn (the default, when the
+    /// kernel allows io_uring).
+    #[arg(long)]
+    no_batch_io: bool,
     /// wss://: trust the certificates in this PEM file (e.g. a self-signed server's)
     /// instead of the system's CA bundle.
     #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
@@ -707,6 +712,7 @@ fn make_plan(
             connect_timeout: c.connect_timeout,
             handshake_timeout: c.handshake_timeout,
             tls: None,
+            batch_io: !c.no_batch_io,
             ..ClientConfig::default()
         },
         index,

@@ -61,6 +61,18 @@ pub struct Partial {
     pub fanout_lossy_subscribers: u64,
     #[serde(default)]
     pub fanout_other_messages: u64,
+    /// CPU between the end of the ramp and the start of the close (the window the server's
+    /// `cpu_seconds_run` covers).
+    #[serde(default)]
+    pub cpu_seconds_run: f64,
+    /// Processes whose client batched its reads and writes in io_uring submissions, and the
+    /// reads and writes so carried.
+    #[serde(default)]
+    pub batching_processes: u64,
+    #[serde(default)]
+    pub batched_reads: u64,
+    #[serde(default)]
+    pub batched_writes: u64,
 }
 
 pub fn encode_hist(h: &Histogram<u64>) -> String {
@@ -108,6 +120,10 @@ impl Merged {
             p.ramp_seconds = p.ramp_seconds.max(part.ramp_seconds);
             p.run_seconds = p.run_seconds.max(part.run_seconds);
             p.cpu_seconds += part.cpu_seconds;
+            p.cpu_seconds_run += part.cpu_seconds_run;
+            p.batching_processes += part.batching_processes;
+            p.batched_reads += part.batched_reads;
+            p.batched_writes += part.batched_writes;
             p.interrupted |= part.interrupted;
             p.fanout_subscribers += part.fanout_subscribers;
             p.fanout_lost += part.fanout_lost;
@@ -218,7 +234,20 @@ pub fn print_table(
             p.echo_mismatches
         )?;
     }
-    writeln!(out, "  load generator CPU: {:.2} s", p.cpu_seconds)?;
+    writeln!(
+        out,
+        "  load generator CPU: {:.2} s ({:.2} s during run); I/O: {}",
+        p.cpu_seconds,
+        p.cpu_seconds_run,
+        if p.batching_processes > 0 {
+            format!(
+                "io_uring batches ({} reads, {} writes batched)",
+                p.batched_reads, p.batched_writes
+            )
+        } else {
+            "one syscall per read and write".to_string()
+        }
+    )?;
     if let Some(s) = server {
         write!(
             out,
@@ -305,6 +334,12 @@ pub fn json_report(
         "ramp_seconds": p.ramp_seconds,
         "run_seconds": p.run_seconds,
         "loadgen_cpu_seconds": p.cpu_seconds,
+        "loadgen_cpu_seconds_run": p.cpu_seconds_run,
+        "io": {
+            "batching_processes": p.batching_processes,
+            "batched_reads": p.batched_reads,
+            "batched_writes": p.batched_writes,
+        },
         "interrupted": p.interrupted,
         "params": extra,
     });

@@ -468,6 +468,7 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
 
     // Hold / run.
     let run_start = Instant::now();
+    let cpu_run0 = crate::procinfo::self_cpu_seconds();
     let received0 = client.handler().received;
     if echo.is_some() && !stop.load(Relaxed) {
         client.handler().echo_running = true;
@@ -556,6 +557,7 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
     }
 
     // Close.
+    let cpu_run = crate::procinfo::self_cpu_seconds() - cpu_run0;
     obs.progress(&progress(&mut client, PHASE_CLOSE, started));
     client.handler().closing = true;
     for key in client.keys() {
@@ -570,6 +572,8 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
     obs.progress(&progress(&mut client, PHASE_DONE, started));
 
     let cpu = crate::procinfo::self_cpu_seconds() - cpu0;
+    let batching = client.batching();
+    let (batched_reads, batched_writes) = client.batched_ops();
     let d = client.handler();
     let mut hists = BTreeMap::new();
     hists.insert("connect".to_string(), encode_hist(&d.connect));
@@ -604,6 +608,10 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
         fanout_duplicated: duplicated,
         fanout_lossy_subscribers: lossy,
         fanout_other_messages: d.other_messages,
+        cpu_seconds_run: cpu_run,
+        batching_processes: u64::from(batching),
+        batched_reads,
+        batched_writes,
     })
 }
 

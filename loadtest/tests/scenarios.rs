@@ -107,6 +107,32 @@ fn echo_scenario_with_pipelining_and_with_a_rate() {
     assert_eq!(v["messages"]["received"].as_u64().unwrap(), sent);
     assert_eq!(v["messages"]["mismatched"], 0);
     assert_eq!(v["latency_ms"]["rtt"]["count"].as_u64().unwrap(), sent);
+    // 100 connections pipelining: the turns carry many reads and writes, batched.
+    assert_eq!(v["io"]["batching_processes"], 1, "{}", v["io"]);
+    assert!(v["io"]["batched_reads"].as_u64().unwrap() > 0, "{}", v["io"]);
+    assert!(v["io"]["batched_writes"].as_u64().unwrap() > 0, "{}", v["io"]);
+    let run_cpu = v["loadgen_cpu_seconds_run"].as_f64().unwrap();
+    assert!(run_cpu > 0.0 && run_cpu <= v["loadgen_cpu_seconds"].as_f64().unwrap());
+    // The same with one syscall per read and write.
+    let (code, v, out) = load(&[
+        "echo",
+        "--url",
+        &url,
+        "-n",
+        "100",
+        "--duration",
+        "300ms",
+        "--pipeline",
+        "4",
+        "--no-batch-io",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let sent = v["messages"]["sent"].as_u64().unwrap();
+    assert!(sent >= 400, "{v}");
+    assert_eq!(v["messages"]["received"].as_u64().unwrap(), sent);
+    assert_eq!(v["messages"]["mismatched"], 0);
+    assert_eq!(v["io"]["batching_processes"], 0, "{}", v["io"]);
+    assert_eq!(v["io"]["batched_reads"], 0, "{}", v["io"]);
     let (code, v, out) = load(&[
         "echo",
         "--url",

@@ -165,7 +165,18 @@ impl WriteQueue {
         Ok((Flush::Done, total))
     }
 
-    fn consume(&mut self, mut n: usize) {
+    /// The bytes still to write when they are one chunk (a client that sends a message and
+    /// waits for the answer), for a caller that writes them itself and then `consume`s.
+    pub fn single(&self) -> Option<&[u8]> {
+        match self.chunks.len() {
+            1 => Some(&self.chunks[0].bytes()[self.head_offset..]),
+            _ => None,
+        }
+    }
+
+    /// Marks `n` bytes written (at most `len()`).
+    pub fn consume(&mut self, mut n: usize) {
+        n = n.min(self.len);
         self.len -= n;
         while n > 0 {
             let Some(front) = self.chunks.front() else {
