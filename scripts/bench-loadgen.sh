@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# How the load generator (fanout-load) itself does, against one fanout server, in one run:
-#   (a) connection rate: fanout-load connect opens N connections (default 10,000), and so does a
-#       plain tokio-tungstenite client (bench/peers tokio-tungstenite-client, connect_async, at
-#       most 1000 handshakes in flight, as fanout-load's default --max-in-flight); opened/s each
-#       (fanout-load: opened / ramp_seconds; the client: opened / seconds from the first connect
-#       start to the last open). The two alternate which goes first from round to round.
-#   (b) CPU: fanout-load echo with 1,000 connections, --pipeline 1, for 10 s; the generator's own
-#       CPU seconds (loadgen_cpu_seconds: whole run, its ramp and close included) against the
-#       server's (server.cpu_seconds_run: the echo run only, between ramp and close).
-# Both clients see the same server (fanout serve --shards 2 --ping-interval 0), started once.
+# How the load generator (fanout-load) itself does, in one run:
+#   (a) connection rate: fanout-load connect opens N connections (default 10,000) to fanout, and
+#       so does a plain tokio-tungstenite client (bench/peers tokio-tungstenite-client,
+#       connect_async, at most 1000 handshakes in flight, as fanout-load's default
+#       --max-in-flight); opened/s each (fanout-load: opened / ramp_seconds; the client: opened /
+#       seconds from the first connect start to the last open). They alternate going first.
+#   (b) CPU: fanout-load echo with 1,000 connections, --pipeline 1, for 10 s, against each of
+#       fanout, fastwebsockets and tokio-tungstenite (bench/peers echo servers, 2 threads each,
+#       as fanout's 2 shards); the generator's CPU seconds and the server's over the same
+#       window, the echo run between ramp and close (loadgen_cpu_seconds_run, and the server's
+#       cpu_seconds_run sampled through --server-pid), and their ratio. Servers rotate order.
+# Every server is started once, for the whole run, with --ping-interval 0 for fanout.
 # Between runs it sleeps (default 2 s) so closed connections clear, and measures the machine's
 # busy CPU meanwhile (the load from anything else). Prints a table, medians and ratios, writes
 # bench/results/<date>-loadgen.json.
 #
 # usage: scripts/bench-loadgen.sh [--connections N] [--rounds R] [--port P] [--concurrency C]
 #                                 [--echo-connections N] [--echo-duration D] [--gap SECONDS]
+#                                 [--echo-servers "fanout fastwebsockets tokio-tungstenite"]
+#                                 [--no-batch-io]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +29,8 @@ CONCURRENCY=1000
 ECHO_CONNECTIONS=1000
 ECHO_DURATION=10s
 GAP=2
+ECHO_SERVERS="fanout fastwebsockets tokio-tungstenite"
+BATCH_FLAG=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --connections) CONNECTIONS=$2; shift 2 ;;
@@ -34,39 +40,34 @@ while [ $# -gt 0 ]; do
         --echo-connections) ECHO_CONNECTIONS=$2; shift 2 ;;
         --echo-duration) ECHO_DURATION=$2; shift 2 ;;
         --gap) GAP=$2; shift 2 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        --echo-servers) ECHO_SERVERS=$2; shift 2 ;;
+        --no-batch-io) BATCH_FLAG=(--no-batch-io); shift ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
 
 LOAD=target/release/fanout-load
-SERVER=target/release/fanout
-URL="ws://127.0.0.1:$PORT/"
 OUT=bench/results
 WORK=$(mktemp -d)
-SERVER_PID=""
 CHILD_PID=""
+declare -A SPID=() SPORT=()
 
-stop_pid() {
-    local pid=$1
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-        kill "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    fi
-}
+# shellcheck source=scripts/lib/bench.sh
+source scripts/lib/bench.sh
+
 cleanup() {
     trap - EXIT INT TERM
-    stop_pid "$CHILD_PID"
-    stop_pid "$SERVER_PID"
+    bench_stop "$CHILD_PID" "${SPID[@]}"
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'echo "bench-loadgen: interrupted" >&2; exit 130' INT TERM
 
-cargo build --release --workspace >&2
+bench_binaries always
 mapfile -t PEERS < <(scripts/build-peers.sh)
 if [ "${#PEERS[@]}" -lt 3 ] || [ ! -x "${PEERS[2]}" ]; then
-    echo "bench-loadgen: scripts/build-peers.sh did not give the tokio-tungstenite-client path" >&2
+    echo "bench-loadgen: scripts/build-peers.sh did not give the three peer binaries" >&2
     exit 1
 fi
 CLIENT=${PEERS[2]}
@@ -108,37 +109,51 @@ gap() {
     echo "  idle gap: other load ${busy} cores, ${tw} sockets in TIME_WAIT, loadavg $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 }
 
-check_server() {
-    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-        echo "bench-loadgen: the server exited; its log:" >&2
-        cat "$WORK/server.log" >&2
-        exit 1
-    fi
+check_servers() {
+    local name
+    for name in "${!SPID[@]}"; do
+        if ! kill -0 "${SPID[$name]}" 2>/dev/null; then
+            echo "bench-loadgen: the $name server exited; its log:" >&2
+            cat "$WORK/$name.log" >&2
+            exit 1
+        fi
+    done
 }
 
 echo "uptime at start: $(uptime)" >&2
 UPTIME_START=$(uptime)
 
-"$SERVER" serve --listen "127.0.0.1:$PORT" --shards 2 --ping-interval 0 2>"$WORK/server.log" &
-SERVER_PID=$!
-for _ in $(seq 100); do
-    if grep -q "listening on" "$WORK/server.log" 2>/dev/null; then break; fi
-    check_server
-    sleep 0.05
+# fanout always (the connect runs use it); the peers when an echo run needs them.
+NEEDED="fanout"
+for name in $ECHO_SERVERS; do
+    case " $NEEDED " in *" $name "*) ;; *) NEEDED="$NEEDED $name" ;; esac
 done
-if ! grep -q "listening on" "$WORK/server.log"; then
-    echo "bench-loadgen: the server did not start:" >&2; cat "$WORK/server.log" >&2; exit 1
-fi
-echo "server pid $SERVER_PID on $URL" >&2
+offset=0
+for name in $NEEDED; do
+    port=$((PORT + offset)); offset=$((offset + 1))
+    case "$name" in
+        fanout) target/release/fanout serve --listen "127.0.0.1:$port" --shards 2 --ping-interval 0 \
+                    2>"$WORK/$name.log" & ;;
+        fastwebsockets) "${PEERS[1]}" --listen "127.0.0.1:$port" --threads 2 2>"$WORK/$name.log" & ;;
+        tokio-tungstenite) "${PEERS[0]}" --listen "127.0.0.1:$port" --threads 2 2>"$WORK/$name.log" & ;;
+        *) echo "bench-loadgen: unknown server $name (fanout, fastwebsockets, tokio-tungstenite)" >&2; exit 2 ;;
+    esac
+    SPID[$name]=$!
+    SPORT[$name]=$port
+    bench_wait_listening "$WORK/$name.log" "${SPID[$name]}" || exit 1
+    echo "$name: pid ${SPID[$name]} on ws://127.0.0.1:$port/" >&2
+done
+URL="ws://127.0.0.1:${SPORT[fanout]}/"
 
 run_fanout_load_connect() {
     local round=$1
     echo "round $round/$ROUNDS: fanout-load connect, $CONNECTIONS connections" >&2
     run_child "$LOAD" connect --url "$URL" --connections "$CONNECTIONS" --duration 1s \
-        --max-in-flight "$CONCURRENCY" --no-progress --json "$WORK/fanout-load-connect-$round.json" \
+        --max-in-flight "$CONCURRENCY" --no-progress "${BATCH_FLAG[@]}" \
+        --json "$WORK/fanout-load-connect-$round.json" \
         >"$WORK/fanout-load-connect-$round.txt" 2>&1 ||
         echo "  fanout-load connect exited with status $? (see figures)" >&2
-    check_server
+    check_servers
     gap "after fanout-load connect $round"
 }
 
@@ -148,11 +163,23 @@ run_tokio_client() {
     run_child "$CLIENT" --url "$URL" --connections "$CONNECTIONS" --concurrency "$CONCURRENCY" \
         --hold 1s >"$WORK/tokio-client-$round.json" 2>"$WORK/tokio-client-$round.log" ||
         echo "  tokio-tungstenite-client exited with status $?" >&2
-    check_server
+    check_servers
     gap "after tokio client $round"
 }
 
+run_echo() {
+    local round=$1 name=$2
+    echo "round $round/$ROUNDS: fanout-load echo against $name, $ECHO_CONNECTIONS connections, $ECHO_DURATION" >&2
+    run_child "$LOAD" echo --url "ws://127.0.0.1:${SPORT[$name]}/" --connections "$ECHO_CONNECTIONS" \
+        --pipeline 1 --duration "$ECHO_DURATION" --server-pid "${SPID[$name]}" --no-progress \
+        "${BATCH_FLAG[@]}" --json "$WORK/echo-$name-$round.json" >"$WORK/echo-$name-$round.txt" 2>&1 ||
+        echo "  fanout-load echo exited with status $? (see figures)" >&2
+    check_servers
+    gap "after echo against $name $round"
+}
+
 gap "before round 1"
+read -r -a ECHO_LIST <<<"$ECHO_SERVERS"
 for round in $(seq "$ROUNDS"); do
     if [ $((round % 2)) -eq 1 ]; then
         run_fanout_load_connect "$round"
@@ -161,22 +188,22 @@ for round in $(seq "$ROUNDS"); do
         run_tokio_client "$round"
         run_fanout_load_connect "$round"
     fi
-    echo "round $round/$ROUNDS: fanout-load echo, $ECHO_CONNECTIONS connections, $ECHO_DURATION" >&2
-    run_child "$LOAD" echo --url "$URL" --connections "$ECHO_CONNECTIONS" --pipeline 1 \
-        --duration "$ECHO_DURATION" --server-pid "$SERVER_PID" --no-progress \
-        --json "$WORK/fanout-load-echo-$round.json" >"$WORK/fanout-load-echo-$round.txt" 2>&1 ||
-        echo "  fanout-load echo exited with status $? (see figures)" >&2
-    check_server
-    gap "after echo $round"
+    # Each round starts the echo runs with the next server.
+    n=${#ECHO_LIST[@]}
+    for i in $(seq 0 $((n - 1))); do
+        run_echo "$round" "${ECHO_LIST[$(( (i + round - 1) % n ))]}"
+    done
 done
 UPTIME_END=$(uptime)
 echo "uptime at end: $UPTIME_END" >&2
 
 python3 - "$WORK" "$OUT/$STAMP-loadgen.json" "$CONNECTIONS" "$CONCURRENCY" "$ECHO_CONNECTIONS" \
-    "$ECHO_DURATION" "$ROUNDS" "$UPTIME_START" "$UPTIME_END" "$(nproc)" <<'PY'
+    "$ECHO_DURATION" "$ROUNDS" "$UPTIME_START" "$UPTIME_END" "$(nproc)" "$ECHO_SERVERS" \
+    "${BATCH_FLAG[*]:-}" <<'PY'
 import json, os, statistics, sys
-(work, out, conns, conc, echo_conns, echo_dur, rounds, up0, up1, ncpu) = sys.argv[1:11]
+(work, out, conns, conc, echo_conns, echo_dur, rounds, up0, up1, ncpu, echo_servers, flags) = sys.argv[1:13]
 rounds = int(rounds)
+echo_servers = echo_servers.split()
 
 def load(name):
     path = os.path.join(work, name)
@@ -196,8 +223,7 @@ def med(xs):
 
 runs = []
 for r in range(1, rounds + 1):
-    fl, tc, ec = load(f"fanout-load-connect-{r}.json"), load(f"tokio-client-{r}.json"), load(f"fanout-load-echo-{r}.json")
-    srv = (ec or {}).get("server") or {}
+    fl, tc = load(f"fanout-load-connect-{r}.json"), load(f"tokio-client-{r}.json")
     row = {
         "round": r,
         "first": "fanout-load" if r % 2 == 1 else "tokio-tungstenite-client",
@@ -213,27 +239,43 @@ for r in range(1, rounds + 1):
         "tokio_opened_per_second": tc and ratio(tc["opened"], tc["seconds"]),
         "tokio_cpu_seconds": tc and tc["cpu_seconds"],
         "tokio_errors": tc and tc.get("errors"),
-        "echo_opened": ec and ec["opened"],
-        "echo_failed": ec and ec["failed_total"],
-        "echo_run_seconds": ec and ec.get("run_seconds"),
-        "echo_messages_per_second": ec and ec["messages"]["received_per_second"],
-        "echo_loadgen_cpu_seconds": ec and ec["loadgen_cpu_seconds"],
-        "echo_server_cpu_seconds_run": srv.get("cpu_seconds_run"),
-        "echo_server_cpu_seconds_ramp": srv.get("cpu_seconds_ramp"),
+        "echo": {},
     }
     row["open_rate_ratio"] = ratio(row["fanout_load_opened_per_second"], row["tokio_opened_per_second"])
-    row["cpu_ratio"] = ratio(row["echo_loadgen_cpu_seconds"], row["echo_server_cpu_seconds_run"])
+    for name in echo_servers:
+        ec = load(f"echo-{name}-{r}.json")
+        srv = (ec or {}).get("server") or {}
+        e = {
+            "opened": ec and ec["opened"],
+            "failed": ec and ec["failed_total"],
+            "mismatched": ec and ec["messages"]["mismatched"],
+            "run_seconds": ec and ec.get("run_seconds"),
+            "messages_per_second": ec and ec["messages"]["received_per_second"],
+            "rtt_p99_ms": ec and ec["latency_ms"].get("rtt", {}).get("p99"),
+            "loadgen_cpu_seconds_run": ec and ec.get("loadgen_cpu_seconds_run"),
+            "loadgen_cpu_seconds_whole": ec and ec["loadgen_cpu_seconds"],
+            "server_cpu_seconds_run": srv.get("cpu_seconds_run"),
+            "batched_reads": ec and ec.get("io", {}).get("batched_reads"),
+            "batched_writes": ec and ec.get("io", {}).get("batched_writes"),
+        }
+        e["cpu_ratio"] = ratio(e["loadgen_cpu_seconds_run"], e["server_cpu_seconds_run"])
+        e["loadgen_us_per_message"] = ratio(e["loadgen_cpu_seconds_run"], e["messages_per_second"] and e["run_seconds"] and e["messages_per_second"] * e["run_seconds"] / 1e6)
+        e["server_us_per_message"] = ratio(e["server_cpu_seconds_run"], e["messages_per_second"] and e["run_seconds"] and e["messages_per_second"] * e["run_seconds"] / 1e6)
+        row["echo"][name] = e
     runs.append(row)
 
-keys = [k for k in runs[0] if k not in ("round", "first", "fanout_load_failed_reasons", "tokio_errors")] if runs else []
-medians = {k: med([r[k] for r in runs]) for k in keys}
-# Ratios of the medians (the per-round ratios' median is in medians too).
+connect_keys = [k for k in runs[0] if k not in ("round", "first", "fanout_load_failed_reasons", "tokio_errors", "echo")] if runs else []
+medians = {k: med([r[k] for r in runs]) for k in connect_keys}
+echo_medians = {}
+for name in echo_servers:
+    keys = runs[0]["echo"][name].keys() if runs else []
+    echo_medians[name] = {k: med([r["echo"][name][k] for r in runs]) for k in keys}
 ratios = {
     "fanout_load_over_tokio_opened_per_second": ratio(medians.get("fanout_load_opened_per_second"),
                                                       medians.get("tokio_opened_per_second")),
-    "generator_cpu_over_server_cpu_echo": ratio(medians.get("echo_loadgen_cpu_seconds"),
-                                                medians.get("echo_server_cpu_seconds_run")),
 }
+for name in echo_servers:
+    ratios[f"generator_cpu_over_{name.replace('-', '_')}_cpu_echo"] = echo_medians[name].get("cpu_ratio")
 gaps = []
 try:
     with open(os.path.join(work, "gaps.tsv")) as fh:
@@ -245,14 +287,19 @@ except OSError:
 
 report = {
     "connections": int(conns), "concurrency": int(conc), "echo_connections": int(echo_conns),
-    "echo_duration": echo_dur, "rounds": rounds, "cpus": int(ncpu),
-    "server": "fanout serve --shards 2 --ping-interval 0 (one process for the whole run)",
+    "echo_duration": echo_dur, "rounds": rounds, "cpus": int(ncpu), "loadgen_flags": flags,
+    "servers": {
+        "fanout": "fanout serve --shards 2 --ping-interval 0",
+        "fastwebsockets": "bench/peers fastwebsockets-echo --threads 2",
+        "tokio-tungstenite": "bench/peers tokio-tungstenite-echo --threads 2",
+        "note": "each started once for the whole run",
+    },
     "uptime_start": up0, "uptime_end": up1, "idle_gaps": gaps,
-    "runs": runs, "medians": medians, "ratios": ratios,
+    "runs": runs, "medians": medians, "echo_medians": echo_medians, "ratios": ratios,
     "notes": [
         "open_rate_ratio > 1: fanout-load opens connections faster than the tokio-tungstenite client",
-        "cpu_ratio < 1: the generator used less CPU than the server; the generator's figure covers "
-        "its whole echo run (ramp and close included), the server's only the echo run between them",
+        "cpu_ratio < 1: the generator used less CPU than the server, both over the echo run "
+        "(between ramp and close); the echo ratios are medians of the per-round ratios",
     ],
 }
 with open(out, "w") as fh:
@@ -262,27 +309,31 @@ def f(v, d=0):
     return "-" if v is None else f"{v:,.{d}f}"
 
 print()
-print(f"connect: {conns} connections, at most {conc} in flight; echo: {echo_conns} connections, --pipeline 1, {echo_dur}")
-print(f"{'round':<6} {'first':<7} {'fanout-load/s':>13} {'fail':>5} {'tokio/s':>9} {'fail':>5} {'ratio':>6}   "
-      f"{'echo msg/s':>10} {'gen CPU s':>9} {'srv CPU s':>9} {'ratio':>6}")
-def line(label, first, r):
+print(f"(a) connect: {conns} connections to fanout, at most {conc} in flight")
+print(f"{'round':<6} {'first':<7} {'fanout-load/s':>13} {'fail':>5} {'tokio/s':>9} {'fail':>5} {'ratio':>6}")
+def cline(label, first, r):
     print(f"{label:<6} {first:<7} {f(r['fanout_load_opened_per_second']):>13} {f(r['fanout_load_failed']):>5} "
-          f"{f(r['tokio_opened_per_second']):>9} {f(r['tokio_failed']):>5} {f(r['open_rate_ratio'], 2):>6}   "
-          f"{f(r['echo_messages_per_second']):>10} {f(r['echo_loadgen_cpu_seconds'], 2):>9} "
-          f"{f(r['echo_server_cpu_seconds_run'], 2):>9} {f(r['cpu_ratio'], 2):>6}")
+          f"{f(r['tokio_opened_per_second']):>9} {f(r['tokio_failed']):>5} {f(r['open_rate_ratio'], 2):>6}")
 for r in runs:
-    line(str(r["round"]), "fanout" if r["first"] == "fanout-load" else "tokio", r)
-line("median", "", medians)  # each column's median; the ratio columns: median of the per-round ratios
+    cline(str(r["round"]), "fanout" if r["first"] == "fanout-load" else "tokio", r)
+cline("median", "", medians)
 print()
-print(f"(a) fanout-load opened/s / tokio-tungstenite client opened/s (medians): "
-      f"{f(medians.get('fanout_load_opened_per_second'))} / {f(medians.get('tokio_opened_per_second'))} = "
-      f"{f(ratios['fanout_load_over_tokio_opened_per_second'], 2)}; median of the per-round ratios "
-      f"{f(medians.get('open_rate_ratio'), 2)}")
-print(f"(b) generator CPU / server CPU over the echo run (medians): "
-      f"{f(medians.get('echo_loadgen_cpu_seconds'), 2)} s / {f(medians.get('echo_server_cpu_seconds_run'), 2)} s = "
-      f"{f(ratios['generator_cpu_over_server_cpu_echo'], 2)}; median of the per-round ratios "
-      f"{f(medians.get('cpu_ratio'), 2)}"
-      f"  (server ramp CPU, not in the ratio: {f(medians.get('echo_server_cpu_seconds_ramp'), 2)} s)")
+print(f"(b) echo: {echo_conns} connections, --pipeline 1, {echo_dur}; CPU over the echo run {flags}")
+print(f"{'server':<18} {'round':<6} {'msg/s':>9} {'fail':>5} {'rtt p99':>8} {'gen CPU s':>9} {'srv CPU s':>9} "
+      f"{'gen us/msg':>10} {'srv us/msg':>10} {'gen/srv':>7}")
+def eline(name, label, e):
+    print(f"{name:<18} {label:<6} {f(e['messages_per_second']):>9} {f(e['failed']):>5} {f(e['rtt_p99_ms'], 1):>8} "
+          f"{f(e['loadgen_cpu_seconds_run'], 2):>9} {f(e['server_cpu_seconds_run'], 2):>9} "
+          f"{f(e['loadgen_us_per_message'], 2):>10} {f(e['server_us_per_message'], 2):>10} {f(e['cpu_ratio'], 2):>7}")
+for name in echo_servers:
+    for r in runs:
+        eline(name, str(r["round"]), r["echo"][name])
+    eline(name, "median", echo_medians[name])
+print()
+print(f"fanout-load opened/s / tokio-tungstenite client opened/s (medians): "
+      f"{f(ratios['fanout_load_over_tokio_opened_per_second'], 2)}")
+for name in echo_servers:
+    print(f"generator CPU / {name} CPU over the echo run (median of rounds): {f(echo_medians[name].get('cpu_ratio'), 2)}")
 if gaps:
     busy = [g["other_busy_cores"] for g in gaps]
     print(f"other load in the idle gaps: median {statistics.median(busy):.2f}, max {max(busy):.2f} of {ncpu} cores; "
