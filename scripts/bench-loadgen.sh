@@ -259,8 +259,9 @@ for r in range(1, rounds + 1):
             "batched_writes": ec and ec.get("io", {}).get("batched_writes"),
         }
         e["cpu_ratio"] = ratio(e["loadgen_cpu_seconds_run"], e["server_cpu_seconds_run"])
-        e["loadgen_us_per_message"] = ratio(e["loadgen_cpu_seconds_run"], e["messages_per_second"] and e["run_seconds"] and e["messages_per_second"] * e["run_seconds"] / 1e6)
-        e["server_us_per_message"] = ratio(e["server_cpu_seconds_run"], e["messages_per_second"] and e["run_seconds"] and e["messages_per_second"] * e["run_seconds"] / 1e6)
+        received = ec and ec["messages"]["received"]
+        e["loadgen_us_per_message"] = ratio(e["loadgen_cpu_seconds_run"], received and received / 1e6)
+        e["server_us_per_message"] = ratio(e["server_cpu_seconds_run"], received and received / 1e6)
         row["echo"][name] = e
     runs.append(row)
 

@@ -534,6 +534,10 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
         }
     }
     let run_seconds = run_start.elapsed().as_secs_f64();
+    let cpu_run = crate::procinfo::self_cpu_seconds() - cpu_run0;
+    // The run's end, for the server's sampler too (before the fanout count below, whose work
+    // is the generator's alone; the connections are still open).
+    obs.progress(&progress(&mut client, PHASE_CLOSE, started));
     let open_at_end = client.handler().open_now;
     // Fanout: every subscriber still open should have seen every sequence number once.
     let (mut lost, mut duplicated, mut lossy) = (0u64, 0u64, 0u64);
@@ -557,8 +561,6 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
     }
 
     // Close.
-    let cpu_run = crate::procinfo::self_cpu_seconds() - cpu_run0;
-    obs.progress(&progress(&mut client, PHASE_CLOSE, started));
     client.handler().closing = true;
     for key in client.keys() {
         client.close(key, 1000, "");
@@ -572,7 +574,8 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
     obs.progress(&progress(&mut client, PHASE_DONE, started));
 
     let cpu = crate::procinfo::self_cpu_seconds() - cpu0;
-    let batching = client.batching();
+    // A ring that failed during the run still batched until then.
+    let batching = client.batching() || client.batched_ops() != (0, 0);
     let (batched_reads, batched_writes) = client.batched_ops();
     let d = client.handler();
     let mut hists = BTreeMap::new();

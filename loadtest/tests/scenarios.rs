@@ -109,8 +109,16 @@ fn echo_scenario_with_pipelining_and_with_a_rate() {
     assert_eq!(v["latency_ms"]["rtt"]["count"].as_u64().unwrap(), sent);
     // 100 connections pipelining: the turns carry many reads and writes, batched.
     assert_eq!(v["io"]["batching_processes"], 1, "{}", v["io"]);
-    assert!(v["io"]["batched_reads"].as_u64().unwrap() > 0, "{}", v["io"]);
-    assert!(v["io"]["batched_writes"].as_u64().unwrap() > 0, "{}", v["io"]);
+    assert!(
+        v["io"]["batched_reads"].as_u64().unwrap() > 0,
+        "{}",
+        v["io"]
+    );
+    assert!(
+        v["io"]["batched_writes"].as_u64().unwrap() > 0,
+        "{}",
+        v["io"]
+    );
     let run_cpu = v["loadgen_cpu_seconds_run"].as_f64().unwrap();
     assert!(run_cpu > 0.0 && run_cpu <= v["loadgen_cpu_seconds"].as_f64().unwrap());
     // The same with one syscall per read and write.

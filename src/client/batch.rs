@@ -12,7 +12,7 @@
 use std::io;
 use std::os::fd::RawFd;
 
-use io_uring::{opcode, types, IoUring};
+use io_uring::{opcode, types, IoUring, Probe};
 
 /// Operations per submission. A turn with more ready connections is run in several.
 pub const BATCH: usize = 256;
@@ -28,7 +28,9 @@ pub enum Op<'a> {
 }
 
 pub struct Batch {
-    ring: IoUring,
+    /// Dropped when a submission fails: entries the kernel did not take go with it, so none
+    /// can run later against buffers their callers have reused.
+    ring: Option<IoUring>,
 }
 
 impl Batch {
@@ -42,14 +44,29 @@ impl Batch {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::new(BATCH as u32)?,
             Err(e) => return Err(e),
         };
-        Ok(Batch { ring })
+        // IORING_OP_SEND and _RECV came in Linux 5.6, after io_uring itself (5.1); so did the
+        // probe, whose failure means an older kernel too.
+        let mut probe = Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        if !probe.is_supported(opcode::Recv::CODE) || !probe.is_supported(opcode::Send::CODE) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "io_uring without send/recv (Linux < 5.6)",
+            ));
+        }
+        Ok(Batch { ring: Some(ring) })
+    }
+
+    /// False once a submission failed (see `run`).
+    pub fn usable(&self) -> bool {
+        self.ring.is_some()
     }
 
     /// Runs `ops` (at most `BATCH`) and writes each one's result to `out`, in order: bytes
     /// moved, or the error (`WouldBlock` when the socket had nothing to give or no room).
-    /// Returns an error only when the ring itself failed: then the operations whose `out` is
-    /// still `None` did not run, and the caller drops the ring and uses the plain calls from
-    /// then on.
+    /// Returns an error when the ring itself failed: then the operations whose `out` is still
+    /// `None` did not run, the ring is gone (`usable` is false), and every later call returns
+    /// an error without running anything: the caller makes the plain calls.
     pub fn run(
         &mut self,
         ops: &mut [Op<'_>],
@@ -58,58 +75,73 @@ impl Batch {
         assert!(ops.len() <= BATCH, "at most BATCH operations per run");
         out.clear();
         out.resize_with(ops.len(), || None);
-        if ops.is_empty() {
-            return Ok(());
+        let Some(ring) = self.ring.as_mut() else {
+            return Err(io::Error::other("the io_uring failed earlier"));
+        };
+        let result = submit_all(ring, ops, out);
+        if result.is_err() {
+            // io_uring_enter fails only for a call that took no entry (a call that took some
+            // returns their count), and what earlier calls took completed inline: no
+            // operation is in flight. The entries it never took go with the ring.
+            self.ring = None;
         }
-        {
-            let mut sq = self.ring.submission();
-            for (i, op) in ops.iter_mut().enumerate() {
-                let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
-                let entry = match op {
-                    Op::Recv(fd, buf) => {
-                        opcode::Recv::new(types::Fd(*fd), buf.as_mut_ptr(), len32(buf.len()))
-                            .flags(flags)
-                            .build()
-                    }
-                    Op::Send(fd, buf) => {
-                        opcode::Send::new(types::Fd(*fd), buf.as_ptr(), len32(buf.len()))
-                            .flags(flags)
-                            .build()
-                    }
-                }
-                .user_data(i as u64);
-                // SAFETY: the buffer outlives the operation: `run` borrows it until the
-                // operation's completion is reaped below, and it is not returned before.
-                if unsafe { sq.push(&entry) }.is_err() {
-                    // Cannot happen: the queue holds BATCH entries and is empty here.
-                    return Err(io::Error::other("io_uring submission queue full"));
-                }
-            }
-        }
-        let mut done = 0;
-        while done < ops.len() {
-            match self.ring.submit_and_wait(ops.len() - done) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // io_uring_enter fails only for a call that took no entry (a call that took
-                // some returns their count), and what earlier calls took completed inline: no
-                // operation is in flight. The caller drops the ring, and with it the entries
-                // it never took.
-                Err(e) => return Err(e),
-            }
-            for cqe in self.ring.completion() {
-                let i = cqe.user_data() as usize;
-                let r = cqe.result();
-                out[i] = Some(if r >= 0 {
-                    Ok(r as usize)
-                } else {
-                    Err(io::Error::from_raw_os_error(-r))
-                });
-                done += 1;
-            }
-        }
-        Ok(())
+        result
     }
+}
+
+fn submit_all(
+    ring: &mut IoUring,
+    ops: &mut [Op<'_>],
+    out: &mut [Option<io::Result<usize>>],
+) -> io::Result<()> {
+    if ops.is_empty() {
+        return Ok(());
+    }
+    {
+        let mut sq = ring.submission();
+        for (i, op) in ops.iter_mut().enumerate() {
+            let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+            let entry = match op {
+                Op::Recv(fd, buf) => {
+                    opcode::Recv::new(types::Fd(*fd), buf.as_mut_ptr(), len32(buf.len()))
+                        .flags(flags)
+                        .build()
+                }
+                Op::Send(fd, buf) => {
+                    opcode::Send::new(types::Fd(*fd), buf.as_ptr(), len32(buf.len()))
+                        .flags(flags)
+                        .build()
+                }
+            }
+            .user_data(i as u64);
+            // SAFETY: the buffer outlives the operation: `run` borrows it until the
+            // operation's completion is reaped below, and on any error the ring, with what
+            // it did not take, is dropped before `run` returns.
+            if unsafe { sq.push(&entry) }.is_err() {
+                // Cannot happen: the queue holds BATCH entries and is empty here.
+                return Err(io::Error::other("io_uring submission queue full"));
+            }
+        }
+    }
+    let mut done = 0;
+    while done < ops.len() {
+        match ring.submit_and_wait(ops.len() - done) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        for cqe in ring.completion() {
+            let i = cqe.user_data() as usize;
+            let r = cqe.result();
+            out[i] = Some(if r >= 0 {
+                Ok(r as usize)
+            } else {
+                Err(io::Error::from_raw_os_error(-r))
+            });
+            done += 1;
+        }
+    }
+    Ok(())
 }
 
 fn len32(n: usize) -> u32 {
@@ -239,6 +271,18 @@ mod tests {
             ),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn after_the_ring_failed_nothing_runs_and_every_result_is_none() {
+        let socks = pairs(1);
+        let mut b = batch();
+        b.ring = None; // as `run` leaves it after a failed io_uring_enter
+        assert!(!b.usable());
+        let mut ops = [Op::Send(socks[0].0.as_raw_fd(), b"never sent")];
+        let mut out = Vec::new();
+        assert!(b.run(&mut ops, &mut out).is_err());
+        assert!(matches!(out[..], [None]));
     }
 
     #[test]

@@ -841,9 +841,17 @@ impl<H: ClientHandler> Client<H> {
         ops: &mut [batch::Op<'_>],
         results: &mut Vec<Option<io::Result<usize>>>,
     ) {
-        let ok = batch.as_mut().is_some_and(|b| b.run(ops, results).is_ok());
-        if !ok {
-            *batch = None;
+        match batch.as_mut() {
+            Some(b) => {
+                let _ = b.run(ops, results);
+                if !b.usable() {
+                    *batch = None;
+                }
+            }
+            None => {
+                results.clear();
+                results.resize_with(ops.len(), || None);
+            }
         }
         *counter += results.iter().filter(|r| r.is_some()).count() as u64;
     }
@@ -1218,6 +1226,11 @@ impl<H: ClientHandler> Client<H> {
         drop(ops);
         for (i, &(key, _, _)) in part.iter().enumerate() {
             let pending = match results.get_mut(i).and_then(Option::take) {
+                Some(Ok(0)) => {
+                    // Nothing taken of a non-empty buffer: as write_out would say.
+                    self.fail(key, ClientError::Io(io::ErrorKind::WriteZero.into()));
+                    continue;
+                }
                 Some(Ok(n)) => {
                     let Some(q) = self.conns.get_mut(key).and_then(|c| c.queue.as_mut()) else {
                         continue;

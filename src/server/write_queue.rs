@@ -176,6 +176,7 @@ impl WriteQueue {
 
     /// Marks `n` bytes written (at most `len()`).
     pub fn consume(&mut self, mut n: usize) {
+        debug_assert!(n <= self.len, "consumed {n} of {} queued bytes", self.len);
         n = n.min(self.len);
         self.len -= n;
         while n > 0 {
