@@ -84,6 +84,15 @@ fn connect_scenario_counts_match_the_server() {
     assert_eq!(s.open_connections(), 0);
 }
 
+/// At least `min` messages sent, each echoed once, intact, and timed.
+fn every_message_echoed(v: &serde_json::Value, min: u64) {
+    let sent = v["messages"]["sent"].as_u64().unwrap();
+    assert!(sent >= min, "{v}");
+    assert_eq!(v["messages"]["received"].as_u64().unwrap(), sent);
+    assert_eq!(v["messages"]["mismatched"], 0);
+    assert_eq!(v["latency_ms"]["rtt"]["count"].as_u64().unwrap(), sent);
+}
+
 #[test]
 fn echo_scenario_with_pipelining_and_with_a_rate() {
     let s = server(Config::default());
@@ -102,11 +111,7 @@ fn echo_scenario_with_pipelining_and_with_a_rate() {
         "4",
     ]);
     assert_eq!(code, 0, "{out}");
-    let sent = v["messages"]["sent"].as_u64().unwrap();
-    assert!(sent >= 400, "{v}");
-    assert_eq!(v["messages"]["received"].as_u64().unwrap(), sent);
-    assert_eq!(v["messages"]["mismatched"], 0);
-    assert_eq!(v["latency_ms"]["rtt"]["count"].as_u64().unwrap(), sent);
+    every_message_echoed(&v, 400);
     // 100 connections pipelining: the turns carry many reads and writes, batched.
     assert_eq!(v["io"]["batching_processes"], 1, "{}", v["io"]);
     assert!(
@@ -135,10 +140,7 @@ fn echo_scenario_with_pipelining_and_with_a_rate() {
         "--no-batch-io",
     ]);
     assert_eq!(code, 0, "{out}");
-    let sent = v["messages"]["sent"].as_u64().unwrap();
-    assert!(sent >= 400, "{v}");
-    assert_eq!(v["messages"]["received"].as_u64().unwrap(), sent);
-    assert_eq!(v["messages"]["mismatched"], 0);
+    every_message_echoed(&v, 400);
     assert_eq!(v["io"]["batching_processes"], 0, "{}", v["io"]);
     assert_eq!(v["io"]["batched_reads"], 0, "{}", v["io"]);
     let (code, v, out) = load(&[
