@@ -41,7 +41,9 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-cargo build --release --workspace >&2
+# shellcheck source=scripts/lib/bench.sh
+source scripts/lib/bench.sh
+bench_binaries always
 mapfile -t PEERS < <(scripts/build-peers.sh)
 LOAD=target/release/fanout-load
 OUT=bench/results
@@ -51,10 +53,8 @@ WORK=$(mktemp -d)
 SERVER_PID=""
 
 cleanup() {
-    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
+    trap - EXIT INT TERM
+    bench_stop "$SERVER_PID"
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -79,16 +79,11 @@ start_server() {
         *) echo "unknown server $name" >&2; exit 2 ;;
     esac
     SERVER_PID=$!
-    for _ in $(seq 100); do
-        if grep -q "listening on" "$WORK/$name.log" 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "$name did not start:" >&2; cat "$WORK/$name.log" >&2; exit 1
+    bench_wait_listening "$WORK/$name.log" "$SERVER_PID" || { echo "($name)" >&2; exit 1; }
 }
 
 stop_server() {
-    kill "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
+    bench_stop "$SERVER_PID"
     SERVER_PID=""
     sleep 1 # let TIME_WAIT settle a little between servers
 }
@@ -143,6 +138,7 @@ for s in servers:
         "echo_rtt_p99_ms": med([r["latency_ms"].get("rtt", {}).get("p99") for r in e]),
         "echo_server_cpu_cores": med([r.get("server", {}).get("cpu_cores_run") for r in e]),
         "echo_loadgen_cpu_seconds": med([r["loadgen_cpu_seconds"] for r in e]),
+        "echo_loadgen_cpu_seconds_run": med([r.get("loadgen_cpu_seconds_run") for r in e]),
         "echo_server_cpu_seconds": med([r.get("server", {}).get("cpu_seconds_run") for r in e]),
         "runs": {"connect": len(c), "echo": len(e)},
     }
