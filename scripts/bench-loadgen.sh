@@ -5,11 +5,16 @@
 #       connect_async, at most 1000 handshakes in flight, as fanout-load's default
 #       --max-in-flight); opened/s each (fanout-load: opened / ramp_seconds; the client: opened /
 #       seconds from the first connect start to the last open). They alternate going first.
-#   (b) CPU: fanout-load echo with 1,000 connections, --pipeline 1, for 10 s, against each of
-#       fanout, fastwebsockets and tokio-tungstenite (bench/peers echo servers, 2 threads each,
-#       as fanout's 2 shards); the generator's CPU seconds and the server's over the same
-#       window, the echo run between ramp and close (loadgen_cpu_seconds_run, and the server's
-#       cpu_seconds_run sampled through --server-pid), and their ratio. Servers rotate order.
+#   (b) CPU: fanout-load echo with 1,000 connections for 10 s, against each of fanout,
+#       fastwebsockets and tokio-tungstenite (bench/peers echo servers, 2 threads each, as
+#       fanout's 2 shards), in each of the echo modes:
+#         pipeline   --pipeline 1: flat out, every answer sends the next message
+#         rate       --rate 100: 100 messages/s per connection, waking for every event
+#         rate-tick  --rate 100 --tick 100us: the same rate, reading and sending once per tick
+#                    (round trips timed by the kernel's receive timestamps)
+#       the generator's CPU seconds and the server's over the same window, the echo run
+#       between ramp and close (loadgen_cpu_seconds_run, and the server's cpu_seconds_run
+#       sampled through --server-pid), and their ratio. Servers rotate order per round.
 # Every server is started once, for the whole run, with --ping-interval 0 for fanout.
 # Between runs it sleeps (default 2 s) so closed connections clear, and measures the machine's
 # busy CPU meanwhile (the load from anything else). Prints a table, medians and ratios, writes
@@ -18,7 +23,7 @@
 # usage: scripts/bench-loadgen.sh [--connections N] [--rounds R] [--port P] [--concurrency C]
 #                                 [--echo-connections N] [--echo-duration D] [--gap SECONDS]
 #                                 [--echo-servers "fanout fastwebsockets tokio-tungstenite"]
-#                                 [--no-batch-io]
+#                                 [--echo-modes "pipeline rate rate-tick"] [--no-batch-io]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +35,7 @@ ECHO_CONNECTIONS=1000
 ECHO_DURATION=10s
 GAP=2
 ECHO_SERVERS="fanout fastwebsockets tokio-tungstenite"
+ECHO_MODES="pipeline rate rate-tick"
 BATCH_FLAG=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -41,8 +47,9 @@ while [ $# -gt 0 ]; do
         --echo-duration) ECHO_DURATION=$2; shift 2 ;;
         --gap) GAP=$2; shift 2 ;;
         --echo-servers) ECHO_SERVERS=$2; shift 2 ;;
+        --echo-modes) ECHO_MODES=$2; shift 2 ;;
         --no-batch-io) BATCH_FLAG=(--no-batch-io); shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -167,15 +174,28 @@ run_tokio_client() {
     gap "after tokio client $round"
 }
 
+mode_args() {
+    case "$1" in
+        pipeline) echo "--pipeline 1" ;;
+        rate) echo "--rate 100" ;;
+        rate-tick) echo "--rate 100 --tick 100us" ;;
+        *) echo "bench-loadgen: unknown echo mode $1 (pipeline, rate, rate-tick)" >&2; return 1 ;;
+    esac
+}
+for mode in $ECHO_MODES; do mode_args "$mode" >/dev/null || exit 2; done
+
 run_echo() {
-    local round=$1 name=$2
-    echo "round $round/$ROUNDS: fanout-load echo against $name, $ECHO_CONNECTIONS connections, $ECHO_DURATION" >&2
+    local round=$1 mode=$2 name=$3 args
+    args=$(mode_args "$mode")
+    echo "round $round/$ROUNDS: fanout-load echo ($mode: $args) against $name, $ECHO_CONNECTIONS connections, $ECHO_DURATION" >&2
+    # shellcheck disable=SC2086 # the mode's arguments are words
     run_child "$LOAD" echo --url "ws://127.0.0.1:${SPORT[$name]}/" --connections "$ECHO_CONNECTIONS" \
-        --pipeline 1 --duration "$ECHO_DURATION" --server-pid "${SPID[$name]}" --no-progress \
-        "${BATCH_FLAG[@]}" --json "$WORK/echo-$name-$round.json" >"$WORK/echo-$name-$round.txt" 2>&1 ||
+        $args --duration "$ECHO_DURATION" --server-pid "${SPID[$name]}" --no-progress \
+        "${BATCH_FLAG[@]}" --json "$WORK/echo-$mode-$name-$round.json" \
+        >"$WORK/echo-$mode-$name-$round.txt" 2>&1 ||
         echo "  fanout-load echo exited with status $? (see figures)" >&2
     check_servers
-    gap "after echo against $name $round"
+    gap "after echo ($mode) against $name $round"
 }
 
 gap "before round 1"
@@ -190,8 +210,10 @@ for round in $(seq "$ROUNDS"); do
     fi
     # Each round starts the echo runs with the next server.
     n=${#ECHO_LIST[@]}
-    for i in $(seq 0 $((n - 1))); do
-        run_echo "$round" "${ECHO_LIST[$(( (i + round - 1) % n ))]}"
+    for mode in $ECHO_MODES; do
+        for i in $(seq 0 $((n - 1))); do
+            run_echo "$round" "$mode" "${ECHO_LIST[$(( (i + round - 1) % n ))]}"
+        done
     done
 done
 UPTIME_END=$(uptime)
@@ -199,11 +221,14 @@ echo "uptime at end: $UPTIME_END" >&2
 
 python3 - "$WORK" "$OUT/$STAMP-loadgen.json" "$CONNECTIONS" "$CONCURRENCY" "$ECHO_CONNECTIONS" \
     "$ECHO_DURATION" "$ROUNDS" "$UPTIME_START" "$UPTIME_END" "$(nproc)" "$ECHO_SERVERS" \
-    "${BATCH_FLAG[*]:-}" <<'PY'
+    "${BATCH_FLAG[*]:-}" "$ECHO_MODES" <<'PY'
 import json, os, statistics, sys
-(work, out, conns, conc, echo_conns, echo_dur, rounds, up0, up1, ncpu, echo_servers, flags) = sys.argv[1:13]
+(work, out, conns, conc, echo_conns, echo_dur, rounds, up0, up1, ncpu, echo_servers, flags,
+ echo_modes) = sys.argv[1:14]
 rounds = int(rounds)
 echo_servers = echo_servers.split()
+echo_modes = echo_modes.split()
+MODE_ARGS = {"pipeline": "--pipeline 1", "rate": "--rate 100", "rate-tick": "--rate 100 --tick 100us"}
 
 def load(name):
     path = os.path.join(work, name)
@@ -242,8 +267,8 @@ for r in range(1, rounds + 1):
         "echo": {},
     }
     row["open_rate_ratio"] = ratio(row["fanout_load_opened_per_second"], row["tokio_opened_per_second"])
-    for name in echo_servers:
-        ec = load(f"echo-{name}-{r}.json")
+    for mode, name in [(m, n) for m in echo_modes for n in echo_servers]:
+        ec = load(f"echo-{mode}-{name}-{r}.json")
         srv = (ec or {}).get("server") or {}
         e = {
             "opened": ec and ec["opened"],
@@ -251,7 +276,9 @@ for r in range(1, rounds + 1):
             "mismatched": ec and ec["messages"]["mismatched"],
             "run_seconds": ec and ec.get("run_seconds"),
             "messages_per_second": ec and ec["messages"]["received_per_second"],
+            "rtt_p50_ms": ec and ec["latency_ms"].get("rtt", {}).get("p50"),
             "rtt_p99_ms": ec and ec["latency_ms"].get("rtt", {}).get("p99"),
+            "rtt_without_kernel_timestamp": ec and ec["messages"].get("rtt_without_kernel_timestamp"),
             "loadgen_cpu_seconds_run": ec and ec.get("loadgen_cpu_seconds_run"),
             "loadgen_cpu_seconds_whole": ec and ec["loadgen_cpu_seconds"],
             "server_cpu_seconds_run": srv.get("cpu_seconds_run"),
@@ -262,21 +289,24 @@ for r in range(1, rounds + 1):
         received = ec and ec["messages"]["received"]
         e["loadgen_us_per_message"] = ratio(e["loadgen_cpu_seconds_run"], received and received / 1e6)
         e["server_us_per_message"] = ratio(e["server_cpu_seconds_run"], received and received / 1e6)
-        row["echo"][name] = e
+        row["echo"][f"{mode}/{name}"] = e
     runs.append(row)
 
 connect_keys = [k for k in runs[0] if k not in ("round", "first", "fanout_load_failed_reasons", "tokio_errors", "echo")] if runs else []
 medians = {k: med([r[k] for r in runs]) for k in connect_keys}
+echo_keys = [f"{m}/{n}" for m in echo_modes for n in echo_servers]
 echo_medians = {}
-for name in echo_servers:
-    keys = runs[0]["echo"][name].keys() if runs else []
-    echo_medians[name] = {k: med([r["echo"][name][k] for r in runs]) for k in keys}
+for key in echo_keys:
+    keys = runs[0]["echo"][key].keys() if runs else []
+    echo_medians[key] = {k: med([r["echo"][key][k] for r in runs]) for k in keys}
 ratios = {
     "fanout_load_over_tokio_opened_per_second": ratio(medians.get("fanout_load_opened_per_second"),
                                                       medians.get("tokio_opened_per_second")),
 }
-for name in echo_servers:
-    ratios[f"generator_cpu_over_{name.replace('-', '_')}_cpu_echo"] = echo_medians[name].get("cpu_ratio")
+for key in echo_keys:
+    mode, name = key.split("/")
+    ratios[f"generator_cpu_over_{name.replace('-', '_')}_cpu_echo_{mode.replace('-', '_')}"] = \
+        echo_medians[key].get("cpu_ratio")
 gaps = []
 try:
     with open(os.path.join(work, "gaps.tsv")) as fh:
@@ -289,6 +319,7 @@ except OSError:
 report = {
     "connections": int(conns), "concurrency": int(conc), "echo_connections": int(echo_conns),
     "echo_duration": echo_dur, "rounds": rounds, "cpus": int(ncpu), "loadgen_flags": flags,
+    "echo_modes": {m: MODE_ARGS[m] for m in echo_modes},
     "servers": {
         "fanout": "fanout serve --shards 2 --ping-interval 0",
         "fastwebsockets": "bench/peers fastwebsockets-echo --threads 2",
@@ -319,22 +350,26 @@ for r in runs:
     cline(str(r["round"]), "fanout" if r["first"] == "fanout-load" else "tokio", r)
 cline("median", "", medians)
 print()
-print(f"(b) echo: {echo_conns} connections, --pipeline 1, {echo_dur}; CPU over the echo run {flags}")
-print(f"{'server':<18} {'round':<6} {'msg/s':>9} {'fail':>5} {'rtt p99':>8} {'gen CPU s':>9} {'srv CPU s':>9} "
-      f"{'gen us/msg':>10} {'srv us/msg':>10} {'gen/srv':>7}")
-def eline(name, label, e):
-    print(f"{name:<18} {label:<6} {f(e['messages_per_second']):>9} {f(e['failed']):>5} {f(e['rtt_p99_ms'], 1):>8} "
-          f"{f(e['loadgen_cpu_seconds_run'], 2):>9} {f(e['server_cpu_seconds_run'], 2):>9} "
+print(f"(b) echo: {echo_conns} connections, {echo_dur}; CPU over the echo run {flags}")
+for m in echo_modes:
+    print(f"    {m}: {MODE_ARGS[m]}")
+print(f"{'mode/server':<28} {'round':<6} {'msg/s':>9} {'fail':>5} {'rtt p50':>8} {'rtt p99':>8} {'gen CPU s':>9} "
+      f"{'srv CPU s':>9} {'gen us/msg':>10} {'srv us/msg':>10} {'gen/srv':>7}")
+def eline(key, label, e):
+    print(f"{key:<28} {label:<6} {f(e['messages_per_second']):>9} {f(e['failed']):>5} {f(e['rtt_p50_ms'], 3):>8} "
+          f"{f(e['rtt_p99_ms'], 3):>8} {f(e['loadgen_cpu_seconds_run'], 2):>9} {f(e['server_cpu_seconds_run'], 2):>9} "
           f"{f(e['loadgen_us_per_message'], 2):>10} {f(e['server_us_per_message'], 2):>10} {f(e['cpu_ratio'], 2):>7}")
-for name in echo_servers:
+for key in echo_keys:
     for r in runs:
-        eline(name, str(r["round"]), r["echo"][name])
-    eline(name, "median", echo_medians[name])
+        eline(key, str(r["round"]), r["echo"][key])
+    eline(key, "median", echo_medians[key])
 print()
 print(f"fanout-load opened/s / tokio-tungstenite client opened/s (medians): "
       f"{f(ratios['fanout_load_over_tokio_opened_per_second'], 2)}")
-for name in echo_servers:
-    print(f"generator CPU / {name} CPU over the echo run (median of rounds): {f(echo_medians[name].get('cpu_ratio'), 2)}")
+for key in echo_keys:
+    mode, name = key.split("/")
+    print(f"generator CPU / {name} CPU over the echo run, {mode} (median of rounds): "
+          f"{f(echo_medians[key].get('cpu_ratio'), 2)}")
 if gaps:
     busy = [g["other_busy_cores"] for g in gaps]
     print(f"other load in the idle gaps: median {statistics.median(busy):.2f}, max {max(busy):.2f} of {ncpu} cores; "

@@ -408,9 +408,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let secs = match unit.trim() {
         "" | "s" => n,
         "ms" => n / 1000.0,
+        "us" | "µs" => n / 1e6,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("`{s}`: unknown duration unit (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "`{s}`: unknown duration unit (use us, ms, s, m or h)"
+            ))
+        }
     };
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("`{s}` is not a valid duration"));
@@ -463,6 +468,8 @@ mod tests {
         assert!(parse_size("12 parsecs").is_err());
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("100us"), Ok(Duration::from_micros(100)));
+        assert_eq!(parse_duration("250µs"), Ok(Duration::from_micros(250)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         assert!(parse_duration("-1s").is_err());
     }

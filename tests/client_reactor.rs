@@ -94,6 +94,15 @@ fn many_connections_echo_and_close_cleanly_in_io_uring_batches() {
 struct PingPong {
     done: usize,
     errors: Vec<String>,
+    /// Echoes that came with a kernel receive timestamp no later than their processing.
+    stamped: usize,
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
 }
 
 const ROUNDS: u32 = 30;
@@ -117,6 +126,14 @@ impl ClientHandler for PingPong {
 
     fn on_message(&mut self, ctx: &mut ClientCtx<'_, u32>, msg: Message<'_>) {
         let round = *ctx.state();
+        if let Some(ts) = ctx.received_at_ns() {
+            let now = now_ns();
+            if ts <= now && ts + 10_000_000_000 > now {
+                self.stamped += 1;
+            } else {
+                self.errors.push(format!("receive timestamp {ts} at {now}"));
+            }
+        }
         match msg {
             Message::Binary(b) if b == &ping_pong_message(round)[..] => {}
             Message::Binary(b) => {
@@ -143,11 +160,12 @@ impl ClientHandler for PingPong {
     }
 }
 
-fn ping_pong(batch_io: bool) -> Client<PingPong> {
+fn ping_pong(batch_io: bool, rx_timestamps: bool) -> Client<PingPong> {
     let server = echo_server(config());
     let url = WsUrl::parse(&url(server.local_addr())).unwrap();
     let cfg = ClientConfig {
         batch_io,
+        rx_timestamps,
         ..ClientConfig::default()
     };
     let mut client = Client::new(cfg, PingPong::default()).unwrap();
@@ -167,12 +185,24 @@ fn ping_pong(batch_io: bool) -> Client<PingPong> {
         &h.errors[..h.errors.len().min(5)]
     );
     assert_eq!(h.done, 200);
+    if rx_timestamps {
+        // The kernel turns timestamps on from a work queue; the client asks at its start, so
+        // all should have one, but a slow work queue may miss a first echo per connection.
+        let all = 200 * ROUNDS as usize;
+        assert!(
+            h.stamped >= all - 200,
+            "{} of {all} echoes stamped",
+            h.stamped
+        );
+    } else {
+        assert_eq!(h.stamped, 0);
+    }
     client
 }
 
 #[test]
 fn ping_pong_over_many_connections_in_io_uring_batches() {
-    let client = ping_pong(true);
+    let client = ping_pong(true, false);
     assert!(client.batching());
     let (reads, writes) = client.batched_ops();
     assert!(
@@ -183,8 +213,17 @@ fn ping_pong_over_many_connections_in_io_uring_batches() {
 
 #[test]
 fn ping_pong_over_many_connections_with_plain_calls() {
-    let client = ping_pong(false);
+    let client = ping_pong(false, false);
     assert_eq!(client.batched_ops(), (0, 0));
+}
+
+#[test]
+fn kernel_receive_timestamps_reach_the_handler_in_batches_and_with_plain_calls() {
+    let batched = ping_pong(true, true);
+    let (reads, _) = batched.batched_ops();
+    assert!(reads > 1000, "{reads} reads batched");
+    let plain = ping_pong(false, true);
+    assert_eq!(plain.batched_ops(), (0, 0));
 }
 
 /// 300 connections, each sending 5 short texts and one 100,000-byte binary (bigger than a

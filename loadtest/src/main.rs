@@ -114,6 +114,12 @@ struct EchoArgs {
     /// Messages in flight per connection when no --rate is given.
     #[arg(long, default_value_t = 1)]
     pipeline: u32,
+    /// Work in ticks of this length: read what arrived and send what is due once per tick,
+    /// sleeping between, instead of waking for every answer; far less CPU on both sides
+    /// under --rate. Round trips are then timed by the kernel's receive timestamps, so the
+    /// sleep is not in them. e.g. 100us; 0: wake for every event.
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    tick: Duration,
     /// Send text frames (hex timestamp) instead of binary.
     #[arg(long)]
     text: bool,
@@ -214,6 +220,7 @@ fn main() -> ExitCode {
                 pipeline: a.pipeline,
                 rate: a.rate.unwrap_or(0.0),
                 text: a.text,
+                tick: a.tick,
                 fill: match read_fill(a) {
                     Ok(f) => f,
                     Err(e) => {

@@ -73,6 +73,9 @@ pub struct Partial {
     pub batched_reads: u64,
     #[serde(default)]
     pub batched_writes: u64,
+    /// `--tick`: echoes that came without a kernel receive timestamp (timed by the clock).
+    #[serde(default)]
+    pub rtt_unstamped: u64,
 }
 
 pub fn encode_hist(h: &Histogram<u64>) -> String {
@@ -124,6 +127,7 @@ impl Merged {
             p.batching_processes += part.batching_processes;
             p.batched_reads += part.batched_reads;
             p.batched_writes += part.batched_writes;
+            p.rtt_unstamped += part.rtt_unstamped;
             p.interrupted |= part.interrupted;
             p.fanout_subscribers += part.fanout_subscribers;
             p.fanout_lost += part.fanout_lost;
@@ -330,6 +334,7 @@ pub fn json_report(
             "received_per_second": p.messages_received as f64 / secs,
             "bytes_received": p.bytes_received,
             "mismatched": p.echo_mismatches,
+            "rtt_without_kernel_timestamp": p.rtt_unstamped,
         },
         "ramp_seconds": p.ramp_seconds,
         "run_seconds": p.run_seconds,

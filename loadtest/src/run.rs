@@ -34,6 +34,9 @@ pub enum Scenario {
         /// What fills each message after its timestamp and sequence number (cycled; empty:
         /// the byte `x`).
         fill: Arc<[u8]>,
+        /// Not zero: poll once per tick and sleep between; round trips end at the kernel's
+        /// receive timestamp.
+        tick: Duration,
     },
 }
 
@@ -139,6 +142,11 @@ struct Driver {
     subscribe: Option<String>,
     delivery: Histogram<u64>,
     other_messages: u64,
+    /// Echo stamps are CLOCK_REALTIME microseconds and round trips end at the kernel's
+    /// receive timestamp (`--tick`); else microseconds since t0 and the clock at processing.
+    kernel_ts: bool,
+    /// Echoes that came without a kernel timestamp (timed by the clock at processing).
+    rtt_unstamped: u64,
 }
 
 /// `v` as 16 lowercase hex digits (as `format!("{v:016x}")`, without the String).
@@ -151,6 +159,13 @@ fn hex16(v: u64, out: &mut [u8]) {
 
 fn us_since(t: Instant) -> u64 {
     t.elapsed().as_micros().max(1) as u64
+}
+
+/// Microseconds since the Unix epoch: the clock of the kernel's receive timestamps.
+fn real_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
 }
 
 /// A reason name for a failure, stable across runs (the JSON keys).
@@ -220,6 +235,15 @@ impl Driver {
         self.bytes_sent += self.payload.len() as u64;
     }
 
+    /// The clock reading a new message is stamped with.
+    fn stamp_now(&self) -> u64 {
+        if self.kernel_ts {
+            real_us()
+        } else {
+            us_since(self.t0)
+        }
+    }
+
     fn sent_at(&self, msg: &[u8], text: bool) -> Option<u64> {
         if text {
             let hex = std::str::from_utf8(msg.get(..16)?).ok()?;
@@ -280,13 +304,22 @@ impl ClientHandler for Driver {
             }
             return;
         }
-        // One clock reading times this echo and stamps the next message.
-        let now = us_since(self.t0);
+        // One clock reading stamps the next message, and times this echo unless the kernel
+        // said when it arrived.
+        let now = self.stamp_now();
+        let arrived = match (self.kernel_ts, ctx.received_at_ns()) {
+            (true, Some(ns)) => ns / 1000,
+            (true, None) => {
+                self.rtt_unstamped += 1;
+                now
+            }
+            (false, _) => now,
+        };
         match (self.echo, self.sent_at(bytes, text)) {
             (Some((size, _, _)), Some(ts))
                 if bytes.len() == size.max(if text { 32 } else { 16 }) =>
             {
-                let _ = self.rtt.record(now.saturating_sub(ts).max(1));
+                let _ = self.rtt.record(arrived.saturating_sub(ts).max(1));
             }
             _ => self.mismatches += 1,
         }
@@ -323,13 +356,14 @@ impl ClientHandler for Driver {
 /// Runs the plan; `stop` ends it early (Ctrl-C), still closing and reporting.
 pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Result<Partial, String> {
     let t0 = Instant::now();
-    let (echo, rate) = match plan.scenario {
-        Scenario::Connect => (None, 0.0),
+    let (echo, rate, tick_len) = match plan.scenario {
+        Scenario::Connect => (None, 0.0, Duration::ZERO),
         Scenario::Echo {
             size,
             pipeline,
             rate,
             text,
+            tick,
             ..
         } => (
             Some((
@@ -338,9 +372,11 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
                 text,
             )),
             rate,
+            tick,
         ),
-        Scenario::Fanout { .. } => (None, 0.0),
+        Scenario::Fanout { .. } => (None, 0.0, Duration::ZERO),
     };
+    let ticking = !tick_len.is_zero();
     let hold_done = |stop: &AtomicBool| {
         stop.load(Relaxed) || plan.hold_done.as_ref().is_some_and(|f| f.load(Relaxed))
     };
@@ -377,8 +413,14 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
         },
         delivery: new_hist(),
         other_messages: 0,
+        kernel_ts: ticking,
+        rtt_unstamped: 0,
     };
-    let mut client = Client::new(plan.client.clone(), driver).map_err(|e| format!("epoll: {e}"))?;
+    let cfg = ClientConfig {
+        rx_timestamps: plan.client.rx_timestamps || ticking,
+        ..plan.client.clone()
+    };
+    let mut client = Client::new(cfg, driver).map_err(|e| format!("epoll: {e}"))?;
     let mut started = 0u64;
     let mut last_progress = Instant::now();
     let cpu0 = crate::procinfo::self_cpu_seconds();
@@ -489,29 +531,43 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
                         break;
                     }
                     schedule.pop_front();
-                    if client.with_conn_and_handler(key, |d, ctx| d.send_one(ctx, us_since(d.t0))) {
+                    if client.with_conn_and_handler(key, |d, ctx| d.send_one(ctx, d.stamp_now())) {
                         schedule.push_back((due + period, key));
                     }
                 }
-                let wait = schedule
-                    .front()
-                    .map_or(Duration::from_millis(10), |(d, _)| {
-                        d.saturating_duration_since(Instant::now())
-                    })
-                    .min(Duration::from_millis(10));
-                client.poll(Some(wait)).map_err(|e| e.to_string())?;
+                if ticking {
+                    client
+                        .poll(Some(Duration::ZERO))
+                        .map_err(|e| e.to_string())?;
+                    std::thread::sleep(tick_len);
+                } else {
+                    let wait = schedule
+                        .front()
+                        .map_or(Duration::from_millis(10), |(d, _)| {
+                            d.saturating_duration_since(Instant::now())
+                        })
+                        .min(Duration::from_millis(10));
+                    client.poll(Some(wait)).map_err(|e| e.to_string())?;
+                }
                 tick(&mut client, PHASE_HOLD, started, obs);
             }
         } else {
             for key in keys {
                 for _ in 0..echo.map_or(1, |e| e.1) {
-                    client.with_conn_and_handler(key, |d, ctx| d.send_one(ctx, us_since(d.t0)));
+                    client.with_conn_and_handler(key, |d, ctx| d.send_one(ctx, d.stamp_now()));
                 }
             }
             while run_start.elapsed() < plan.duration && !stop.load(Relaxed) {
-                client
-                    .poll(Some(Duration::from_millis(10)))
-                    .map_err(|e| e.to_string())?;
+                if ticking {
+                    client
+                        .poll(Some(Duration::ZERO))
+                        .map_err(|e| e.to_string())?;
+                    std::thread::sleep(tick_len);
+                } else {
+                    client
+                        .poll(Some(Duration::from_millis(10)))
+                        .map_err(|e| e.to_string())?;
+                }
                 tick(&mut client, PHASE_HOLD, started, obs);
             }
         }
@@ -615,6 +671,7 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
         batching_processes: u64::from(batching),
         batched_reads,
         batched_writes,
+        rtt_unstamped: d.rtt_unstamped,
     })
 }
 

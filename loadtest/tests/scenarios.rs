@@ -160,6 +160,42 @@ fn echo_scenario_with_pipelining_and_with_a_rate() {
     // 50 connections at 20/s for 1 s: about 1000 messages.
     assert!((800..=1100).contains(&received), "{received}");
     assert!(stats::total(&s.stats(), Counter::MessagesIn) >= received);
+    assert_eq!(v["messages"]["rtt_without_kernel_timestamp"], 0);
+}
+
+#[test]
+fn echo_in_ticks_keeps_the_rate_and_times_round_trips_by_the_kernel() {
+    let s = server(Config::default());
+    let url = format!("ws://{}/", s.local_addr());
+    // Ticks of 20 ms: a round trip timed by the clock at processing would include up to
+    // 20 ms of sleep; the kernel's receive timestamps leave it out.
+    for processes in ["1", "2"] {
+        let (code, v, out) = load(&[
+            "echo",
+            "--url",
+            &url,
+            "-n",
+            "50",
+            "--duration",
+            "1s",
+            "--rate",
+            "20",
+            "--tick",
+            "20ms",
+            "--processes",
+            processes,
+        ]);
+        assert_eq!(code, 0, "{out}");
+        every_message_echoed(&v, 800);
+        let received = v["messages"]["received"].as_u64().unwrap();
+        assert!((800..=1100).contains(&received), "{received}");
+        assert_eq!(v["messages"]["rtt_without_kernel_timestamp"], 0, "{v}");
+        let p50 = v["latency_ms"]["rtt"]["p50"].as_f64().unwrap();
+        assert!(
+            p50 < 5.0,
+            "round trip p50 {p50} ms: the tick's sleep is in it"
+        );
+    }
 }
 
 #[test]

@@ -22,9 +22,145 @@ pub const BATCH: usize = 256;
 pub const MIN_BATCH: usize = 4;
 
 /// One socket operation: read into, or write from, a caller's buffer.
-pub enum Op<'a> {
+pub enum Op<'a, 'b> {
     Recv(RawFd, &'a mut [u8]),
+    /// A read that also takes the kernel's receive timestamp (`SO_TIMESTAMPNS`).
+    RecvMsg(RawFd, &'a mut RecvMsg<'b>),
     Send(RawFd, &'a [u8]),
+}
+
+/// `SO_TIMESTAMPNS` (asm-generic's `SO_TIMESTAMPNS_OLD`: a `struct timespec` of this ABI, 64-bit
+/// here), also the control message's type; the libc crate does not name it for Linux.
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64"
+))]
+const SO_TIMESTAMPNS: libc::c_int = 35;
+
+/// Asks the kernel to timestamp what this socket receives (software, at the receive path,
+/// CLOCK_REALTIME). Unsupported on targets whose option number is not known here. When no
+/// socket of the system had timestamps on, the kernel turns them on from a work queue: what
+/// arrives in the first moments after may still come without one.
+pub fn enable_rx_timestamps(fd: RawFd) -> io::Result<()> {
+    #[cfg(any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    ))]
+    {
+        let on: libc::c_int = 1;
+        // SAFETY: a plain setsockopt with a c_int that lives through the call.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                SO_TIMESTAMPNS,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+    #[cfg(not(any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    )))]
+    {
+        let _ = fd;
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// A `recvmsg` into `data` with room for the receive timestamp. The header's pointers are set
+/// when it is used (`prepare`), while it is borrowed and cannot move.
+pub struct RecvMsg<'b> {
+    data: &'b mut [u8],
+    iov: libc::iovec,
+    hdr: libc::msghdr,
+    /// Control messages (one timestamp needs 32 bytes), u64-aligned as cmsghdr wants.
+    ctrl: [u64; 8],
+}
+
+impl<'b> RecvMsg<'b> {
+    pub fn new(data: &'b mut [u8]) -> Self {
+        RecvMsg {
+            data,
+            iov: libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            },
+            // SAFETY: msghdr is plain data; all-zero is its empty value.
+            hdr: unsafe { std::mem::zeroed() },
+            ctrl: [0; 8],
+        }
+    }
+
+    fn prepare(&mut self) -> *mut libc::msghdr {
+        self.iov = libc::iovec {
+            iov_base: self.data.as_mut_ptr().cast(),
+            iov_len: self.data.len(),
+        };
+        // SAFETY: as in `new`.
+        self.hdr = unsafe { std::mem::zeroed() };
+        self.hdr.msg_iov = &mut self.iov;
+        self.hdr.msg_iovlen = 1;
+        self.hdr.msg_control = self.ctrl.as_mut_ptr().cast();
+        self.hdr.msg_controllen = std::mem::size_of_val(&self.ctrl) as _;
+        &mut self.hdr
+    }
+
+    /// After the receive: the kernel's receive time of the last segment read, in
+    /// nanoseconds since the Unix epoch, when the socket has timestamps enabled.
+    pub fn timestamp_ns(&self) -> Option<u64> {
+        #[cfg(any(
+            target_arch = "x86_64",
+            target_arch = "aarch64",
+            target_arch = "riscv64"
+        ))]
+        {
+            if self.hdr.msg_control.is_null() {
+                return None;
+            }
+            // SAFETY: the header was prepared over `ctrl` and the kernel set msg_controllen
+            // to what it wrote there; the CMSG_* walk stays within that length.
+            unsafe {
+                let mut c = libc::CMSG_FIRSTHDR(&self.hdr);
+                while !c.is_null() {
+                    if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == SO_TIMESTAMPNS {
+                        let ts: libc::timespec =
+                            std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                        return Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+                    }
+                    c = libc::CMSG_NXTHDR(&self.hdr, c);
+                }
+            }
+            None
+        }
+        #[cfg(not(any(
+            target_arch = "x86_64",
+            target_arch = "aarch64",
+            target_arch = "riscv64"
+        )))]
+        None
+    }
+}
+
+/// A plain (non-batched) `recvmsg` with MSG_DONTWAIT.
+pub fn recv_msg(fd: RawFd, m: &mut RecvMsg<'_>) -> io::Result<usize> {
+    let hdr = m.prepare();
+    // SAFETY: `hdr` points into `m`, which is borrowed for the call, and at its buffers.
+    let n = unsafe { libc::recvmsg(fd, hdr, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 pub struct Batch {
@@ -48,7 +184,14 @@ impl Batch {
         // probe, whose failure means an older kernel too.
         let mut probe = Probe::new();
         ring.submitter().register_probe(&mut probe)?;
-        if !probe.is_supported(opcode::Recv::CODE) || !probe.is_supported(opcode::Send::CODE) {
+        if ![
+            opcode::Recv::CODE,
+            opcode::RecvMsg::CODE,
+            opcode::Send::CODE,
+        ]
+        .iter()
+        .all(|&op| probe.is_supported(op))
+        {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "io_uring without send/recv (Linux < 5.6)",
@@ -69,7 +212,7 @@ impl Batch {
     /// an error without running anything: the caller makes the plain calls.
     pub fn run(
         &mut self,
-        ops: &mut [Op<'_>],
+        ops: &mut [Op<'_, '_>],
         out: &mut Vec<Option<io::Result<usize>>>,
     ) -> io::Result<()> {
         assert!(ops.len() <= BATCH, "at most BATCH operations per run");
@@ -91,7 +234,7 @@ impl Batch {
 
 fn submit_all(
     ring: &mut IoUring,
-    ops: &mut [Op<'_>],
+    ops: &mut [Op<'_, '_>],
     out: &mut [Option<io::Result<usize>>],
 ) -> io::Result<()> {
     if ops.is_empty() {
@@ -107,6 +250,9 @@ fn submit_all(
                         .flags(flags)
                         .build()
                 }
+                Op::RecvMsg(fd, m) => opcode::RecvMsg::new(types::Fd(*fd), m.prepare())
+                    .flags(flags as u32)
+                    .build(),
                 Op::Send(fd, buf) => {
                     opcode::Send::new(types::Fd(*fd), buf.as_ptr(), len32(buf.len()))
                         .flags(flags)
@@ -182,7 +328,7 @@ mod tests {
         }
         // The data is in (loopback delivers during write), so the reads complete at once.
         let mut bufs = vec![[0u8; 64]; 5];
-        let mut ops: Vec<Op<'_>> = socks
+        let mut ops: Vec<Op<'_, '_>> = socks
             .iter()
             .zip(bufs.iter_mut())
             .map(|((s, _), b)| Op::Recv(s.as_raw_fd(), &mut b[..]))
@@ -205,7 +351,7 @@ mod tests {
     fn writes_reach_each_peer_and_a_short_buffer_takes_what_fits() {
         let socks = pairs(4);
         let msgs: Vec<Vec<u8>> = (0..4).map(|i| vec![b'a' + i as u8; 100 + i]).collect();
-        let mut ops: Vec<Op<'_>> = socks
+        let mut ops: Vec<Op<'_, '_>> = socks
             .iter()
             .zip(&msgs)
             .map(|((s, _), m)| Op::Send(s.as_raw_fd(), &m[..]))
@@ -271,6 +417,64 @@ mod tests {
             ),
             "{e:?}"
         );
+    }
+
+    fn now_ns() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    }
+
+    #[test]
+    fn receive_timestamps_come_with_batched_and_plain_reads_and_predate_the_read() {
+        let mut socks = pairs(3);
+        for (a, _) in &socks[..2] {
+            enable_rx_timestamps(a.as_raw_fd()).unwrap();
+        }
+        // The first socket of the system to ask turns timestamping on for all, from a work
+        // queue: give it a moment.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let before = now_ns();
+        for (_, peer) in socks.iter_mut() {
+            peer.write_all(b"stamped").unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let after = now_ns();
+        // Batched: two stamped sockets and one without timestamps enabled.
+        let mut bufs = [[0u8; 16]; 3];
+        let mut msgs: Vec<RecvMsg<'_>> =
+            bufs.iter_mut().map(|b| RecvMsg::new(&mut b[..])).collect();
+        let mut ops: Vec<Op<'_, '_>> = socks
+            .iter()
+            .zip(msgs.iter_mut())
+            .map(|((s, _), m)| Op::RecvMsg(s.as_raw_fd(), m))
+            .collect();
+        let mut out = Vec::new();
+        batch().run(&mut ops, &mut out).unwrap();
+        drop(ops);
+        for (i, m) in msgs.iter().enumerate() {
+            assert_eq!(out[i].as_ref().unwrap().as_ref().unwrap(), &7);
+            match (i, m.timestamp_ns()) {
+                // Received during the write, 30 ms before this read.
+                (0 | 1, Some(ts)) => assert!(ts >= before && ts <= after, "{before} {ts} {after}"),
+                (2, None) => {}
+                other => panic!("socket {}: timestamp {:?}", other.0, other.1),
+            }
+        }
+        drop(msgs);
+        assert_eq!(&bufs[0][..7], b"stamped");
+        // Plain.
+        socks[0].1.write_all(b"again").unwrap();
+        let mut buf = [0u8; 16];
+        let mut m = RecvMsg::new(&mut buf);
+        assert_eq!(recv_msg(socks[0].0.as_raw_fd(), &mut m).unwrap(), 5);
+        assert!(m
+            .timestamp_ns()
+            .is_some_and(|ts| ts >= after && ts <= now_ns()));
+        let mut m = RecvMsg::new(&mut buf);
+        let e = recv_msg(socks[0].0.as_raw_fd(), &mut m).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
     }
 
     #[test]

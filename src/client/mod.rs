@@ -49,6 +49,10 @@ pub struct ClientConfig {
     /// falls back to the plain calls when io_uring is unavailable). Keeps up to 4 MiB of read
     /// buffers, 16 KiB per connection read in the largest batch so far.
     pub batch_io: bool,
+    /// Have the kernel timestamp what each socket receives, and hand it to the handler
+    /// (`ClientCtx::received_at_ns`): a reader that looks at its sockets late still knows when
+    /// the bytes arrived. Plain `ws://` connections.
+    pub rx_timestamps: bool,
 }
 
 impl Default for ClientConfig {
@@ -62,6 +66,7 @@ impl Default for ClientConfig {
             deflate_min_size: 0,
             tls: None,
             batch_io: true,
+            rx_timestamps: false,
         }
     }
 }
@@ -250,6 +255,9 @@ pub struct ClientCtx<'a, S> {
     scratch: &'a mut Vec<u8>,
     /// The reactor's compressor, when this connection negotiated permessage-deflate.
     deflate: Option<CtxDeflate<'a>>,
+    /// The kernel's receive time of the read that completed the current message (ns since
+    /// the Unix epoch), 0 when unknown.
+    rx_ns: u64,
 }
 
 impl<S> ClientCtx<'_, S> {
@@ -259,6 +267,13 @@ impl<S> ClientCtx<'_, S> {
 
     pub fn state(&mut self) -> &mut S {
         self.state
+    }
+
+    /// With `ClientConfig::rx_timestamps`, in `on_message` (and `on_open`): when the kernel
+    /// received the last of the bytes read with this message (its last segment, or a later one
+    /// read in the same call), in nanoseconds since the Unix epoch (CLOCK_REALTIME).
+    pub fn received_at_ns(&self) -> Option<u64> {
+        (self.rx_ns != 0).then_some(self.rx_ns)
     }
 
     pub fn queued_bytes(&self) -> usize {
@@ -371,6 +386,12 @@ pub struct Client<H: ClientHandler> {
     results: Vec<Option<io::Result<usize>>>,
     /// Reads and writes carried in io_uring submissions so far.
     batched_ops: [u64; 2],
+    /// The kernel's receive time of the bytes being processed (`rx_timestamps`), or 0.
+    rx_ns: u64,
+    /// With `rx_timestamps`: a socket that asks for them from the start, so the kernel has
+    /// turned them on (it does so from a work queue, for the whole system) before the first
+    /// connection receives.
+    _ts_keeper: Option<std::net::UdpSocket>,
 }
 
 /// Bytes of the batch arena per connection: a read that fills its slot is continued with
@@ -385,6 +406,14 @@ impl<H: ClientHandler> Client<H> {
     pub fn new(cfg: ClientConfig, handler: H) -> io::Result<Self> {
         let batch = if cfg.batch_io {
             batch::Batch::new().ok()
+        } else {
+            None
+        };
+        let ts_keeper = if cfg.rx_timestamps {
+            use std::os::fd::AsRawFd;
+            let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            batch::enable_rx_timestamps(s.as_raw_fd())?;
+            Some(s)
         } else {
             None
         };
@@ -424,6 +453,8 @@ impl<H: ClientHandler> Client<H> {
             batched: Vec::new(),
             results: Vec::new(),
             batched_ops: [0; 2],
+            rx_ns: 0,
+            _ts_keeper: ts_keeper,
             cfg,
         })
     }
@@ -469,6 +500,10 @@ impl<H: ClientHandler> Client<H> {
             .map_err(ClientError::Connect)?;
         socket.set_nonblocking(true).map_err(ClientError::Connect)?;
         socket.set_tcp_nodelay(true).map_err(ClientError::Connect)?;
+        if self.cfg.rx_timestamps && !url.tls {
+            use std::os::fd::AsRawFd;
+            batch::enable_rx_timestamps(socket.as_raw_fd()).map_err(ClientError::Connect)?;
+        }
         if let Some(src) = opts.source {
             // Without a port, the kernel picks it at connect() per destination, so each source
             // address has the whole ephemeral range for each server address.
@@ -597,6 +632,7 @@ impl<H: ClientHandler> Client<H> {
             rng: &mut self.rng,
             scratch: &mut self.scratch,
             deflate,
+            rx_ns: 0,
         };
         f(&mut self.handler, &mut ctx);
         if conn.flags & CLOSE_SENT != 0 && conn.phase == Phase::Open {
@@ -756,7 +792,16 @@ impl<H: ClientHandler> Client<H> {
             }
             rbuf[..kept].copy_from_slice(&conn.stash);
             let space = rbuf.len() - kept;
-            let result = conn.sock.read(&mut rbuf[kept..]);
+            let mut rx_ns = 0;
+            let result = if self.cfg.rx_timestamps {
+                use std::os::fd::AsRawFd;
+                let mut m = batch::RecvMsg::new(&mut rbuf[kept..]);
+                let r = batch::recv_msg(conn.sock.as_raw_fd(), &mut m);
+                rx_ns = m.timestamp_ns().unwrap_or(0);
+                r
+            } else {
+                conn.sock.read(&mut rbuf[kept..])
+            };
             let n = match result {
                 Ok(0) => {
                     self.rbuf = rbuf;
@@ -773,7 +818,9 @@ impl<H: ClientHandler> Client<H> {
                 }
             };
             let total = kept + n;
+            self.rx_ns = rx_ns;
             self.process_and_keep(key, &mut rbuf[..total]);
+            self.rx_ns = 0;
             self.rbuf = rbuf;
             if n < space && !to_eof {
                 break;
@@ -792,11 +839,26 @@ impl<H: ClientHandler> Client<H> {
             arena.resize(part.len() * SLOT, 0);
         }
         let mut results = std::mem::take(&mut self.results);
+        // With receive timestamps each read is a recvmsg with its own header.
+        let mut msgs = Vec::new();
         let mut ops = Vec::with_capacity(part.len());
+        let mut fds = Vec::with_capacity(part.len());
         for (&(key, _, kept), slot) in part.iter().zip(arena.chunks_mut(SLOT)) {
             let conn = &self.conns[key];
             slot[..kept].copy_from_slice(&conn.stash);
-            ops.push(batch::Op::Recv(conn.sock.as_raw_fd(), &mut slot[kept..]));
+            if self.cfg.rx_timestamps {
+                msgs.push(batch::RecvMsg::new(&mut slot[kept..]));
+            } else {
+                ops.push(batch::Op::Recv(conn.sock.as_raw_fd(), &mut slot[kept..]));
+            }
+            fds.push(conn.sock.as_raw_fd());
+        }
+        if self.cfg.rx_timestamps {
+            ops.extend(
+                msgs.iter_mut()
+                    .zip(&fds)
+                    .map(|(m, &fd)| batch::Op::RecvMsg(fd, m)),
+            );
         }
         Self::run_batch(
             &mut self.batch,
@@ -805,6 +867,8 @@ impl<H: ClientHandler> Client<H> {
             &mut results,
         );
         drop(ops);
+        let stamps: Vec<u64> = msgs.iter().map(|m| m.timestamp_ns().unwrap_or(0)).collect();
+        drop(msgs);
         for (i, &(key, gen, kept)) in part.iter().enumerate() {
             // A handler run for an earlier connection of the batch may have closed this one
             // (and its key may serve a new connection).
@@ -815,7 +879,9 @@ impl<H: ClientHandler> Client<H> {
                 Some(Ok(0)) => self.on_eof(key),
                 Some(Ok(n)) => {
                     let slot = &mut arena[i * SLOT..(i + 1) * SLOT];
+                    self.rx_ns = stamps.get(i).copied().unwrap_or(0);
                     self.process_and_keep(key, &mut slot[..kept + n]);
+                    self.rx_ns = 0;
                     if kept + n == SLOT {
                         self.on_readable(key, false);
                     } else {
@@ -838,7 +904,7 @@ impl<H: ClientHandler> Client<H> {
     fn run_batch(
         batch: &mut Option<batch::Batch>,
         counter: &mut u64,
-        ops: &mut [batch::Op<'_>],
+        ops: &mut [batch::Op<'_, '_>],
         results: &mut Vec<Option<io::Result<usize>>>,
     ) {
         match batch.as_mut() {
@@ -1005,6 +1071,7 @@ impl<H: ClientHandler> Client<H> {
                     rng: &mut self.rng,
                     scratch: &mut self.scratch,
                     deflate,
+                    rx_ns: self.rx_ns,
                 };
                 self.handler.on_open(&mut ctx, protocol.as_deref());
             }
@@ -1066,6 +1133,7 @@ impl<H: ClientHandler> Client<H> {
                 rng: &mut self.rng,
                 scratch: &mut self.scratch,
                 deflate: lent,
+                rx_ns: self.rx_ns,
             };
             match step {
                 Ok(Decoded::Event(n, ev)) => {
