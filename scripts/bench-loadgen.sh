@@ -11,7 +11,8 @@
 #         pipeline   --pipeline 1: flat out, every answer sends the next message
 #         rate       --rate 100: 100 messages/s per connection, waking for every event
 #         rate-tick  --rate 100 --tick 100us: the same rate, reading and sending once per tick
-#                    (round trips timed by the kernel's receive timestamps)
+#                    (round trips timed by the kernel's receive timestamps); rate-tick:LEN for
+#                    another tick length, e.g. rate-tick:250us
 #       the generator's CPU seconds and the server's over the same window, the echo run
 #       between ramp and close (loadgen_cpu_seconds_run, and the server's cpu_seconds_run
 #       sampled through --server-pid), and their ratio. Servers rotate order per round.
@@ -179,7 +180,8 @@ mode_args() {
         pipeline) echo "--pipeline 1" ;;
         rate) echo "--rate 100" ;;
         rate-tick) echo "--rate 100 --tick 100us" ;;
-        *) echo "bench-loadgen: unknown echo mode $1 (pipeline, rate, rate-tick)" >&2; return 1 ;;
+        rate-tick:*) echo "--rate 100 --tick ${1#rate-tick:}" ;;
+        *) echo "bench-loadgen: unknown echo mode $1 (pipeline, rate, rate-tick, rate-tick:LEN)" >&2; return 1 ;;
     esac
 }
 for mode in $ECHO_MODES; do mode_args "$mode" >/dev/null || exit 2; done
@@ -229,6 +231,7 @@ rounds = int(rounds)
 echo_servers = echo_servers.split()
 echo_modes = echo_modes.split()
 MODE_ARGS = {"pipeline": "--pipeline 1", "rate": "--rate 100", "rate-tick": "--rate 100 --tick 100us"}
+MODE_ARGS.update({m: f"--rate 100 --tick {m.split(':', 1)[1]}" for m in echo_modes if m.startswith("rate-tick:")})
 
 def load(name):
     path = os.path.join(work, name)
@@ -304,8 +307,8 @@ ratios = {
                                                       medians.get("tokio_opened_per_second")),
 }
 for key in echo_keys:
-    mode, name = key.split("/")
-    ratios[f"generator_cpu_over_{name.replace('-', '_')}_cpu_echo_{mode.replace('-', '_')}"] = \
+    mode, name = key.split("/", 1)
+    ratios[f"generator_cpu_over_{name.replace('-', '_')}_cpu_echo_{mode.replace('-', '_').replace(':', '_')}"] = \
         echo_medians[key].get("cpu_ratio")
 gaps = []
 try:
@@ -367,7 +370,7 @@ print()
 print(f"fanout-load opened/s / tokio-tungstenite client opened/s (medians): "
       f"{f(ratios['fanout_load_over_tokio_opened_per_second'], 2)}")
 for key in echo_keys:
-    mode, name = key.split("/")
+    mode, name = key.split("/", 1)
     print(f"generator CPU / {name} CPU over the echo run, {mode} (median of rounds): "
           f"{f(echo_medians[key].get('cpu_ratio'), 2)}")
 if gaps:
