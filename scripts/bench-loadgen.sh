@@ -50,7 +50,7 @@ while [ $# -gt 0 ]; do
         --echo-servers) ECHO_SERVERS=$2; shift 2 ;;
         --echo-modes) ECHO_MODES=$2; shift 2 ;;
         --no-batch-io) BATCH_FLAG=(--no-batch-io); shift ;;
-        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -180,7 +180,7 @@ mode_args() {
         pipeline) echo "--pipeline 1" ;;
         rate) echo "--rate 100" ;;
         rate-tick) echo "--rate 100 --tick 100us" ;;
-        rate-tick:*) echo "--rate 100 --tick ${1#rate-tick:}" ;;
+        rate-tick:?*) echo "--rate 100 --tick ${1#rate-tick:}" ;;
         *) echo "bench-loadgen: unknown echo mode $1 (pipeline, rate, rate-tick, rate-tick:LEN)" >&2; return 1 ;;
     esac
 }

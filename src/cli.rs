@@ -408,7 +408,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let secs = match unit.trim() {
         "" | "s" => n,
         "ms" => n / 1000.0,
-        "us" | "µs" => n / 1e6,
+        "us" | "µs" | "μs" => n / 1e6,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
         _ => {

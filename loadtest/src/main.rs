@@ -117,7 +117,10 @@ struct EchoArgs {
     /// Work in ticks of this length: read what arrived and send what is due once per tick,
     /// sleeping between, instead of waking for every answer; far less CPU on both sides
     /// under --rate. Round trips are then timed by the kernel's receive timestamps, so the
-    /// sleep is not in them. e.g. 100us; 0: wake for every event.
+    /// sleep is not in them (answers read together share the last one's time, so at most one
+    /// message per connection per tick: --pipeline 1, or --rate R with R x tick < 1; ws://
+    /// only). What falls due within a tick goes out together. e.g. 100us; 0: wake for every
+    /// event.
     #[arg(long, default_value = "0", value_parser = parse_duration)]
     tick: Duration,
     /// Send text frames (hex timestamp) instead of binary.
@@ -212,25 +215,31 @@ fn main() -> ExitCode {
             )
         }
         Cmd::Connect(a) => ("connect", &a.common, Scenario::Connect, a.rate),
-        Cmd::Echo(a) => (
-            "echo",
-            &a.common,
-            Scenario::Echo {
-                size: a.message_size,
-                pipeline: a.pipeline,
-                rate: a.rate.unwrap_or(0.0),
-                text: a.text,
-                tick: a.tick,
-                fill: match read_fill(a) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        eprintln!("fanout-load: {e}");
-                        return ExitCode::from(2);
-                    }
+        Cmd::Echo(a) => {
+            if let Err(e) = check_tick(a) {
+                eprintln!("fanout-load: {e}");
+                return ExitCode::from(2);
+            }
+            (
+                "echo",
+                &a.common,
+                Scenario::Echo {
+                    size: a.message_size,
+                    pipeline: a.pipeline,
+                    rate: a.rate.unwrap_or(0.0),
+                    text: a.text,
+                    tick: a.tick,
+                    fill: match read_fill(a) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            eprintln!("fanout-load: {e}");
+                            return ExitCode::from(2);
+                        }
+                    },
                 },
-            },
-            a.connect_rate,
-        ),
+                a.connect_rate,
+            )
+        }
     };
     match main_inner(scenario_name, common, scenario, connect_rate, fanout) {
         Ok(code) => code,
@@ -726,6 +735,31 @@ fn make_plan(
         of,
         hold_done: None,
         published: None,
+    }
+}
+
+/// `--tick` times round trips by the kernel's receive timestamp of each read, which several
+/// answers read together would share, and `wss://` reads go through TLS without one.
+fn check_tick(a: &EchoArgs) -> Result<(), String> {
+    if a.tick.is_zero() {
+        return Ok(());
+    }
+    if a.common.urls.iter().any(|u| u.starts_with("wss://")) {
+        return Err(
+            "--tick works with ws:// URLs only (TLS reads carry no receive timestamp)".into(),
+        );
+    }
+    match a.rate {
+        Some(r) if r * a.tick.as_secs_f64() >= 1.0 => Err(format!(
+            "--tick {:?} with --rate {r}: a connection would have several answers in one tick; \
+             use a tick shorter than 1/rate",
+            a.tick
+        )),
+        None if a.pipeline > 1 => Err(
+            "--tick needs --pipeline 1 (several answers read together would share one receive time)"
+                .into(),
+        ),
+        _ => Ok(()),
     }
 }
 

@@ -353,6 +353,40 @@ impl ClientHandler for Driver {
     }
 }
 
+/// `--tick`: one turn reads everything that arrived (polling again while the event buffer
+/// comes back full), then sleeps to the next tick boundary, no later than the run's end, and
+/// in short steps so that Ctrl-C is seen. A turn that overran its tick starts the next at once.
+struct Ticker<'a> {
+    len: Duration,
+    next: Instant,
+    stop: &'a AtomicBool,
+}
+
+impl Ticker<'_> {
+    fn turn(&mut self, client: &mut Client<Driver>, end: Instant) -> Result<(), String> {
+        while client
+            .poll(Some(Duration::ZERO))
+            .map_err(|e| e.to_string())?
+            >= 1024
+        {}
+        let now = Instant::now();
+        self.next += self.len;
+        if self.next <= now {
+            self.next = now;
+            return Ok(());
+        }
+        let until = self.next.min(end);
+        while !self.stop.load(Relaxed) {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            std::thread::sleep((until - now).min(Duration::from_millis(50)));
+        }
+        Ok(())
+    }
+}
+
 /// Runs the plan; `stop` ends it early (Ctrl-C), still closing and reporting.
 pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Result<Partial, String> {
     let t0 = Instant::now();
@@ -420,7 +454,7 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
         rx_timestamps: plan.client.rx_timestamps || ticking,
         ..plan.client.clone()
     };
-    let mut client = Client::new(cfg, driver).map_err(|e| format!("epoll: {e}"))?;
+    let mut client = Client::new(cfg, driver).map_err(|e| format!("client: {e}"))?;
     let mut started = 0u64;
     let mut last_progress = Instant::now();
     let cpu0 = crate::procinfo::self_cpu_seconds();
@@ -510,6 +544,11 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
 
     // Hold / run.
     let run_start = Instant::now();
+    let mut ticker = Ticker {
+        len: tick_len,
+        next: run_start,
+        stop,
+    };
     let cpu_run0 = crate::procinfo::self_cpu_seconds();
     let received0 = client.handler().received;
     if echo.is_some() && !stop.load(Relaxed) {
@@ -536,10 +575,7 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
                     }
                 }
                 if ticking {
-                    client
-                        .poll(Some(Duration::ZERO))
-                        .map_err(|e| e.to_string())?;
-                    std::thread::sleep(tick_len);
+                    ticker.turn(&mut client, run_start + plan.duration)?;
                 } else {
                     let wait = schedule
                         .front()
@@ -559,10 +595,7 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
             }
             while run_start.elapsed() < plan.duration && !stop.load(Relaxed) {
                 if ticking {
-                    client
-                        .poll(Some(Duration::ZERO))
-                        .map_err(|e| e.to_string())?;
-                    std::thread::sleep(tick_len);
+                    ticker.turn(&mut client, run_start + plan.duration)?;
                 } else {
                     client
                         .poll(Some(Duration::from_millis(10)))

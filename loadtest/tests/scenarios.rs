@@ -269,6 +269,31 @@ fn clear_errors_for_bad_urls_and_impossible_requests() {
     let (code, _, out) = load(&["connect", "--url", "ws://127.0.0.1:9/", "-n", "1000000"]);
     assert_eq!(code, 2);
     assert!(out.contains("ip_local_port_range"), "{out}");
+    // --tick where answers would share a receive time, or carry none.
+    for (args, says) in [
+        (
+            &["--rate", "100", "--tick", "20ms"][..],
+            "shorter than 1/rate",
+        ),
+        (&["--pipeline", "4", "--tick", "1ms"][..], "--pipeline 1"),
+    ] {
+        let mut a = vec!["echo", "--url", "ws://127.0.0.1:9/", "-n", "1"];
+        a.extend_from_slice(args);
+        let (code, _, out) = load(&a);
+        assert_eq!(code, 2, "{out}");
+        assert!(out.contains(says), "{out}");
+    }
+    let (code, _, out) = load(&[
+        "echo",
+        "--url",
+        "wss://127.0.0.1:9/",
+        "-n",
+        "1",
+        "--tick",
+        "1ms",
+    ]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("ws:// URLs only"), "{out}");
 }
 
 #[test]

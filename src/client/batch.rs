@@ -124,20 +124,37 @@ impl<'b> RecvMsg<'b> {
             target_arch = "riscv64"
         ))]
         {
-            if self.hdr.msg_control.is_null() {
+            if self.hdr.msg_control.is_null() || self.hdr.msg_flags & libc::MSG_CTRUNC != 0 {
                 return None;
             }
-            // SAFETY: the header was prepared over `ctrl` and the kernel set msg_controllen
-            // to what it wrote there; the CMSG_* walk stays within that length.
+            // Walk a copy whose control pointer is `ctrl` where it is now (this value may have
+            // moved since `prepare`), with the length the kernel wrote, capped to `ctrl`.
+            // SAFETY: msghdr is plain data; zeroed is its empty value.
+            let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+            hdr.msg_control = self.ctrl.as_ptr() as *mut libc::c_void;
+            // (size_t with glibc, socklen_t with musl)
+            #[allow(clippy::unnecessary_cast)]
+            let kernel_len = self.hdr.msg_controllen as usize;
+            hdr.msg_controllen = kernel_len.min(std::mem::size_of_val(&self.ctrl)) as _;
+            let want = std::mem::size_of::<libc::timespec>() as u32;
+            // SAFETY: CMSG_FIRSTHDR / CMSG_NXTHDR return headers that lie within
+            // msg_controllen bytes of `ctrl`; a header is used only when its cmsg_len says
+            // its data holds a whole timespec, which CMSG_LEN places inside it.
             unsafe {
-                let mut c = libc::CMSG_FIRSTHDR(&self.hdr);
+                let mut c = libc::CMSG_FIRSTHDR(&hdr);
                 while !c.is_null() {
-                    if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == SO_TIMESTAMPNS {
+                    if (*c).cmsg_level == libc::SOL_SOCKET
+                        && (*c).cmsg_type == SO_TIMESTAMPNS
+                        && (*c).cmsg_len as usize >= libc::CMSG_LEN(want) as usize
+                        && (c as usize - self.ctrl.as_ptr() as usize)
+                            + libc::CMSG_LEN(want) as usize
+                            <= hdr.msg_controllen as usize
+                    {
                         let ts: libc::timespec =
                             std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
                         return Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
                     }
-                    c = libc::CMSG_NXTHDR(&self.hdr, c);
+                    c = libc::CMSG_NXTHDR(&hdr, c);
                 }
             }
             None

@@ -672,7 +672,10 @@ impl<H: ClientHandler> Client<H> {
 
     /// One turn of the loop: flush, wait for events up to `timeout`, dispatch, fire timers,
     /// flush.
-    pub fn poll(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+    ///
+    /// Returns the number of events the wait gave, at most the buffer's 1024: a caller that
+    /// polls without waiting can poll again while it comes back full.
+    pub fn poll(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
         self.flush_dirty();
         let timeout = if self.wheel.is_empty() {
             timeout
@@ -721,6 +724,7 @@ impl<H: ClientHandler> Client<H> {
                 }
             }
         }
+        let ready_count = ready.len();
         self.ready = ready;
         // A plain read above ran handlers: keep only the connections still there.
         batched.retain(|&(key, gen, _)| self.conns.get(key).is_some_and(|c| c.gen == gen));
@@ -736,7 +740,7 @@ impl<H: ClientHandler> Client<H> {
         self.batched = batched;
         self.fire_timers();
         self.flush_dirty();
-        Ok(())
+        Ok(ready_count)
     }
 
     fn on_writable(&mut self, key: usize) {
@@ -842,16 +846,16 @@ impl<H: ClientHandler> Client<H> {
         // With receive timestamps each read is a recvmsg with its own header.
         let mut msgs = Vec::new();
         let mut ops = Vec::with_capacity(part.len());
-        let mut fds = Vec::with_capacity(part.len());
+        let mut fds = Vec::new();
         for (&(key, _, kept), slot) in part.iter().zip(arena.chunks_mut(SLOT)) {
             let conn = &self.conns[key];
             slot[..kept].copy_from_slice(&conn.stash);
             if self.cfg.rx_timestamps {
                 msgs.push(batch::RecvMsg::new(&mut slot[kept..]));
+                fds.push(conn.sock.as_raw_fd());
             } else {
                 ops.push(batch::Op::Recv(conn.sock.as_raw_fd(), &mut slot[kept..]));
             }
-            fds.push(conn.sock.as_raw_fd());
         }
         if self.cfg.rx_timestamps {
             ops.extend(
