@@ -55,6 +55,21 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+mode_args() {
+    case "$1" in
+        pipeline) echo "--pipeline 1" ;;
+        rate) echo "--rate 100" ;;
+        rate-tick) echo "--rate 100 --tick 100us" ;;
+        rate-tick:?*) echo "--rate 100 --tick ${1#rate-tick:}" ;;
+        *) echo "bench-loadgen: unknown echo mode $1 (pipeline, rate, rate-tick, rate-tick:LEN)" >&2; return 1 ;;
+    esac
+}
+MODES_TSV=""
+for mode in $ECHO_MODES; do
+    args=$(mode_args "$mode") || exit 2
+    MODES_TSV+="$mode"$'\t'"$args"$'\n'
+done
+
 LOAD=target/release/fanout-load
 OUT=bench/results
 WORK=$(mktemp -d)
@@ -175,16 +190,8 @@ run_tokio_client() {
     gap "after tokio client $round"
 }
 
-mode_args() {
-    case "$1" in
-        pipeline) echo "--pipeline 1" ;;
-        rate) echo "--rate 100" ;;
-        rate-tick) echo "--rate 100 --tick 100us" ;;
-        rate-tick:?*) echo "--rate 100 --tick ${1#rate-tick:}" ;;
-        *) echo "bench-loadgen: unknown echo mode $1 (pipeline, rate, rate-tick, rate-tick:LEN)" >&2; return 1 ;;
-    esac
-}
-for mode in $ECHO_MODES; do mode_args "$mode" >/dev/null || exit 2; done
+# The modes and their arguments (checked before anything starts), for the summary too.
+printf '%s' "$MODES_TSV" >"$WORK/modes.tsv"
 
 run_echo() {
     local round=$1 mode=$2 name=$3 args
@@ -230,8 +237,8 @@ import json, os, statistics, sys
 rounds = int(rounds)
 echo_servers = echo_servers.split()
 echo_modes = echo_modes.split()
-MODE_ARGS = {"pipeline": "--pipeline 1", "rate": "--rate 100", "rate-tick": "--rate 100 --tick 100us"}
-MODE_ARGS.update({m: f"--rate 100 --tick {m.split(':', 1)[1]}" for m in echo_modes if m.startswith("rate-tick:")})
+with open(os.path.join(work, "modes.tsv")) as fh:
+    MODE_ARGS = dict(line.rstrip("\n").split("\t", 1) for line in fh)
 
 def load(name):
     path = os.path.join(work, name)
