@@ -84,6 +84,20 @@ fn connect_scenario_counts_match_the_server() {
     assert_eq!(s.open_connections(), 0);
 }
 
+/// `fanout-load echo --url URL -n N` followed by `rest`.
+fn echo(url: &str, n: &str, rest: &[&str]) -> (i32, serde_json::Value, String) {
+    let mut args = vec!["echo", "--url", url, "-n", n];
+    args.extend_from_slice(rest);
+    load(&args)
+}
+
+/// 50 connections at 20 messages/s each for 1 s: about 1000 messages, all counted.
+fn about_1000_messages(v: &serde_json::Value) -> u64 {
+    let received = v["messages"]["received"].as_u64().unwrap();
+    assert!((800..=1100).contains(&received), "{received}");
+    received
+}
+
 /// At least `min` messages sent, each echoed once, intact, and timed.
 fn every_message_echoed(v: &serde_json::Value, min: u64) {
     let sent = v["messages"]["sent"].as_u64().unwrap();
@@ -97,19 +111,18 @@ fn every_message_echoed(v: &serde_json::Value, min: u64) {
 fn echo_scenario_with_pipelining_and_with_a_rate() {
     let s = server(Config::default());
     let url = format!("ws://{}/", s.local_addr());
-    let (code, v, out) = load(&[
-        "echo",
-        "--url",
+    let (code, v, out) = echo(
         &url,
-        "-n",
         "100",
-        "--duration",
-        "500ms",
-        "--message-size",
-        "200",
-        "--pipeline",
-        "4",
-    ]);
+        &[
+            "--duration",
+            "500ms",
+            "--message-size",
+            "200",
+            "--pipeline",
+            "4",
+        ],
+    );
     assert_eq!(code, 0, "{out}");
     every_message_echoed(&v, 400);
     // 100 connections pipelining: the turns carry many reads and writes, batched.
@@ -127,38 +140,18 @@ fn echo_scenario_with_pipelining_and_with_a_rate() {
     let run_cpu = v["loadgen_cpu_seconds_run"].as_f64().unwrap();
     assert!(run_cpu > 0.0 && run_cpu <= v["loadgen_cpu_seconds"].as_f64().unwrap());
     // The same with one syscall per read and write.
-    let (code, v, out) = load(&[
-        "echo",
-        "--url",
+    let (code, v, out) = echo(
         &url,
-        "-n",
         "100",
-        "--duration",
-        "300ms",
-        "--pipeline",
-        "4",
-        "--no-batch-io",
-    ]);
+        &["--duration", "300ms", "--pipeline", "4", "--no-batch-io"],
+    );
     assert_eq!(code, 0, "{out}");
     every_message_echoed(&v, 400);
     assert_eq!(v["io"]["batching_processes"], 0, "{}", v["io"]);
     assert_eq!(v["io"]["batched_reads"], 0, "{}", v["io"]);
-    let (code, v, out) = load(&[
-        "echo",
-        "--url",
-        &url,
-        "-n",
-        "50",
-        "--duration",
-        "1s",
-        "--rate",
-        "20",
-        "--text",
-    ]);
+    let (code, v, out) = echo(&url, "50", &["--duration", "1s", "--rate", "20", "--text"]);
     assert_eq!(code, 0, "{out}");
-    let received = v["messages"]["received"].as_u64().unwrap();
-    // 50 connections at 20/s for 1 s: about 1000 messages.
-    assert!((800..=1100).contains(&received), "{received}");
+    let received = about_1000_messages(&v);
     assert!(stats::total(&s.stats(), Counter::MessagesIn) >= received);
     assert_eq!(v["messages"]["rtt_without_kernel_timestamp"], 0);
 }
@@ -170,25 +163,23 @@ fn echo_in_ticks_keeps_the_rate_and_times_round_trips_by_the_kernel() {
     // Ticks of 20 ms: a round trip timed by the clock at processing would include up to
     // 20 ms of sleep; the kernel's receive timestamps leave it out.
     for processes in ["1", "2"] {
-        let (code, v, out) = load(&[
-            "echo",
-            "--url",
+        let (code, v, out) = echo(
             &url,
-            "-n",
             "50",
-            "--duration",
-            "1s",
-            "--rate",
-            "20",
-            "--tick",
-            "20ms",
-            "--processes",
-            processes,
-        ]);
+            &[
+                "--duration",
+                "1s",
+                "--rate",
+                "20",
+                "--tick",
+                "20ms",
+                "--processes",
+                processes,
+            ],
+        );
         assert_eq!(code, 0, "{out}");
         every_message_echoed(&v, 800);
-        let received = v["messages"]["received"].as_u64().unwrap();
-        assert!((800..=1100).contains(&received), "{received}");
+        about_1000_messages(&v);
         assert_eq!(v["messages"]["rtt_without_kernel_timestamp"], 0, "{v}");
         let p50 = v["latency_ms"]["rtt"]["p50"].as_f64().unwrap();
         assert!(
@@ -277,9 +268,7 @@ fn clear_errors_for_bad_urls_and_impossible_requests() {
         ),
         (&["--pipeline", "4", "--tick", "1ms"][..], "--pipeline 1"),
     ] {
-        let mut a = vec!["echo", "--url", "ws://127.0.0.1:9/", "-n", "1"];
-        a.extend_from_slice(args);
-        let (code, _, out) = load(&a);
+        let (code, _, out) = echo("ws://127.0.0.1:9/", "1", args);
         assert_eq!(code, 2, "{out}");
         assert!(out.contains(says), "{out}");
     }
