@@ -12,6 +12,13 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
     rustup component add rustfmt clippy
 fi
 
+if ! command -v redis-server >/dev/null 2>&1; then
+    step "installing redis-server (the broker tests start a real one)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq redis-server >/dev/null
+fi
+
 step "cargo fmt --check"
 cargo fmt --check
 

@@ -135,6 +135,13 @@ pub struct ServeArgs {
     /// push: topics one connection may subscribe to [default: 64].
     #[arg(long)]
     pub max_topics_per_conn: Option<usize>,
+    /// push: share publishes with other nodes through Redis pub/sub,
+    /// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]` [default: in-process only].
+    #[arg(long, value_name = "URL")]
+    pub broker: Option<String>,
+    /// push: prefix of the Redis channels (channel = prefix + topic) [default: fanout:].
+    #[arg(long, value_name = "PREFIX")]
+    pub broker_prefix: Option<String>,
     /// Accept permessage-deflate (RFC 7692) offers [default: off].
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub deflate: Option<bool>,
@@ -235,6 +242,8 @@ impl ServeArgs {
             allow_ws_publish,
             envelope,
             max_topics_per_conn,
+            broker,
+            broker_prefix,
             deflate,
             deflate_min_size,
             deflate_window_bits,
@@ -255,6 +264,13 @@ impl ServeArgs {
     /// Refuses settings that cannot work together or do not parse.
     pub fn check(&self) -> Result<(), String> {
         self.origin_policy()?;
+        self.broker_config()?;
+        if self.broker.is_some() && self.app() != AppKind::Push {
+            return Err("--broker needs --app push".into());
+        }
+        if self.broker.is_none() && self.broker_prefix.is_some() {
+            return Err("--broker-prefix needs --broker".into());
+        }
         if self.jwt_secret.as_deref().is_some_and(str::is_empty) {
             return Err("--jwt-secret is empty".into());
         }
@@ -292,10 +308,24 @@ impl ServeArgs {
         })
     }
 
+    /// The `--broker` settings (in-process without it).
+    pub fn broker_config(&self) -> Result<crate::pubsub::BrokerConfig, String> {
+        let Some(url) = self.broker.as_deref() else {
+            return Ok(crate::pubsub::BrokerConfig::Local);
+        };
+        let mut cfg =
+            crate::pubsub::redis::RedisConfig::parse(url).map_err(|e| format!("--broker {e}"))?;
+        if let Some(p) = &self.broker_prefix {
+            cfg.prefix.clone_from(p);
+        }
+        Ok(crate::pubsub::BrokerConfig::Redis(cfg))
+    }
+
     /// The push app's settings.
     pub fn push_config(&self) -> crate::apps::push::PushConfig {
         let d = crate::apps::push::PushConfig::default();
         crate::apps::push::PushConfig {
+            broker: self.broker_config().unwrap_or_default(),
             publish_key: self.publish_key.clone().filter(|k| !k.is_empty()),
             allow_ws_publish: self.allow_ws_publish.unwrap_or(d.allow_ws_publish),
             envelope: self.envelope.unwrap_or(d.envelope),

@@ -6,6 +6,7 @@
 pub mod apps;
 pub mod cli;
 pub mod client;
+pub mod common;
 pub mod proto;
 pub mod pubsub;
 pub mod server;

@@ -4,22 +4,23 @@
 //! app protocol; delivery goes through `ShardApi`, topics through `pubsub::Registry`.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::proto::frame::encode_frame;
 use crate::proto::handshake::{HttpError, Request};
 use crate::proto::OpCode;
-use crate::pubsub::{validate_topic, Registry, Subscriptions};
+use crate::pubsub::{
+    validate_topic, BrokerConfig, Done, Hub, HubMsg, PublishError, Reach, ShardPort, Subscriptions,
+    RTT_BUCKETS_US,
+};
 use crate::server::{
-    Accept, ConnId, ConnInfo, Ctx, Delivery, Handler, HttpReply, HttpResponse, Message, ShardApi,
-    Token,
+    Accept, ConnId, ConnInfo, Ctx, Delivery, Handler, HttpReply, HttpResponse, Message, Remote,
+    ShardApi, SharedFrame, Token,
 };
 
 #[derive(Debug, Clone)]
@@ -32,6 +33,8 @@ pub struct PushConfig {
     /// Deliver `{"topic":..,"seq":..,"data":..}` instead of the payload as is.
     pub envelope: bool,
     pub max_topics_per_conn: usize,
+    /// Where publishes go: this process, or Redis (shared by several nodes).
+    pub broker: BrokerConfig,
 }
 
 impl Default for PushConfig {
@@ -41,99 +44,88 @@ impl Default for PushConfig {
             allow_ws_publish: false,
             envelope: false,
             max_topics_per_conn: 64,
+            broker: BrokerConfig::Local,
         }
     }
 }
 
-/// Counters every shard of the app shares (bumped once per publish per shard, not per
-/// delivery).
-#[derive(Default)]
-struct Shared {
-    publishes: AtomicU64,
-    deliveries: AtomicU64,
-    slow_consumer_drops: AtomicU64,
-    seq: AtomicU64,
-    next_publish: AtomicU64,
-    slow_by_topic: Mutex<HashMap<String, u64>>,
-}
-
-/// Who waits for the count of subscribers a publish was queued for.
+/// Who waits for a publish's outcome.
 #[derive(Debug, Clone, Copy)]
 enum ReplyTo {
     Http(ConnId),
     Ws(ConnId),
 }
 
-pub enum PushMsg {
-    /// Deliver to this shard's subscribers, then tell `origin` how many.
-    Publish {
-        id: u64,
-        origin: u16,
-        topic: Arc<str>,
-        frame: Arc<[u8]>,
-    },
-    Count {
-        id: u64,
-        count: u64,
-    },
-}
-
-struct Outgoing {
-    id: u64,
-    reply: ReplyTo,
-    topic: Arc<str>,
-    frame: Arc<[u8]>,
-}
-
-struct Waiting {
-    reply: ReplyTo,
-    topic: Arc<str>,
-    remaining: usize,
-    total: u64,
-}
-
 pub struct Push {
     cfg: Arc<PushConfig>,
-    shared: Arc<Shared>,
-    /// This shard's topics (a clone starts empty).
-    registry: Registry,
-    outgoing: Vec<Outgoing>,
-    waiting: HashMap<u64, Waiting>,
+    /// This shard's topics and fan-out (a clone starts empty, sharing the broker).
+    hub: Hub<ReplyTo>,
+    /// The envelope's sequence numbers, shared by the shards.
+    seq: Arc<AtomicU64>,
     metrics_waiting: Vec<ConnId>,
 }
 
 impl Clone for Push {
-    /// A clone is another shard's handler: the same settings and shared counters, its own
+    /// A clone is another shard's handler: the same settings, broker and counters, its own
     /// (empty) topics and pending work.
     fn clone(&self) -> Self {
         Self {
             cfg: self.cfg.clone(),
-            shared: self.shared.clone(),
-            registry: Registry::default(),
-            outgoing: Vec::new(),
-            waiting: HashMap::new(),
+            hub: self.hub.clone(),
+            seq: self.seq.clone(),
             metrics_waiting: Vec::new(),
         }
+    }
+}
+
+/// The shard as the hub sees it.
+struct Port<'p, 'a>(&'p mut ShardApi<'a, Push>);
+
+impl ShardPort for Port<'_, '_> {
+    fn index(&self) -> u16 {
+        self.0.index()
+    }
+    fn shards(&self) -> usize {
+        self.0.shards()
+    }
+    fn deliver(&mut self, id: ConnId, frame: &SharedFrame) -> Delivery {
+        self.0.deliver(id, frame)
+    }
+    fn post(&mut self, shard: u16, msg: HubMsg) {
+        self.0.post(shard, msg)
+    }
+    fn wake_posted(&mut self) {
+        self.0.wake_posted()
+    }
+}
+
+impl crate::pubsub::Remote for Remote<HubMsg> {
+    fn shards(&self) -> usize {
+        Remote::shards(self)
+    }
+    fn post(&self, shard: u16, msg: HubMsg) -> bool {
+        Remote::post(self, shard, msg)
+    }
+    fn wake(&self, shard: u16) {
+        Remote::wake(self, shard)
     }
 }
 
 impl Push {
     pub fn new(cfg: PushConfig) -> Self {
         Self {
+            hub: Hub::new(cfg.broker.clone()),
             cfg: Arc::new(cfg),
-            shared: Arc::default(),
-            registry: Registry::default(),
-            outgoing: Vec::new(),
-            waiting: HashMap::new(),
+            seq: Arc::default(),
             metrics_waiting: Vec::new(),
         }
     }
 
-    /// Encodes the frame every subscriber gets, once.
-    fn encode(&self, topic: &str, payload: &[u8], text: bool) -> Arc<[u8]> {
-        let mut frame = Vec::with_capacity(payload.len() + 64);
+    /// Accepts a publish: the payload every subscriber gets (the envelope, if on) is made
+    /// once, here.
+    fn publish(&mut self, reply: ReplyTo, topic: &str, payload: &[u8], text: bool) {
         if self.cfg.envelope {
-            let seq = self.shared.seq.fetch_add(1, Relaxed) + 1;
+            let seq = self.seq.fetch_add(1, Relaxed) + 1;
             let data = if text {
                 serde_json::to_string(&String::from_utf8_lossy(payload)).unwrap_or_default()
             } else {
@@ -146,104 +138,139 @@ impl Push {
                 "{{\"topic\":{},\"seq\":{seq},\"data\":{data}}}",
                 json_str(topic)
             );
-            encode_frame(&mut frame, true, OpCode::Text, body.as_bytes(), None);
+            self.hub
+                .publish(reply, topic, OpCode::Text, body.as_bytes());
         } else {
             let op = if text { OpCode::Text } else { OpCode::Binary };
-            encode_frame(&mut frame, true, op, payload, None);
+            self.hub.publish(reply, topic, op, payload);
         }
-        frame.into()
     }
 
-    fn queue_publish(&mut self, reply: ReplyTo, topic: &str, payload: &[u8], text: bool) {
-        let frame = self.encode(topic, payload, text);
-        self.outgoing.push(Outgoing {
-            id: self.shared.next_publish.fetch_add(1, Relaxed),
+    /// Answers the publishers whose publishes finished.
+    fn answer(&mut self, api: &mut ShardApi<'_, Self>) {
+        for Done {
             reply,
-            topic: Arc::from(topic),
-            frame,
-        });
-    }
-
-    /// Queues the frame for this shard's subscribers of `topic`; returns how many.
-    fn deliver_local(
-        &mut self,
-        api: &mut ShardApi<'_, Self>,
-        topic: &str,
-        frame: &Arc<[u8]>,
-    ) -> u64 {
-        let mut queued = 0;
-        let mut slow = 0;
-        for id in self.registry.subscribers(topic) {
-            match api.deliver(id, frame) {
-                Delivery::Queued => queued += 1,
-                Delivery::SlowConsumer => {
-                    queued += 1;
-                    slow += 1;
+            topic,
+            result,
+        } in self.hub.take_done()
+        {
+            let (status, http, ws) = match result {
+                Ok(reach) => {
+                    let (k, n) = match reach {
+                        Reach::Subscribers(n) => ("subscribers", n),
+                        Reach::Nodes(n) => ("nodes", n),
+                    };
+                    (
+                        200,
+                        format!("{{\"topic\":{},\"{k}\":{n}}}", json_str(&topic)),
+                        format!(
+                            "{{\"op\":\"published\",\"topic\":{},\"{k}\":{n}}}",
+                            json_str(&topic)
+                        ),
+                    )
                 }
-                Delivery::Gone => {}
-            }
-        }
-        self.shared.deliveries.fetch_add(queued, Relaxed);
-        if slow > 0 {
-            self.shared.slow_consumer_drops.fetch_add(slow, Relaxed);
-            if let Ok(mut m) = self.shared.slow_by_topic.lock() {
-                *m.entry(topic.to_string()).or_default() += slow;
-            }
-        }
-        queued
-    }
-
-    fn reply(&mut self, api: &mut ShardApi<'_, Self>, w: Waiting) {
-        let body = format!(
-            "{{\"topic\":{},\"subscribers\":{}}}",
-            json_str(&w.topic),
-            w.total
-        );
-        match w.reply {
-            ReplyTo::Http(id) => {
-                let mut resp = HttpResponse::text(200, body + "\n");
-                resp.content_type = "application/json";
-                api.respond(id, resp);
-            }
-            ReplyTo::Ws(id) => {
-                let ack = format!(
-                    "{{\"op\":\"published\",\"topic\":{},\"subscribers\":{}}}",
-                    json_str(&w.topic),
-                    w.total
-                );
-                api.send_text(id, &ack);
+                Err(e) => {
+                    let status = match e {
+                        PublishError::Refused(_) => 502,
+                        PublishError::Unavailable | PublishError::Overloaded => 503,
+                    };
+                    (
+                        status,
+                        format!(
+                            "{{\"error\":{},\"topic\":{}}}",
+                            json_str(&e.to_string()),
+                            json_str(&topic)
+                        ),
+                        error_json(&e.to_string(), Some(&topic)),
+                    )
+                }
+            };
+            match reply {
+                ReplyTo::Http(id) => {
+                    let mut r = json_response(status, http);
+                    if status == 503 {
+                        r.headers.push(("Retry-After", "1".into()));
+                    }
+                    api.respond(id, r);
+                }
+                ReplyTo::Ws(id) => {
+                    api.send_text(id, &ws);
+                }
             }
         }
     }
 
     fn app_metrics(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "# TYPE fanout_push_publishes_total counter");
-        let _ = writeln!(
-            out,
-            "fanout_push_publishes_total {}",
-            self.shared.publishes.load(Relaxed)
-        );
-        let _ = writeln!(out, "# TYPE fanout_push_deliveries_total counter");
-        let _ = writeln!(
-            out,
-            "fanout_push_deliveries_total {}",
-            self.shared.deliveries.load(Relaxed)
-        );
-        let _ = writeln!(out, "# TYPE fanout_push_slow_consumer_drops_total counter");
-        let _ = writeln!(
-            out,
-            "fanout_push_slow_consumer_drops_total {}",
-            self.shared.slow_consumer_drops.load(Relaxed)
-        );
-        if let Ok(m) = self.shared.slow_by_topic.lock() {
-            for (topic, n) in m.iter() {
+        let st = self.hub.stats();
+        let counters = [
+            (
+                "fanout_push_publishes_total",
+                "publishes accepted (in-process: fanned out; with a broker: answered by it)",
+                st.publishes.load(Relaxed),
+            ),
+            (
+                "fanout_push_publishes_refused_total",
+                "publishes answered 502/503 because the broker was unavailable, refused them or was overloaded",
+                st.publishes_refused.load(Relaxed),
+            ),
+            (
+                "fanout_push_deliveries_total",
+                "frames queued on subscribers",
+                st.deliveries.load(Relaxed),
+            ),
+            (
+                "fanout_push_deliveries_over_limit_total",
+                "deliveries that left a subscriber's queue past --write-queue-limit (the slow-consumer policy then applies)",
+                st.over_limit.load(Relaxed),
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        }
+        if let Some(b) = self.hub.broker_status() {
+            let up = u8::from(b.up.load(Relaxed));
+            let _ = writeln!(out, "# HELP fanout_broker_up 1 while the broker (Redis) is connected\n# TYPE fanout_broker_up gauge\nfanout_broker_up {up}");
+            let _ = writeln!(
+                out,
+                "# TYPE fanout_broker_subscribed_topics gauge\nfanout_broker_subscribed_topics {}",
+                b.subscribed_topics.load(Relaxed)
+            );
+            for (name, v) in [
+                ("fanout_broker_reconnects_total", &b.reconnects),
+                ("fanout_broker_publishes_sent_total", &b.publishes_sent),
+                ("fanout_broker_publishes_failed_total", &b.publishes_failed),
+                (
+                    "fanout_broker_messages_received_total",
+                    &b.messages_received,
+                ),
+                ("fanout_broker_messages_dropped_total", &b.messages_dropped),
+            ] {
+                let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", v.load(Relaxed));
+            }
+            let _ = writeln!(out, "# HELP fanout_broker_rtt_seconds PUBLISH round trip to the broker\n# TYPE fanout_broker_rtt_seconds histogram");
+            let mut cum = 0;
+            for (i, le) in RTT_BUCKETS_US.iter().enumerate() {
+                cum += b.rtt_buckets[i].load(Relaxed);
                 let _ = writeln!(
                     out,
-                    "fanout_push_slow_consumer_drops_by_topic{{topic={}}} {n}",
-                    json_str(topic)
+                    "fanout_broker_rtt_seconds_bucket{{le=\"{}\"}} {cum}",
+                    *le as f64 / 1e6
                 );
             }
+            let count = b.rtt_count.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "fanout_broker_rtt_seconds_bucket{{le=\"+Inf\"}} {count}"
+            );
+            let _ = writeln!(
+                out,
+                "fanout_broker_rtt_seconds_sum {}\nfanout_broker_rtt_seconds_count {count}",
+                b.rtt_sum_us.load(Relaxed) as f64 / 1e6
+            );
         }
         out
     }
@@ -339,7 +366,7 @@ fn json_response(status: u16, body: String) -> HttpResponse {
 
 impl Handler for Push {
     type State = PushConn;
-    type Msg = PushMsg;
+    type Msg = HubMsg;
 
     fn on_open<'r>(
         &mut self,
@@ -369,12 +396,9 @@ impl Handler for Push {
             }
             for t in topics {
                 // Validated above; the limit was checked too.
-                let _ = self.registry.subscribe(
-                    &mut state.subs,
-                    t,
-                    conn.id,
-                    self.cfg.max_topics_per_conn,
-                );
+                let _ =
+                    self.hub
+                        .subscribe(&mut state.subs, t, conn.id, self.cfg.max_topics_per_conn);
             }
         }
         Ok(Accept::new(state))
@@ -411,9 +435,7 @@ impl Handler for Push {
                 }
                 let id = ctx.id();
                 let max = self.cfg.max_topics_per_conn;
-                let result = self
-                    .registry
-                    .subscribe(&mut ctx.state().subs, topic, id, max);
+                let result = self.hub.subscribe(&mut ctx.state().subs, topic, id, max);
                 match result {
                     Ok(_) => ctx.send_text(&format!(
                         "{{\"op\":\"subscribed\",\"topic\":{}}}",
@@ -423,7 +445,7 @@ impl Handler for Push {
                 }
             }
             "unsubscribe" => {
-                if self.registry.unsubscribe(&mut ctx.state().subs, topic) {
+                if self.hub.unsubscribe(&mut ctx.state().subs, topic) {
                     ctx.send_text(&format!(
                         "{{\"op\":\"unsubscribed\",\"topic\":{}}}",
                         json_str(topic)
@@ -458,7 +480,7 @@ impl Handler for Push {
                     Err(_) => Cow::Borrowed(data.get()),
                 };
                 let topic = topic.to_string();
-                self.queue_publish(ReplyTo::Ws(ctx.id()), &topic, payload.as_bytes(), true);
+                self.publish(ReplyTo::Ws(ctx.id()), &topic, payload.as_bytes(), true);
             }
             other => ctx.send_text(&error_json(
                 &format!("unknown op `{other}` (use subscribe, unsubscribe or publish)"),
@@ -468,7 +490,7 @@ impl Handler for Push {
     }
 
     fn on_close(&mut self, _id: ConnId, state: &mut PushConn, _code: u16, _reason: &str) {
-        self.registry.remove_all(&mut state.subs);
+        self.hub.remove_all(&mut state.subs);
     }
 
     fn on_http(&mut self, req: &Request<'_>, body: &[u8], conn: &ConnInfo<'_>) -> HttpReply {
@@ -523,8 +545,28 @@ impl Handler for Push {
             ));
         }
         let topic = topic.to_string();
-        self.queue_publish(ReplyTo::Http(conn.id), &topic, body, text);
+        self.publish(ReplyTo::Http(conn.id), &topic, body, text);
         HttpReply::Defer
+    }
+
+    fn on_start(&mut self, remote: Remote<HubMsg>) -> std::io::Result<()> {
+        self.hub.start(Box::new(remote))
+    }
+
+    fn healthz(&mut self) -> HttpResponse {
+        match self.hub.broker_status() {
+            Some(b) if !b.up.load(Relaxed) => {
+                let why = b.last_error.lock().map(|e| e.clone()).unwrap_or_default();
+                HttpResponse::text(
+                    200,
+                    format!(
+                        "degraded: broker {} unavailable ({why}); publishes answer 503\n",
+                        self.hub.broker_url().unwrap_or_default()
+                    ),
+                )
+            }
+            _ => HttpResponse::text(200, "ok\n"),
+        }
     }
 
     fn on_turn(&mut self, api: &mut ShardApi<'_, Self>) {
@@ -534,70 +576,13 @@ impl Handler for Push {
             r.content_type = super::metrics::METRICS_CONTENT_TYPE;
             api.respond(id, r);
         }
-        // The other shards get every publish of this turn first, woken now, so that they fan
-        // out while this one does its own share.
-        let outgoing = std::mem::take(&mut self.outgoing);
-        for out in &outgoing {
-            for s in 0..api.shards() as u16 {
-                if s != api.index() {
-                    api.post(
-                        s,
-                        PushMsg::Publish {
-                            id: out.id,
-                            origin: api.index(),
-                            topic: out.topic.clone(),
-                            frame: out.frame.clone(),
-                        },
-                    );
-                }
-            }
-        }
-        api.wake_posted();
-        let others = api.shards() - 1;
-        for out in outgoing {
-            self.shared.publishes.fetch_add(1, Relaxed);
-            let local = self.deliver_local(api, &out.topic, &out.frame);
-            let w = Waiting {
-                reply: out.reply,
-                topic: out.topic,
-                remaining: others,
-                total: local,
-            };
-            if others == 0 {
-                self.reply(api, w);
-            } else {
-                self.waiting.insert(out.id, w);
-            }
-        }
+        self.hub.on_turn(&mut Port(api));
+        self.answer(api);
     }
 
-    fn on_shard_msg(&mut self, api: &mut ShardApi<'_, Self>, msg: PushMsg) {
-        match msg {
-            PushMsg::Publish {
-                id,
-                origin,
-                topic,
-                frame,
-            } => {
-                let count = self.deliver_local(api, &topic, &frame);
-                api.post(origin, PushMsg::Count { id, count });
-            }
-            PushMsg::Count { id, count } => {
-                let done = match self.waiting.get_mut(&id) {
-                    Some(w) => {
-                        w.total += count;
-                        w.remaining -= 1;
-                        w.remaining == 0
-                    }
-                    None => false,
-                };
-                if done {
-                    if let Some(w) = self.waiting.remove(&id) {
-                        self.reply(api, w);
-                    }
-                }
-            }
-        }
+    fn on_shard_msg(&mut self, api: &mut ShardApi<'_, Self>, msg: HubMsg) {
+        self.hub.on_msg(&mut Port(api), msg);
+        self.answer(api);
     }
 }
 

@@ -8,7 +8,7 @@ use slab::Slab;
 
 use super::compress::{Recoded, ShardDeflate};
 use super::conn::{Conn, Phase, CLOSE_SENT, DIRTY};
-use super::handler::{ConnId, Delivery, Handler, HttpResponse};
+use super::handler::{ConnId, Delivery, Handler, HttpResponse, SharedFrame};
 use super::stats::{Counter, ShardStats};
 use super::write_queue::WriteQueue;
 use crate::proto::frame::encode_frame;
@@ -19,6 +19,42 @@ use crate::proto::OpCode;
 pub(crate) struct ShardLink<M> {
     pub tx: mpsc::Sender<M>,
     pub waker: Arc<mio::Waker>,
+}
+
+/// Posts messages to the shards from a thread of the app's own (a broker's), outside any
+/// shard. Cheap to clone.
+pub struct Remote<M> {
+    pub(crate) links: Arc<[ShardLink<M>]>,
+}
+
+impl<M> Clone for Remote<M> {
+    fn clone(&self) -> Self {
+        Self {
+            links: self.links.clone(),
+        }
+    }
+}
+
+impl<M: Send> Remote<M> {
+    /// How many shards the server runs.
+    pub fn shards(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Queues `msg` for `shard` (`Handler::on_shard_msg`) without waking it: wake it once
+    /// after a batch. False if the shard is gone.
+    pub fn post(&self, shard: u16, msg: M) -> bool {
+        self.links
+            .get(shard as usize)
+            .is_some_and(|l| l.tx.send(msg).is_ok())
+    }
+
+    /// Wakes `shard` to handle what was posted to it.
+    pub fn wake(&self, shard: u16) {
+        if let Some(l) = self.links.get(shard as usize) {
+            let _ = l.waker.wake();
+        }
+    }
 }
 
 pub struct ShardApi<'a, H: Handler> {
@@ -64,7 +100,7 @@ impl<H: Handler> ShardApi<'_, H> {
 
     /// Queues a frame encoded once and shared by reference (`Arc`) on an open connection of
     /// this shard. Written at the end of the turn, with the connection's other output.
-    pub fn deliver(&mut self, id: ConnId, frame: &Arc<[u8]>) -> Delivery {
+    pub fn deliver(&mut self, id: ConnId, frame: &SharedFrame) -> Delivery {
         let limit = self.write_queue_limit;
         let key = id.key as usize;
         let Some(conn) = open_conn(self.conns, self.index, id) else {
@@ -76,12 +112,12 @@ impl<H: Handler> ShardApi<'_, H> {
         let q = conn.queue.get_or_insert_with(Box::<WriteQueue>::default);
         if conn.ext.on() {
             match self.deflate.recode(key, conn.ext, frame, self.stats) {
-                Recoded::Same => q.push_shared(frame.clone()),
+                Recoded::Same => q.push_shared(frame.bytes().clone()),
                 Recoded::Shared(z) => q.push_shared(z),
                 Recoded::Owned(v) => q.push_owned(v),
             }
         } else {
-            q.push_shared(frame.clone());
+            q.push_shared(frame.bytes().clone());
         }
         let over = q.len() > limit;
         self.stats.inc(Counter::MessagesOut);

@@ -8,9 +8,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::stats::{Counter, ShardStats};
+use crate::common::SharedFrame;
 use crate::proto::deflate::{DeflateConfig, Deflater, Inflater, Packed, RSV1};
-use crate::proto::frame::{encode_header, parse_header, MAX_HEADER_LEN};
-use crate::proto::{OpCode, ProtocolError, Role};
+use crate::proto::frame::{encode_header, MAX_HEADER_LEN};
+use crate::proto::{OpCode, ProtocolError};
 
 /// Scratch buffers above this are given back after use.
 const KEEP_CAPACITY: usize = 256 << 10;
@@ -35,7 +36,7 @@ pub(crate) struct ShardDeflate {
 
 struct LastBroadcast {
     /// Held so its address cannot be reused by another frame while cached.
-    frame: Arc<[u8]>,
+    frame: SharedFrame,
     window_bits: u8,
     compressed: Arc<[u8]>,
 }
@@ -154,31 +155,22 @@ impl ShardDeflate {
         &mut self,
         key: usize,
         ext: Packed,
-        frame: &Arc<[u8]>,
+        frame: &SharedFrame,
         stats: &ShardStats,
     ) -> Recoded {
-        if !ext.can_compress() {
-            return Recoded::Same;
-        }
-        let Ok(Some(h)) = parse_header(frame, Role::Client, 0) else {
-            return Recoded::Same;
-        };
-        let payload = &frame[h.header_len..];
-        if !h.fin
-            || payload.len() as u64 != h.payload_len
-            || !self.wants(ext, h.opcode, payload.len())
-        {
+        let payload = frame.payload();
+        if !self.wants(ext, frame.opcode(), payload.len()) {
             return Recoded::Same;
         }
         let bits = ext.server_window_bits();
         if !ext.server_takeover() {
             if let Some(last) = &self.last {
-                if Arc::ptr_eq(&last.frame, frame) && last.window_bits == bits {
+                if last.frame.same_as(frame) && last.window_bits == bits {
                     return Recoded::Shared(last.compressed.clone());
                 }
             }
         }
-        let (head, n, body) = self.compress(key, ext, h.opcode, payload, stats);
+        let (head, n, body) = self.compress(key, ext, frame.opcode(), payload, stats);
         let mut v = Vec::with_capacity(n + body.len());
         v.extend_from_slice(&head[..n]);
         v.extend_from_slice(&body);

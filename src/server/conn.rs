@@ -3,7 +3,6 @@
 //! stay null until something is pending. Owns per-connection state; the shard drives it.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use mio::net::TcpStream;
 
@@ -11,6 +10,7 @@ use super::auth::Token;
 use super::compress::{Recoded, ShardDeflate};
 use super::stats::{Counter, ShardStats};
 use super::write_queue::WriteQueue;
+use crate::common::SharedFrame;
 use crate::proto::deflate::Packed;
 use crate::proto::frame::{close_payload, encode_header, MAX_HEADER_LEN};
 use crate::proto::{Decoder, OpCode};
@@ -182,21 +182,21 @@ impl Out<'_> {
     }
 
     /// Queues a shared, already encoded frame.
-    pub fn shared(&mut self, frame: Arc<[u8]>) {
+    pub fn shared(&mut self, frame: &SharedFrame) {
         if *self.flags & CLOSE_SENT != 0 {
             return;
         }
         self.stats.inc(Counter::MessagesOut);
         let frame = match self.deflate.as_mut() {
-            Some(d) => match d.ctx.recode(d.key, d.ext, &frame, self.stats) {
-                Recoded::Same => frame,
+            Some(d) => match d.ctx.recode(d.key, d.ext, frame, self.stats) {
+                Recoded::Same => frame.bytes().clone(),
                 Recoded::Shared(z) => z,
                 Recoded::Owned(v) => {
                     self.raw(&v, &[]);
                     return;
                 }
             },
-            None => frame,
+            None => frame.bytes().clone(),
         };
         let q = self.queue.get_or_insert_with(Default::default);
         // Keep order: whatever is corked goes first.

@@ -4,30 +4,15 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use mio::net::TcpStream;
 
-pub use super::api::ShardApi;
+pub use super::api::{Remote, ShardApi};
 pub use super::auth::Token;
 use super::conn::{Out, CLOSE_SENT};
+pub use crate::common::{ConnId, Delivery, SharedFrame};
 use crate::proto::handshake::{HttpError, Request};
 use crate::proto::{OpCode, ProtocolError};
-
-/// A connection's identity: its shard, its slab slot and the generation that tells apart
-/// connections that used the same slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId {
-    pub shard: u16,
-    pub key: u32,
-    pub gen: u32,
-}
-
-impl std::fmt::Display for ConnId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}.{}", self.shard, self.key, self.gen)
-    }
-}
 
 /// A complete data message, borrowed from the read buffer (or the message buffer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +135,18 @@ pub trait Handler: Clone + Send + 'static {
     /// The connection failed; `on_close` follows.
     fn on_error(&mut self, _id: ConnId, _state: &mut Self::State, _err: &ConnError) {}
 
+    /// Called once, before the shards start and before the handler is cloned for them: the
+    /// place to start the app's own threads, which reach the shards through `remote`.
+    fn on_start(&mut self, _remote: Remote<Self::Msg>) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// The answer to `GET /healthz` (200 `ok` unless the app knows better, e.g. degraded
+    /// while its broker is unreachable).
+    fn healthz(&mut self) -> HttpResponse {
+        HttpResponse::text(200, "ok\n")
+    }
+
     /// A plain HTTP request (not an upgrade) other than `GET /healthz`.
     fn on_http(&mut self, _req: &Request<'_>, _body: &[u8], _conn: &ConnInfo<'_>) -> HttpReply {
         HttpReply::NotFound
@@ -161,17 +158,6 @@ pub trait Handler: Clone + Send + 'static {
 
     /// A message another shard posted to this one.
     fn on_shard_msg(&mut self, _api: &mut ShardApi<'_, Self>, _msg: Self::Msg) {}
-}
-
-/// What happened to a frame handed to `ShardApi::deliver`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
-    Queued,
-    /// The connection is gone, closing, or not this shard's.
-    Gone,
-    /// Queued, but the connection's queue passed the cap: the slow-consumer policy applies
-    /// at this turn's flush.
-    SlowConsumer,
 }
 
 /// The context of an event on one open connection.
@@ -215,7 +201,7 @@ impl<S> Ctx<'_, S> {
     }
 
     /// Queues a frame encoded once and shared (a broadcast).
-    pub fn send_shared(&mut self, frame: Arc<[u8]>) {
+    pub fn send_shared(&mut self, frame: &SharedFrame) {
         self.out.shared(frame);
     }
 

@@ -25,11 +25,12 @@ use std::thread::JoinHandle;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+pub use api::Remote;
 pub use api::ShardApi;
 pub use config::{Config, SlowConsumerPolicy};
 pub use handler::{
     Accept, ConnError, ConnId, ConnInfo, Ctx, Delivery, Handler, HttpReply, HttpResponse, Message,
-    Token,
+    SharedFrame, Token,
 };
 pub use stats::{Counter, ShardStats};
 
@@ -83,7 +84,7 @@ fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpList
 
 impl Server {
     /// Binds the listeners (so errors surface here) and starts the shards.
-    pub fn start<H: Handler>(config: Config, handler: H) -> io::Result<Server> {
+    pub fn start<H: Handler>(config: Config, mut handler: H) -> io::Result<Server> {
         let shards = config.shards.max(1);
         let capacity = limits::socket_capacity();
         let max_connections = if config.max_connections == 0 {
@@ -127,6 +128,9 @@ impl Server {
             polls.push(poll);
         }
         let links: Arc<[api::ShardLink<H::Msg>]> = links.into();
+        handler.on_start(api::Remote {
+            links: links.clone(),
+        })?;
         let stats: Arc<[Arc<ShardStats>]> = (0..shards)
             .map(|_| Arc::new(ShardStats::default()))
             .collect();

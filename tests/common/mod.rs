@@ -2,6 +2,9 @@
 
 #![allow(dead_code)]
 
+pub mod push;
+pub mod redis;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;

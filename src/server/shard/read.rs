@@ -254,7 +254,7 @@ impl<H: Handler> Core<H> {
         }
         let body = &data[head_len..head_len + body_len];
         let reply = if req.path == "/healthz" && (req.method == "GET" || req.method == "HEAD") {
-            HttpReply::Respond(HttpResponse::text(200, "ok\n"))
+            HttpReply::Respond(self.handler.healthz())
         } else {
             let info = ConnInfo {
                 id: self.id(key, conn.gen),

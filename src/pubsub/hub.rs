@@ -1,0 +1,481 @@
+//! One shard's side of publish/subscribe: its topic registry and the fan-out of publishes.
+//! In-process, a publish is encoded once, posted to every shard (all woken at once),
+//! delivered to each shard's subscribers and the counts gathered at the origin. With Redis, a
+//! publish goes to the broker thread, which PUBLISHes it; what Redis sends back on a topic the
+//! node subscribed to is encoded once there and posted to the shards that have subscribers.
+//! Reaches connections only through `ShardPort`; must not know about sockets.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use super::redis::{self, RedisConfig, RedisHandle};
+use super::registry::{Registry, SubscribeError, Subscriptions};
+use crate::common::{ConnId, Delivery, SharedFrame};
+use crate::proto::OpCode;
+
+/// What a shard lends the hub for one call: its connections and its links to the others.
+pub trait ShardPort {
+    fn index(&self) -> u16;
+    fn shards(&self) -> usize;
+    /// Queues a shared frame on one of this shard's connections.
+    fn deliver(&mut self, id: ConnId, frame: &SharedFrame) -> Delivery;
+    /// Posts to a shard (woken at the end of the turn, or at `wake_posted`).
+    fn post(&mut self, shard: u16, msg: HubMsg);
+    /// Wakes the shards posted to so far.
+    fn wake_posted(&mut self);
+}
+
+/// How a thread outside the shards (the broker's) reaches them.
+pub trait Remote: Send + 'static {
+    fn shards(&self) -> usize;
+    /// Queues without waking; false if the shard is gone.
+    fn post(&self, shard: u16, msg: HubMsg) -> bool;
+    fn wake(&self, shard: u16);
+}
+
+/// What shards (and the broker thread) send a shard's hub.
+pub enum HubMsg {
+    /// Deliver to this shard's subscribers of `topic`; with `gather`, tell that shard how
+    /// many with `Count`.
+    Deliver {
+        topic: Arc<str>,
+        frame: SharedFrame,
+        gather: Option<(u16, u64)>,
+    },
+    Count {
+        id: u64,
+        count: u64,
+    },
+    /// The broker's answer to publish `id` of this shard.
+    Published {
+        id: u64,
+        result: Result<u64, PublishError>,
+    },
+}
+
+/// Where publishes go.
+#[derive(Debug, Clone, Default)]
+pub enum BrokerConfig {
+    /// This process only.
+    #[default]
+    Local,
+    /// Redis pub/sub, shared by every node that uses the same server and channel prefix.
+    Redis(RedisConfig),
+}
+
+/// Why a publish was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishError {
+    /// The broker is down or did not answer in time: the message was not delivered (or, if
+    /// the connection broke after it was sent, maybe delivered; it is not retried).
+    Unavailable,
+    /// The broker answered with an error.
+    Refused(String),
+    /// More bytes wait for the broker than its stated limit.
+    Overloaded,
+}
+
+impl std::fmt::Display for PublishError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PublishError::Unavailable => f.write_str("broker unavailable"),
+            PublishError::Refused(e) => write!(f, "broker refused the publish: {e}"),
+            PublishError::Overloaded => f.write_str("broker overloaded"),
+        }
+    }
+}
+
+/// How far an accepted publish reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// In-process: subscribers it was queued for, across every shard.
+    Subscribers(u64),
+    /// Through Redis: nodes subscribed to the topic when Redis got it.
+    Nodes(u64),
+}
+
+/// A publish's outcome, for the app to answer its publisher with.
+pub struct Done<R> {
+    pub reply: R,
+    pub topic: Arc<str>,
+    pub result: Result<Reach, PublishError>,
+}
+
+/// Counters of the fan-out, shared by every shard's hub (bumped per publish per shard).
+#[derive(Default)]
+pub struct HubStats {
+    /// Publishes accepted by this node.
+    pub publishes: AtomicU64,
+    /// Publishes refused (broker unavailable, refused, overloaded).
+    pub publishes_refused: AtomicU64,
+    /// Frames queued on subscribers.
+    pub deliveries: AtomicU64,
+    /// Deliveries that left a subscriber's queue past its limit (the slow-consumer policy
+    /// then applies to that connection).
+    pub over_limit: AtomicU64,
+}
+
+/// The broker's state, as every thread sees it (the Redis thread writes it).
+#[derive(Default)]
+pub struct BrokerStatus {
+    pub up: AtomicBool,
+    pub reconnects: AtomicU64,
+    pub publishes_sent: AtomicU64,
+    pub publishes_failed: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub messages_dropped: AtomicU64,
+    pub subscribed_topics: AtomicU64,
+    /// Publish round trips (write to reply), by `RTT_BUCKETS_US`.
+    pub rtt_buckets: [AtomicU64; RTT_BUCKETS_US.len()],
+    pub rtt_count: AtomicU64,
+    pub rtt_sum_us: AtomicU64,
+    pub last_error: Mutex<String>,
+}
+
+/// Upper bounds of the broker round-trip histogram, in microseconds.
+pub const RTT_BUCKETS_US: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+impl BrokerStatus {
+    pub fn record_rtt(&self, us: u64) {
+        if let Some(i) = RTT_BUCKETS_US.iter().position(|&b| us <= b) {
+            self.rtt_buckets[i].fetch_add(1, Relaxed);
+        }
+        self.rtt_count.fetch_add(1, Relaxed);
+        self.rtt_sum_us.fetch_add(us, Relaxed);
+    }
+}
+
+#[derive(Clone)]
+enum Broker {
+    Local,
+    /// Configured; the thread starts with `Hub::start`.
+    RedisPending(RedisConfig),
+    Redis(RedisHandle),
+}
+
+struct Queued<R> {
+    reply: R,
+    topic: Arc<str>,
+    what: Outbound,
+}
+
+enum Outbound {
+    Frame(SharedFrame),
+    /// A whole PUBLISH command for the broker thread.
+    Command(Vec<u8>),
+}
+
+struct Waiting<R> {
+    reply: R,
+    topic: Arc<str>,
+    remaining: usize,
+    total: u64,
+}
+
+/// One shard's topics and fan-out. `R` is what the app needs to answer a publisher.
+pub struct Hub<R> {
+    registry: Registry,
+    broker: Broker,
+    stats: Arc<HubStats>,
+    status: Arc<BrokerStatus>,
+    queued: Vec<Queued<R>>,
+    waiting: HashMap<u64, Waiting<R>>,
+    next_id: u64,
+    done: Vec<Done<R>>,
+}
+
+impl<R> Clone for Hub<R> {
+    /// A clone is another shard's hub: the same broker and counters, its own (empty) topics
+    /// and pending work.
+    fn clone(&self) -> Self {
+        Self {
+            registry: Registry::default(),
+            broker: self.broker.clone(),
+            stats: self.stats.clone(),
+            status: self.status.clone(),
+            queued: Vec::new(),
+            waiting: HashMap::new(),
+            next_id: 0,
+            done: Vec::new(),
+        }
+    }
+}
+
+impl<R> Hub<R> {
+    pub fn new(broker: BrokerConfig) -> Self {
+        let status = BrokerStatus::default();
+        status
+            .up
+            .store(matches!(broker, BrokerConfig::Local), Relaxed);
+        Self {
+            registry: Registry::default(),
+            broker: match broker {
+                BrokerConfig::Local => Broker::Local,
+                BrokerConfig::Redis(c) => Broker::RedisPending(c),
+            },
+            stats: Arc::default(),
+            status: Arc::new(status),
+            queued: Vec::new(),
+            waiting: HashMap::new(),
+            next_id: 0,
+            done: Vec::new(),
+        }
+    }
+
+    /// Starts the broker's thread, if it has one. Call once, before the hub is cloned for
+    /// the shards.
+    pub fn start(&mut self, remote: Box<dyn Remote>) -> io::Result<()> {
+        if let Broker::RedisPending(cfg) = &self.broker {
+            let handle = redis::spawn(cfg.clone(), remote, self.status.clone())?;
+            self.broker = Broker::Redis(handle);
+        }
+        Ok(())
+    }
+
+    pub fn stats(&self) -> &HubStats {
+        &self.stats
+    }
+
+    /// None in-process; the Redis broker's state otherwise.
+    pub fn broker_status(&self) -> Option<&BrokerStatus> {
+        match self.broker {
+            Broker::Local => None,
+            _ => Some(&self.status),
+        }
+    }
+
+    /// The broker's address, for logs and errors (None in-process).
+    pub fn broker_url(&self) -> Option<String> {
+        match &self.broker {
+            Broker::Local => None,
+            Broker::RedisPending(c) => Some(c.display()),
+            Broker::Redis(h) => Some(h.url()),
+        }
+    }
+
+    /// Subscribes connection `id` to `topic`; `Ok(false)` if it already was.
+    pub fn subscribe(
+        &mut self,
+        subs: &mut Subscriptions,
+        topic: &str,
+        id: ConnId,
+        max_per_conn: usize,
+    ) -> Result<bool, SubscribeError> {
+        self.registry.subscribe(subs, topic, id, max_per_conn)
+    }
+
+    /// False if it was not subscribed.
+    pub fn unsubscribe(&mut self, subs: &mut Subscriptions, topic: &str) -> bool {
+        self.registry.unsubscribe(subs, topic)
+    }
+
+    /// A connection left: drop all its subscriptions.
+    pub fn remove_all(&mut self, subs: &mut Subscriptions) {
+        self.registry.remove_all(subs)
+    }
+
+    /// Subscribers of `topic` on this shard.
+    pub fn local_subscribers(&self, topic: &str) -> usize {
+        self.registry.count(topic)
+    }
+
+    /// Accepts a publish; it starts at this turn's end (`on_turn`) and its outcome comes
+    /// back through `take_done` with `reply`. `payload` is the message as subscribers get it
+    /// (text must be UTF-8).
+    pub fn publish(&mut self, reply: R, topic: &str, opcode: OpCode, payload: &[u8]) {
+        let what = match &self.broker {
+            Broker::Local | Broker::RedisPending(_) => {
+                Outbound::Frame(SharedFrame::new(opcode, payload))
+            }
+            Broker::Redis(h) => Outbound::Command(h.publish_command(topic, opcode, payload)),
+        };
+        self.queued.push(Queued {
+            reply,
+            topic: Arc::from(topic),
+            what,
+        });
+    }
+
+    /// Outcomes of publishes since the last call.
+    pub fn take_done(&mut self) -> Vec<Done<R>> {
+        std::mem::take(&mut self.done)
+    }
+
+    /// End of a shard's turn: tells the broker which topics this shard gained or lost, and
+    /// starts the turn's publishes. The other shards get every in-process publish first,
+    /// woken at once, so they fan out while this one does its share.
+    pub fn on_turn(&mut self, port: &mut dyn ShardPort) {
+        let changes = self.registry.take_changes();
+        if let Broker::Redis(h) = &self.broker {
+            if !changes.is_empty() {
+                h.interest(port.index(), changes);
+                if self.queued.is_empty() {
+                    h.wake();
+                }
+            }
+        }
+        if self.queued.is_empty() {
+            return;
+        }
+        let queued = std::mem::take(&mut self.queued);
+        match &self.broker {
+            Broker::Redis(h) => {
+                let h = h.clone();
+                for q in queued {
+                    let Outbound::Command(cmd) = q.what else {
+                        continue;
+                    };
+                    if !self.status.up.load(Relaxed) {
+                        self.refuse(q.reply, q.topic, PublishError::Unavailable);
+                        continue;
+                    }
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    if let Err(e) = h.publish(port.index(), id, cmd) {
+                        self.refuse(q.reply, q.topic, e);
+                        continue;
+                    }
+                    self.waiting.insert(
+                        id,
+                        Waiting {
+                            reply: q.reply,
+                            topic: q.topic,
+                            remaining: 1,
+                            total: 0,
+                        },
+                    );
+                }
+                h.wake();
+            }
+            Broker::Local | Broker::RedisPending(_) => {
+                let me = port.index();
+                let first = self.next_id;
+                for (i, q) in queued.iter().enumerate() {
+                    let Outbound::Frame(frame) = &q.what else {
+                        continue;
+                    };
+                    for s in (0..port.shards() as u16).filter(|&s| s != me) {
+                        port.post(
+                            s,
+                            HubMsg::Deliver {
+                                topic: q.topic.clone(),
+                                frame: frame.clone(),
+                                gather: Some((me, first + i as u64)),
+                            },
+                        );
+                    }
+                }
+                port.wake_posted();
+                let others = port.shards() - 1;
+                for q in queued {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    let Outbound::Frame(frame) = q.what else {
+                        continue;
+                    };
+                    self.stats.publishes.fetch_add(1, Relaxed);
+                    let local = self.deliver_local(port, &q.topic, &frame);
+                    let w = Waiting {
+                        reply: q.reply,
+                        topic: q.topic,
+                        remaining: others,
+                        total: local,
+                    };
+                    if others == 0 {
+                        self.finish(w);
+                    } else {
+                        self.waiting.insert(id, w);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A message from another shard or the broker thread.
+    pub fn on_msg(&mut self, port: &mut dyn ShardPort, msg: HubMsg) {
+        match msg {
+            HubMsg::Deliver {
+                topic,
+                frame,
+                gather,
+            } => {
+                let count = self.deliver_local(port, &topic, &frame);
+                if let Some((origin, id)) = gather {
+                    port.post(origin, HubMsg::Count { id, count });
+                }
+            }
+            HubMsg::Count { id, count } => {
+                let done = match self.waiting.get_mut(&id) {
+                    Some(w) => {
+                        w.total += count;
+                        w.remaining -= 1;
+                        w.remaining == 0
+                    }
+                    None => false,
+                };
+                if done {
+                    if let Some(w) = self.waiting.remove(&id) {
+                        self.finish(w);
+                    }
+                }
+            }
+            HubMsg::Published { id, result } => {
+                if let Some(mut w) = self.waiting.remove(&id) {
+                    match result {
+                        Ok(nodes) => {
+                            self.stats.publishes.fetch_add(1, Relaxed);
+                            w.total = nodes;
+                            self.finish(w);
+                        }
+                        Err(e) => self.refuse(w.reply, w.topic, e),
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, w: Waiting<R>) {
+        let reach = match self.broker {
+            Broker::Redis(_) => Reach::Nodes(w.total),
+            _ => Reach::Subscribers(w.total),
+        };
+        self.done.push(Done {
+            reply: w.reply,
+            topic: w.topic,
+            result: Ok(reach),
+        });
+    }
+
+    fn refuse(&mut self, reply: R, topic: Arc<str>, e: PublishError) {
+        self.stats.publishes_refused.fetch_add(1, Relaxed);
+        self.done.push(Done {
+            reply,
+            topic,
+            result: Err(e),
+        });
+    }
+
+    /// Queues the frame for this shard's subscribers of `topic`; returns how many.
+    fn deliver_local(&mut self, port: &mut dyn ShardPort, topic: &str, frame: &SharedFrame) -> u64 {
+        let (mut queued, mut over) = (0, 0);
+        for id in self.registry.subscribers(topic) {
+            match port.deliver(id, frame) {
+                Delivery::Queued => queued += 1,
+                Delivery::SlowConsumer => {
+                    queued += 1;
+                    over += 1;
+                }
+                Delivery::Gone => {}
+            }
+        }
+        self.stats.deliveries.fetch_add(queued, Relaxed);
+        if over > 0 {
+            self.stats.over_limit.fetch_add(over, Relaxed);
+        }
+        queued
+    }
+}

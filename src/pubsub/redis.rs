@@ -1,0 +1,986 @@
+//! The Redis broker: one thread with its own mio poll and two connections to Redis, one that
+//! SUBSCRIBEs (the node's topics, each while some shard has a subscriber to it, batched) and
+//! one that PUBLISHes (pipelined, answered in order). Messages Redis pushes are encoded into a
+//! frame once and posted to the shards that have subscribers. When Redis is lost every waiting
+//! publish is refused, both connections are retried with backoff and jitter, and every topic
+//! is subscribed again. Owns those sockets and nothing of the shards'.
+//!
+//! On the wire a message is `PUBLISH <prefix><topic> <tag><payload>`, the tag `t` for a
+//! text frame and `b` for a binary one.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::hub::{BrokerStatus, HubMsg, PublishError, Remote};
+use super::resp::{self, Value};
+use crate::common::SharedFrame;
+use crate::proto::OpCode;
+
+const WAKER: Token = Token(0);
+const SUB: Token = Token(1);
+const PUB: Token = Token(2);
+
+/// Bytes of publishes accepted by the shards and not yet answered by Redis; past it a
+/// publish is refused (503) rather than queued.
+pub const MAX_PENDING_BYTES: usize = 64 << 20;
+/// The longest message accepted from Redis (a bulk string); longer ones end the connection.
+const MAX_REPLY_BULK: usize = 64 << 20;
+/// Redis must answer a command (or confirm a subscription) within this, else it is lost.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A PING on each connection this often while idle, so a dead peer is noticed.
+const PING_EVERY: Duration = Duration::from_secs(1);
+const BACKOFF_FIRST: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_millis(1000);
+/// Channels per SUBSCRIBE / UNSUBSCRIBE command.
+const CHANNELS_PER_COMMAND: usize = 1000;
+/// While Redis stays unreachable, the outage is logged again this often.
+const LOG_DOWN_EVERY: Duration = Duration::from_secs(30);
+
+/// Where Redis is and how to talk to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    pub host: String,
+    pub port: u16,
+    pub db: u32,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Channels are this prefix followed by the topic, so that several fanout clusters (or
+    /// other programs) can share one Redis.
+    pub prefix: String,
+}
+
+impl RedisConfig {
+    /// Parses `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`.
+    pub fn parse(url: &str) -> Result<RedisConfig, String> {
+        if url.starts_with("rediss://") {
+            return Err(format!(
+                "{url}: TLS to Redis (rediss://) is not supported; use redis:// on a trusted network or a TLS tunnel"
+            ));
+        }
+        let rest = url
+            .strip_prefix("redis://")
+            .ok_or_else(|| format!("{url}: expected redis://HOST[:PORT][/DB]"))?;
+        let (auth, rest) = match rest.rsplit_once('@') {
+            Some((a, r)) => (Some(a), r),
+            None => (None, rest),
+        };
+        let (hostport, db) = match rest.split_once('/') {
+            Some((h, "")) => (h, 0),
+            Some((h, d)) => (
+                h,
+                d.parse::<u32>()
+                    .map_err(|_| format!("{url}: the database must be a number, not {d:?}"))?,
+            ),
+            None => (rest, 0),
+        };
+        let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
+            // [::1]:6379
+            let (h, p) = h
+                .split_once(']')
+                .ok_or_else(|| format!("{url}: unclosed [ in the host"))?;
+            (h.to_string(), p.strip_prefix(':').unwrap_or(""))
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), p),
+                None => (hostport.to_string(), ""),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("{url}: no host"));
+        }
+        let port = if port.is_empty() {
+            6379
+        } else {
+            port.parse()
+                .map_err(|_| format!("{url}: bad port {port:?}"))?
+        };
+        let (username, password) = match auth {
+            None => (None, None),
+            Some(a) => match a.split_once(':') {
+                Some((u, p)) => ((!u.is_empty()).then(|| u.to_string()), Some(p.to_string())),
+                None => (Some(a.to_string()), None),
+            },
+        };
+        if username.is_some() && password.is_none() {
+            return Err(format!(
+                "{url}: a user needs a password (redis://USER:PASSWORD@HOST)"
+            ));
+        }
+        Ok(RedisConfig {
+            host,
+            port,
+            db,
+            username,
+            password,
+            prefix: "fanout:".into(),
+        })
+    }
+
+    /// The address without the password, for logs.
+    pub fn display(&self) -> String {
+        let auth = if self.password.is_some() {
+            format!("{}:***@", self.username.as_deref().unwrap_or(""))
+        } else {
+            String::new()
+        };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!("redis://{auth}{host}:{}/{}", self.port, self.db)
+    }
+}
+
+enum ToBroker {
+    Interest {
+        shard: u16,
+        changes: Vec<(Arc<str>, bool)>,
+    },
+    Publish {
+        shard: u16,
+        id: u64,
+        cmd: Vec<u8>,
+    },
+}
+
+/// The shards' side of the broker thread. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisHandle {
+    tx: mpsc::Sender<ToBroker>,
+    waker: Arc<Waker>,
+    prefix: Arc<[u8]>,
+    url: Arc<str>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl RedisHandle {
+    /// The PUBLISH command for a message, built once by the shard that accepted it.
+    pub fn publish_command(&self, topic: &str, opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+        let tag: &[u8] = if opcode == OpCode::Text { b"t" } else { b"b" };
+        let mut cmd = Vec::with_capacity(payload.len() + topic.len() + self.prefix.len() + 48);
+        resp::header(&mut cmd, b'*', 3);
+        resp::bulk(&mut cmd, b"PUBLISH");
+        resp::bulk2(&mut cmd, &self.prefix, topic.as_bytes());
+        resp::bulk2(&mut cmd, tag, payload);
+        cmd
+    }
+
+    /// Hands a publish to the broker thread (woken by `wake`); its answer comes back to
+    /// `shard` as `HubMsg::Published { id }`.
+    pub fn publish(&self, shard: u16, id: u64, cmd: Vec<u8>) -> Result<(), PublishError> {
+        let n = cmd.len();
+        if self.pending.fetch_add(n, Relaxed) + n > MAX_PENDING_BYTES {
+            self.pending.fetch_sub(n, Relaxed);
+            return Err(PublishError::Overloaded);
+        }
+        self.tx
+            .send(ToBroker::Publish { shard, id, cmd })
+            .map_err(|_| {
+                self.pending.fetch_sub(n, Relaxed);
+                PublishError::Unavailable
+            })
+    }
+
+    /// Topics that gained their first (true) or lost their last (false) subscriber on
+    /// `shard`, in order.
+    pub fn interest(&self, shard: u16, changes: Vec<(Arc<str>, bool)>) {
+        let _ = self.tx.send(ToBroker::Interest { shard, changes });
+    }
+
+    pub fn wake(&self) {
+        let _ = self.waker.wake();
+    }
+
+    pub fn url(&self) -> String {
+        self.url.to_string()
+    }
+}
+
+/// Starts the broker thread. It connects in the background: a Redis that is down at start
+/// is retried like one lost later.
+pub(crate) fn spawn(
+    cfg: RedisConfig,
+    remote: Box<dyn Remote>,
+    status: Arc<BrokerStatus>,
+) -> io::Result<RedisHandle> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let (tx, rx) = mpsc::channel();
+    let pending = Arc::new(AtomicUsize::new(0));
+    let handle = RedisHandle {
+        tx,
+        waker,
+        prefix: cfg.prefix.as_bytes().into(),
+        url: cfg.display().into(),
+        pending: pending.clone(),
+    };
+    let shards = remote.shards();
+    let thread = BrokerThread {
+        poll,
+        inbox: rx,
+        remote,
+        status,
+        pending,
+        cfg,
+        sub: None,
+        publ: None,
+        up: false,
+        ever_up: false,
+        attempt: 0,
+        retry_at: Some(Instant::now()),
+        down_since: Some(Instant::now()),
+        down_logged_at: None,
+        interest: HashMap::new(),
+        subscribed: HashSet::new(),
+        changed: HashSet::new(),
+        confirms_pending: 0,
+        confirms_since: None,
+        held: VecDeque::new(),
+        wake: vec![false; shards],
+        scratch: vec![0; 64 << 10].into_boxed_slice(),
+    };
+    std::thread::Builder::new()
+        .name("fanout-broker".into())
+        .spawn(move || thread.run())?;
+    Ok(handle)
+}
+
+enum Expect {
+    Handshake,
+    Publish {
+        shard: u16,
+        id: u64,
+        sent: Instant,
+        bytes: usize,
+    },
+    Ping,
+}
+
+struct Link {
+    sock: TcpStream,
+    started: Instant,
+    connected: bool,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    /// Replies owed by Redis, in order, and when the oldest was asked for.
+    expect: VecDeque<(Expect, Instant)>,
+    last_ping: Instant,
+}
+
+impl Link {
+    fn ready(&self) -> bool {
+        self.connected && !matches!(self.expect.front(), Some((Expect::Handshake, _)))
+    }
+}
+
+struct Held {
+    shard: u16,
+    id: u64,
+    cmd: Vec<u8>,
+}
+
+struct BrokerThread {
+    poll: Poll,
+    inbox: mpsc::Receiver<ToBroker>,
+    remote: Box<dyn Remote>,
+    status: Arc<BrokerStatus>,
+    pending: Arc<AtomicUsize>,
+    cfg: RedisConfig,
+    sub: Option<Link>,
+    publ: Option<Link>,
+    up: bool,
+    ever_up: bool,
+    attempt: u32,
+    retry_at: Option<Instant>,
+    down_since: Option<Instant>,
+    down_logged_at: Option<Instant>,
+    /// Topic -> the shards with subscribers to it.
+    interest: HashMap<Arc<str>, Vec<u16>>,
+    /// Topics SUBSCRIBEd on the current connection.
+    subscribed: HashSet<Arc<str>>,
+    /// Topics whose interest changed since the last sync.
+    changed: HashSet<Arc<str>>,
+    confirms_pending: usize,
+    confirms_since: Option<Instant>,
+    /// Publishes waiting for subscriptions to be confirmed (so a publish the node accepted
+    /// after a subscribe reaches it), in order.
+    held: VecDeque<Held>,
+    /// Shards posted to this turn.
+    wake: Vec<bool>,
+    scratch: Box<[u8]>,
+}
+
+enum Which {
+    Sub,
+    Pub,
+}
+
+impl BrokerThread {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(64);
+        loop {
+            let timeout = self.next_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!("broker: poll failed: {e}");
+                    return;
+                }
+            }
+            // The shards' messages first: an interest sent before a subscriber was told
+            // "subscribed" is known before anything read from Redis after it.
+            loop {
+                match self.inbox.try_recv() {
+                    Ok(m) => self.handle(m),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => return,
+                }
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    SUB => self.on_event(Which::Sub),
+                    PUB => self.on_event(Which::Pub),
+                    _ => {}
+                }
+            }
+            self.timers(Instant::now());
+            if self.up {
+                self.sync_subscriptions();
+                self.release_held();
+            }
+            self.flush(Which::Sub);
+            self.flush(Which::Pub);
+            for (s, w) in self.wake.iter_mut().enumerate() {
+                if std::mem::take(w) {
+                    self.remote.wake(s as u16);
+                }
+            }
+        }
+    }
+
+    fn next_timeout(&self, now: Instant) -> Duration {
+        let mut t = Duration::from_millis(250);
+        if let Some(at) = self.retry_at {
+            t = t.min(at.saturating_duration_since(now));
+        }
+        t
+    }
+
+    fn handle(&mut self, m: ToBroker) {
+        match m {
+            ToBroker::Interest { shard, changes } => {
+                for (topic, on) in changes {
+                    let shards = self.interest.entry(topic.clone()).or_default();
+                    if on {
+                        if !shards.contains(&shard) {
+                            shards.push(shard);
+                        }
+                    } else {
+                        shards.retain(|&s| s != shard);
+                        if shards.is_empty() {
+                            self.interest.remove(&topic);
+                        }
+                    }
+                    if self.up {
+                        self.changed.insert(topic);
+                    }
+                }
+            }
+            ToBroker::Publish { shard, id, cmd } => {
+                if !self.up {
+                    self.answer(shard, id, cmd.len(), Err(PublishError::Unavailable));
+                } else if self.confirms_pending > 0 || !self.held.is_empty() {
+                    self.held.push_back(Held { shard, id, cmd });
+                } else {
+                    self.send_publish(shard, id, cmd);
+                }
+            }
+        }
+    }
+
+    fn send_publish(&mut self, shard: u16, id: u64, cmd: Vec<u8>) {
+        let Some(l) = self.publ.as_mut() else {
+            self.answer(shard, id, cmd.len(), Err(PublishError::Unavailable));
+            return;
+        };
+        let now = Instant::now();
+        l.out.extend_from_slice(&cmd);
+        l.expect.push_back((
+            Expect::Publish {
+                shard,
+                id,
+                sent: now,
+                bytes: cmd.len(),
+            },
+            now,
+        ));
+        self.status.publishes_sent.fetch_add(1, Relaxed);
+    }
+
+    fn release_held(&mut self) {
+        if self.confirms_pending > 0 {
+            return;
+        }
+        while let Some(h) = self.held.pop_front() {
+            self.send_publish(h.shard, h.id, h.cmd);
+        }
+    }
+
+    fn answer(&mut self, shard: u16, id: u64, bytes: usize, result: Result<u64, PublishError>) {
+        self.pending.fetch_sub(bytes, Relaxed);
+        if result.is_err() {
+            self.status.publishes_failed.fetch_add(1, Relaxed);
+        }
+        if self.remote.post(shard, HubMsg::Published { id, result }) {
+            if let Some(w) = self.wake.get_mut(shard as usize) {
+                *w = true;
+            }
+        }
+    }
+
+    /// SUBSCRIBE the topics that gained interest and UNSUBSCRIBE those that lost it, a few
+    /// commands for any number of them.
+    fn sync_subscriptions(&mut self) {
+        if self.changed.is_empty() {
+            return;
+        }
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        for t in self.changed.drain() {
+            match (self.interest.contains_key(&t), self.subscribed.contains(&t)) {
+                (true, false) => on.push(t),
+                (false, true) => off.push(t),
+                _ => {}
+            }
+        }
+        let Some(l) = self.sub.as_mut() else { return };
+        let prefix = self.cfg.prefix.as_bytes();
+        for (verb, list) in [(&b"SUBSCRIBE"[..], &on), (&b"UNSUBSCRIBE"[..], &off)] {
+            for chunk in list.chunks(CHANNELS_PER_COMMAND) {
+                resp::header(&mut l.out, b'*', chunk.len() + 1);
+                resp::bulk(&mut l.out, verb);
+                for t in chunk {
+                    resp::bulk2(&mut l.out, prefix, t.as_bytes());
+                }
+            }
+        }
+        if !on.is_empty() {
+            if self.confirms_pending == 0 {
+                self.confirms_since = Some(Instant::now());
+            }
+            self.confirms_pending += on.len();
+        }
+        for t in off {
+            self.subscribed.remove(&t);
+        }
+        self.subscribed.extend(on);
+        self.status
+            .subscribed_topics
+            .store(self.subscribed.len() as u64, Relaxed);
+    }
+
+    fn timers(&mut self, now: Instant) {
+        if self.sub.is_none() && self.publ.is_none() {
+            if self.retry_at.is_some_and(|at| now >= at) {
+                self.connect(now);
+            }
+            return;
+        }
+        for which in [Which::Sub, Which::Pub] {
+            let Some(l) = self.link(&which) else { continue };
+            if !l.connected && now.duration_since(l.started) > CONNECT_TIMEOUT {
+                return self.fail("connecting timed out".into());
+            }
+            if let Some((_, at)) = l.expect.front() {
+                if now.duration_since(*at) > REPLY_TIMEOUT {
+                    return self.fail(format!("no reply within {REPLY_TIMEOUT:?}"));
+                }
+            }
+        }
+        if self
+            .confirms_since
+            .is_some_and(|at| now.duration_since(at) > REPLY_TIMEOUT)
+        {
+            return self.fail(format!(
+                "subscriptions not confirmed within {REPLY_TIMEOUT:?}"
+            ));
+        }
+        if self.up {
+            for which in [Which::Sub, Which::Pub] {
+                let Some(l) = self.link_mut(&which) else {
+                    continue;
+                };
+                if l.expect.is_empty() && now.duration_since(l.last_ping) >= PING_EVERY {
+                    resp::command(&mut l.out, &[b"PING"]);
+                    l.expect.push_back((Expect::Ping, now));
+                    l.last_ping = now;
+                }
+            }
+        }
+    }
+
+    fn link(&self, which: &Which) -> Option<&Link> {
+        match which {
+            Which::Sub => self.sub.as_ref(),
+            Which::Pub => self.publ.as_ref(),
+        }
+    }
+
+    fn link_mut(&mut self, which: &Which) -> Option<&mut Link> {
+        match which {
+            Which::Sub => self.sub.as_mut(),
+            Which::Pub => self.publ.as_mut(),
+        }
+    }
+
+    fn connect(&mut self, now: Instant) {
+        self.retry_at = None;
+        let addr = match (self.cfg.host.as_str(), self.cfg.port).to_socket_addrs() {
+            Ok(mut a) => match a.next() {
+                Some(a) => a,
+                None => return self.fail(format!("{} resolves to no address", self.cfg.host)),
+            },
+            Err(e) => return self.fail(format!("cannot resolve {}: {e}", self.cfg.host)),
+        };
+        for which in [Which::Sub, Which::Pub] {
+            match self.open_link(addr, &which, now) {
+                Ok(l) => match which {
+                    Which::Sub => self.sub = Some(l),
+                    Which::Pub => self.publ = Some(l),
+                },
+                Err(e) => return self.fail(format!("connect: {e}")),
+            }
+        }
+    }
+
+    fn open_link(&self, addr: SocketAddr, which: &Which, now: Instant) -> io::Result<Link> {
+        let mut sock = TcpStream::connect(addr)?;
+        let token = match which {
+            Which::Sub => SUB,
+            Which::Pub => PUB,
+        };
+        self.poll
+            .registry()
+            .register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)?;
+        let mut l = Link {
+            sock,
+            started: now,
+            connected: false,
+            inbuf: Vec::new(),
+            out: Vec::new(),
+            expect: VecDeque::new(),
+            last_ping: now,
+        };
+        let ask = |l: &mut Link, args: &[&[u8]]| {
+            resp::command(&mut l.out, args);
+            l.expect.push_back((Expect::Handshake, now));
+        };
+        match (&self.cfg.username, &self.cfg.password) {
+            (Some(u), Some(p)) => ask(&mut l, &[b"AUTH", u.as_bytes(), p.as_bytes()]),
+            (None, Some(p)) => ask(&mut l, &[b"AUTH", p.as_bytes()]),
+            _ => {}
+        }
+        if self.cfg.db != 0 {
+            ask(&mut l, &[b"SELECT", self.cfg.db.to_string().as_bytes()]);
+        }
+        let name = format!(
+            "fanout-{}-{}",
+            std::process::id(),
+            match which {
+                Which::Sub => "sub",
+                Which::Pub => "pub",
+            }
+        );
+        ask(&mut l, &[b"CLIENT", b"SETNAME", name.as_bytes()]);
+        ask(&mut l, &[b"PING"]);
+        Ok(l)
+    }
+
+    fn on_event(&mut self, which: Which) {
+        let Some(l) = self.link_mut(&which) else {
+            return; // a socket of a connection already given up
+        };
+        if !l.connected {
+            match l.sock.take_error() {
+                Ok(None) => {}
+                Ok(Some(e)) | Err(e) => return self.fail(format!("connect: {e}")),
+            }
+            match l.sock.peer_addr() {
+                Ok(_) => l.connected = true,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => return self.fail(format!("connect: {e}")),
+            }
+        }
+        // Read what there is.
+        let mut eof = false;
+        loop {
+            let l = match which {
+                Which::Sub => self.sub.as_mut(),
+                Which::Pub => self.publ.as_mut(),
+            };
+            let Some(l) = l else { return };
+            match l.sock.read(&mut self.scratch) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    if l.inbuf.len() + n > MAX_REPLY_BULK + (64 << 10) {
+                        return self.fail("a reply from Redis passed the size limit".into());
+                    }
+                    l.inbuf.extend_from_slice(&self.scratch[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.fail(format!("read: {e}")),
+            }
+        }
+        self.parse(&which);
+        if eof && self.link(&which).is_some() {
+            self.fail("Redis closed the connection".into());
+        }
+    }
+
+    fn parse(&mut self, which: &Which) {
+        let Some(l) = self.link_mut(which) else {
+            return;
+        };
+        let buf = std::mem::take(&mut l.inbuf);
+        let mut at = 0;
+        let mut error = None;
+        while at < buf.len() {
+            match resp::parse(&buf[at..], MAX_REPLY_BULK) {
+                Ok(Some((v, n))) => {
+                    at += n;
+                    let r = match which {
+                        Which::Sub => self.on_sub_value(v),
+                        Which::Pub => self.on_pub_value(v),
+                    };
+                    if let Err(e) = r {
+                        error = Some(e);
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        if let Some(e) = error {
+            return self.fail(e);
+        }
+        if let Some(l) = self.link_mut(which) {
+            let mut buf = buf;
+            buf.drain(..at);
+            l.inbuf = buf;
+        }
+        self.check_up();
+    }
+
+    fn on_pub_value(&mut self, v: Value<'_>) -> Result<(), String> {
+        let Some(l) = self.publ.as_mut() else {
+            return Ok(());
+        };
+        let Some((expect, _)) = l.expect.pop_front() else {
+            return Err("a reply from Redis that nothing asked for".into());
+        };
+        match (expect, v) {
+            (Expect::Handshake, Value::Error(e)) => {
+                Err(format!("Redis refused: {}", String::from_utf8_lossy(e)))
+            }
+            (Expect::Handshake | Expect::Ping, _) => Ok(()),
+            (
+                Expect::Publish {
+                    shard,
+                    id,
+                    sent,
+                    bytes,
+                },
+                v,
+            ) => {
+                let result = match v {
+                    Value::Int(n) => {
+                        self.status
+                            .record_rtt(sent.elapsed().as_micros().max(1) as u64);
+                        Ok(n.max(0) as u64)
+                    }
+                    Value::Error(e) => Err(PublishError::Refused(
+                        String::from_utf8_lossy(e).into_owned(),
+                    )),
+                    _ => Err(PublishError::Refused("unexpected reply to PUBLISH".into())),
+                };
+                self.answer(shard, id, bytes, result);
+                Ok(())
+            }
+        }
+    }
+
+    fn on_sub_value(&mut self, v: Value<'_>) -> Result<(), String> {
+        let items = match v {
+            Value::Array(Some(items)) => items,
+            Value::Error(e) => {
+                return Err(format!("Redis refused: {}", String::from_utf8_lossy(e)));
+            }
+            // +OK / +PONG: a handshake step, or a ping before any subscription.
+            _ => return self.sub_reply(),
+        };
+        let kind = items.first().and_then(Value::bytes).unwrap_or(b"");
+        match kind {
+            b"message" => {
+                let (Some(ch), Some(payload)) = (
+                    items.get(1).and_then(Value::bytes),
+                    items.get(2).and_then(Value::bytes),
+                ) else {
+                    return Err("a malformed message push from Redis".into());
+                };
+                self.on_message(ch, payload);
+                Ok(())
+            }
+            b"subscribe" => {
+                self.confirms_pending = self.confirms_pending.saturating_sub(1);
+                if self.confirms_pending == 0 {
+                    self.confirms_since = None;
+                }
+                Ok(())
+            }
+            b"unsubscribe" => Ok(()),
+            b"pong" => self.sub_reply(),
+            _ => Ok(()),
+        }
+    }
+
+    /// A reply on the subscribing connection that answers a request of ours, in order.
+    fn sub_reply(&mut self) -> Result<(), String> {
+        if let Some(l) = self.sub.as_mut() {
+            l.expect.pop_front();
+        }
+        Ok(())
+    }
+
+    /// A message Redis pushed on one of our channels: encode it once, post it to the shards
+    /// with subscribers.
+    fn on_message(&mut self, ch: &[u8], payload: &[u8]) {
+        self.status.messages_received.fetch_add(1, Relaxed);
+        let topic = ch
+            .strip_prefix(self.cfg.prefix.as_bytes())
+            .and_then(|t| std::str::from_utf8(t).ok());
+        let (opcode, body) = match payload.split_first() {
+            Some((b't', body)) if simdutf8::basic::from_utf8(body).is_ok() => (OpCode::Text, body),
+            Some((b'b', body)) => (OpCode::Binary, body),
+            _ => {
+                self.status.messages_dropped.fetch_add(1, Relaxed);
+                return;
+            }
+        };
+        let Some((topic, shards)) = topic.and_then(|t| self.interest.get_key_value(t)) else {
+            return; // unsubscribed meanwhile
+        };
+        let frame = SharedFrame::new(opcode, body);
+        for &s in shards {
+            let msg = HubMsg::Deliver {
+                topic: topic.clone(),
+                frame: frame.clone(),
+                gather: None,
+            };
+            if self.remote.post(s, msg) {
+                if let Some(w) = self.wake.get_mut(s as usize) {
+                    *w = true;
+                }
+            }
+        }
+    }
+
+    /// Both connections through their handshake: Redis is up.
+    fn check_up(&mut self) {
+        if self.up {
+            return;
+        }
+        let ready = self.sub.as_ref().is_some_and(Link::ready)
+            && self.publ.as_ref().is_some_and(Link::ready);
+        if !ready {
+            return;
+        }
+        self.up = true;
+        self.attempt = 0;
+        self.subscribed.clear();
+        self.changed = self.interest.keys().cloned().collect();
+        if self.ever_up {
+            self.status.reconnects.fetch_add(1, Relaxed);
+        }
+        let down_for = self.down_since.take().map(|t| t.elapsed());
+        if self.ever_up {
+            tracing::info!(
+                "broker {} is back after {:.1?}; subscribing again to {} topic(s)",
+                self.cfg.display(),
+                down_for.unwrap_or_default(),
+                self.changed.len()
+            );
+        } else {
+            tracing::info!("broker {} connected", self.cfg.display());
+        }
+        self.ever_up = true;
+        self.down_logged_at = None;
+        self.status.up.store(true, Relaxed);
+    }
+
+    /// Redis is lost (or never came): refuse what waits, drop both connections, retry later.
+    fn fail(&mut self, reason: String) {
+        let was_up = self.up;
+        self.up = false;
+        self.status.up.store(false, Relaxed);
+        if let Ok(mut e) = self.status.last_error.lock() {
+            e.clone_from(&reason);
+        }
+        let mut refused = Vec::new();
+        for l in [self.sub.take(), self.publ.take()].into_iter().flatten() {
+            let mut sock = l.sock;
+            let _ = self.poll.registry().deregister(&mut sock);
+            for (e, _) in l.expect {
+                if let Expect::Publish {
+                    shard, id, bytes, ..
+                } = e
+                {
+                    refused.push((shard, id, bytes));
+                }
+            }
+        }
+        for h in std::mem::take(&mut self.held) {
+            refused.push((h.shard, h.id, h.cmd.len()));
+        }
+        for (shard, id, bytes) in refused {
+            self.answer(shard, id, bytes, Err(PublishError::Unavailable));
+        }
+        self.subscribed.clear();
+        self.changed.clear();
+        self.confirms_pending = 0;
+        self.confirms_since = None;
+        self.status.subscribed_topics.store(0, Relaxed);
+        let now = Instant::now();
+        if was_up || self.down_since.is_none() {
+            self.down_since = Some(now);
+        }
+        let backoff = backoff(self.attempt);
+        self.attempt = self.attempt.saturating_add(1);
+        self.retry_at = Some(now + backoff);
+        if was_up {
+            tracing::warn!(
+                "broker {} lost: {reason}; publishes answer 503 until it is back (retrying)",
+                self.cfg.display()
+            );
+            self.down_logged_at = Some(now);
+        } else if self
+            .down_logged_at
+            .is_none_or(|t| now.duration_since(t) >= LOG_DOWN_EVERY)
+        {
+            tracing::warn!(
+                "broker {} unavailable: {reason}; publishes answer 503 and /healthz says degraded until it is reachable (retrying every {:?} at most)",
+                self.cfg.display(),
+                BACKOFF_MAX
+            );
+            self.down_logged_at = Some(now);
+        } else {
+            tracing::debug!(
+                "broker {}: {reason}; retry in {backoff:?}",
+                self.cfg.display()
+            );
+        }
+    }
+
+    fn flush(&mut self, which: Which) {
+        let Some(l) = self.link_mut(&which) else {
+            return;
+        };
+        if !l.connected || l.out.is_empty() {
+            return;
+        }
+        let mut written = 0;
+        let mut err = None;
+        while written < l.out.len() {
+            match l.sock.write(&l.out[written..]) {
+                Ok(0) => {
+                    err = Some("write: wrote nothing".to_string());
+                    break;
+                }
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    err = Some(format!("write: {e}"));
+                    break;
+                }
+            }
+        }
+        l.out.drain(..written);
+        if l.out.capacity() > (1 << 20) && l.out.len() < (64 << 10) {
+            l.out.shrink_to(64 << 10);
+        }
+        if let Some(e) = err {
+            self.fail(e);
+        }
+    }
+}
+
+/// 50 ms doubling to 1 s, each scaled by a random factor in [0.5, 1) so that nodes that lost
+/// Redis together do not come back in step.
+fn backoff(attempt: u32) -> Duration {
+    let base = BACKOFF_FIRST
+        .saturating_mul(1u32 << attempt.min(10))
+        .min(BACKOFF_MAX);
+    let mut r = [0u8; 2];
+    let _ = getrandom::fill(&mut r);
+    let f = 0.5 + f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX) / 2.0;
+    base.mul_f64(f.min(0.999))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let c = RedisConfig::parse("redis://127.0.0.1:6380/2").unwrap();
+        assert_eq!((c.host.as_str(), c.port, c.db), ("127.0.0.1", 6380, 2));
+        assert_eq!(c.password, None);
+        let c = RedisConfig::parse("redis://localhost").unwrap();
+        assert_eq!((c.host.as_str(), c.port, c.db), ("localhost", 6379, 0));
+        let c = RedisConfig::parse("redis://:s3cret@[::1]:7000/").unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("::1", 7000));
+        assert_eq!(
+            (c.username.as_deref(), c.password.as_deref()),
+            (None, Some("s3cret"))
+        );
+        assert_eq!(c.display(), "redis://:***@[::1]:7000/0");
+        let c = RedisConfig::parse("redis://ann:pw@h:1").unwrap();
+        assert_eq!(c.username.as_deref(), Some("ann"));
+        for bad in [
+            "http://x",
+            "redis://",
+            "redis://h:port",
+            "redis://h/db",
+            "redis://ann@h",
+            "rediss://h",
+        ] {
+            assert!(RedisConfig::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_to_a_cap_with_jitter() {
+        for attempt in 0..20 {
+            let b = backoff(attempt);
+            let base = BACKOFF_FIRST
+                .saturating_mul(1 << attempt.min(10))
+                .min(BACKOFF_MAX);
+            assert!(b >= base / 2 && b < base, "{attempt}: {b:?} of {base:?}");
+        }
+    }
+}

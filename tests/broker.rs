@@ -1,0 +1,277 @@
+//! The push app with the Redis broker: several nodes (servers, each with its own broker
+//! connections) joined by a real `redis-server`. A publish to any node reaches every
+//! subscriber once and in order; subscriptions follow local interest; a Redis outage is
+//! answered with 503 and healed by resubscribing.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::push::{http, next_text, publish, silent, sub, Ws, KEY};
+use common::redis::RedisServer;
+use fanout::apps::push::{Push, PushConfig};
+use fanout::pubsub::redis::RedisConfig;
+use fanout::pubsub::BrokerConfig;
+use fanout::server::{Config, Server, SlowConsumerPolicy};
+use tungstenite::Message;
+
+fn node(redis_url: &str) -> Server {
+    Server::start(
+        Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            shards: 2,
+            slow_consumer: SlowConsumerPolicy::Disconnect,
+            ..Config::default()
+        },
+        Push::new(PushConfig {
+            publish_key: Some(KEY.into()),
+            allow_ws_publish: true,
+            broker: BrokerConfig::Redis(RedisConfig::parse(redis_url).unwrap()),
+            ..PushConfig::default()
+        }),
+    )
+    .unwrap()
+}
+
+/// Waits until `/healthz` on `node` says `ok` (the broker connected).
+fn wait_healthy(s: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, body) = http(s.local_addr(), "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+        if body == "ok\n" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "broker never connected: {body}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_publish_to_any_node_reaches_every_subscriber_once_in_order() {
+    let redis = RedisServer::start();
+    let nodes: Vec<Server> = (0..3).map(|_| node(&redis.url())).collect();
+    nodes.iter().for_each(wait_healthy);
+    // Two subscribers per node, by URL and by message.
+    let mut subs: Vec<Ws> = Vec::new();
+    for n in &nodes {
+        subs.push(sub(n.local_addr(), "?topics=news"));
+        let mut ws = sub(n.local_addr(), "");
+        ws.send(Message::text(r#"{"op":"subscribe","topic":"news"}"#))
+            .unwrap();
+        assert_eq!(next_text(&mut ws), r#"{"op":"subscribed","topic":"news"}"#);
+        subs.push(ws);
+    }
+    let mut other = sub(nodes[0].local_addr(), "?topics=sport");
+    assert!(
+        redis.wait_numsub("fanout:news", 3),
+        "one subscription per node"
+    );
+    for i in 0..20 {
+        let at = nodes[i % 3].local_addr();
+        let (status, body) = publish(at, "news", &format!("n{i}"), "text/plain", KEY);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body.trim(), r#"{"topic":"news","nodes":3}"#);
+    }
+    // Over WebSocket too, binary over HTTP.
+    let mut publisher = sub(nodes[1].local_addr(), "");
+    publisher
+        .send(Message::text(
+            r#"{"op":"publish","topic":"news","data":"ws"}"#,
+        ))
+        .unwrap();
+    assert_eq!(
+        next_text(&mut publisher),
+        r#"{"op":"published","topic":"news","nodes":3}"#
+    );
+    let (status, _) = publish(
+        nodes[2].local_addr(),
+        "news",
+        "raw",
+        "application/octet-stream",
+        KEY,
+    );
+    assert_eq!(status, 200);
+    for ws in subs.iter_mut() {
+        for i in 0..20 {
+            assert_eq!(next_text(ws), format!("n{i}"));
+        }
+        assert_eq!(next_text(ws), "ws");
+        assert_eq!(next_text(ws), "binary:raw");
+        assert!(silent(ws, Duration::from_millis(100)), "nothing twice");
+    }
+    assert!(silent(&mut other, Duration::from_millis(100)));
+    // A topic nobody subscribes to, anywhere.
+    let (status, body) = publish(nodes[0].local_addr(), "void", "x", "text/plain", KEY);
+    assert_eq!(
+        (status, body.trim()),
+        (200, r#"{"topic":"void","nodes":0}"#)
+    );
+    let (_, metrics) = http(
+        nodes[0].local_addr(),
+        "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    assert!(metrics.contains("fanout_broker_up 1"), "{metrics}");
+    assert!(
+        metrics.contains("fanout_broker_messages_received_total 22"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("fanout_broker_rtt_seconds_count "),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_node_subscribes_in_redis_once_per_topic_and_only_while_it_has_subscribers() {
+    let redis = RedisServer::start();
+    let n = node(&redis.url());
+    wait_healthy(&n);
+    let before = redis.calls("subscribe");
+    let subs: Vec<Ws> = (0..50)
+        .map(|_| sub(n.local_addr(), "?topics=crowd"))
+        .collect();
+    assert!(redis.wait_numsub("fanout:crowd", 1));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        redis.calls("subscribe") - before,
+        1,
+        "50 subscribers on two shards: one SUBSCRIBE"
+    );
+    assert_eq!(
+        redis.cmd(&["PUBSUB", "CHANNELS", "fanout:*"]),
+        "fanout:crowd"
+    );
+    let mut subs = subs;
+    let mut last = subs.pop().unwrap();
+    drop(subs);
+    // One left: still subscribed.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(redis.numsub("fanout:crowd"), 1);
+    let (status, _) = publish(n.local_addr(), "crowd", "still", "text/plain", KEY);
+    assert_eq!(status, 200);
+    assert_eq!(next_text(&mut last), "still");
+    // Unsubscribing the last one leaves Redis.
+    last.send(Message::text(r#"{"op":"unsubscribe","topic":"crowd"}"#))
+        .unwrap();
+    assert_eq!(
+        next_text(&mut last),
+        r#"{"op":"unsubscribed","topic":"crowd"}"#
+    );
+    assert!(
+        redis.wait_numsub("fanout:crowd", 0),
+        "unsubscribed in Redis"
+    );
+    assert_eq!(redis.cmd(&["PUBSUB", "CHANNELS", "fanout:*"]), "");
+}
+
+#[test]
+fn redis_lost_and_back_503_while_down_then_resubscribed() {
+    let mut redis = RedisServer::start();
+    let a = node(&redis.url());
+    let b = node(&redis.url());
+    wait_healthy(&a);
+    wait_healthy(&b);
+    let mut sa = sub(a.local_addr(), "?topics=t");
+    let mut sb = sub(b.local_addr(), "?topics=t");
+    assert!(redis.wait_numsub("fanout:t", 2));
+    assert_eq!(
+        publish(a.local_addr(), "t", "before", "text/plain", KEY).0,
+        200
+    );
+    assert_eq!(next_text(&mut sa), "before");
+    assert_eq!(next_text(&mut sb), "before");
+
+    redis.kill();
+    // Publishes are refused with 503 (never a 200 for what cannot be delivered).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = publish(b.local_addr(), "t", "lost", "text/plain", KEY);
+        if status == 503 {
+            assert_eq!(body.trim(), r#"{"error":"broker unavailable","topic":"t"}"#);
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(Instant::now() < deadline, "still 200 with Redis dead");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, health) = http(b.local_addr(), "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(status, 200);
+    assert!(
+        health.starts_with("degraded: broker redis://127.0.0.1:"),
+        "{health}"
+    );
+    // Over WebSocket: an error, and the connection stays usable.
+    let mut publisher = sub(a.local_addr(), "");
+    publisher
+        .send(Message::text(r#"{"op":"publish","topic":"t","data":"x"}"#))
+        .unwrap();
+    assert_eq!(
+        next_text(&mut publisher),
+        r#"{"op":"error","topic":"t","reason":"broker unavailable"}"#
+    );
+    let (_, metrics) = http(a.local_addr(), "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(metrics.contains("fanout_broker_up 0"), "{metrics}");
+
+    // Local connections stayed open: they still answer.
+    sa.send(Message::text(r#"{"op":"subscribe","topic":"t2"}"#))
+        .unwrap();
+    assert_eq!(next_text(&mut sa), r#"{"op":"subscribed","topic":"t2"}"#);
+
+    redis.restart();
+    let back = Instant::now();
+    let deadline = back + Duration::from_secs(10);
+    loop {
+        let (status, body) = publish(a.local_addr(), "t", "after", "text/plain", KEY);
+        if status == 200 && body.contains("\"nodes\":2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not back 10 s after Redis: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Both nodes resubscribed: the 200 with 2 nodes reached both.
+    let mut got_a = next_text(&mut sa);
+    while got_a != "after" {
+        got_a = next_text(&mut sa); // earlier "after" attempts that reached fewer nodes
+    }
+    let mut got_b = next_text(&mut sb);
+    while got_b != "after" {
+        got_b = next_text(&mut sb);
+    }
+    assert_eq!(redis.numsub("fanout:t"), 2);
+    assert_eq!(redis.numsub("fanout:t2"), 1, "t2, subscribed while down");
+    let (_, metrics) = http(a.local_addr(), "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(
+        metrics.contains("fanout_broker_reconnects_total 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("fanout_broker_up 1"), "{metrics}");
+}
+
+#[test]
+fn redis_down_at_start_the_server_starts_degraded_and_heals() {
+    // A port with nothing on it, then Redis on that port.
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    redis.kill();
+    let n = node(&url);
+    let mut s = sub(n.local_addr(), "?topics=late");
+    let (status, health) = http(n.local_addr(), "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(status, 200);
+    assert!(health.starts_with("degraded"), "{health}");
+    assert_eq!(
+        publish(n.local_addr(), "late", "x", "text/plain", KEY).0,
+        503
+    );
+    redis.restart();
+    wait_healthy(&n);
+    assert!(redis.wait_numsub("fanout:late", 1));
+    let (status, body) = publish(n.local_addr(), "late", "hello", "text/plain", KEY);
+    assert_eq!(
+        (status, body.trim()),
+        (200, r#"{"topic":"late","nodes":1}"#)
+    );
+    assert_eq!(next_text(&mut s), "hello");
+}
