@@ -186,6 +186,10 @@ pub struct Hub<R> {
     waiting: HashMap<u64, Waiting<R>>,
     next_id: u64,
     done: Vec<Done<R>>,
+    /// This shard's index (learnt from the first subscriber's id).
+    shard: u16,
+    /// Interest was sent to the broker this turn: wake it at the turn's end.
+    broker_told: bool,
 }
 
 impl<R> Clone for Hub<R> {
@@ -201,6 +205,8 @@ impl<R> Clone for Hub<R> {
             waiting: HashMap::new(),
             next_id: 0,
             done: Vec::new(),
+            shard: 0,
+            broker_told: false,
         }
     }
 }
@@ -223,6 +229,8 @@ impl<R> Hub<R> {
             waiting: HashMap::new(),
             next_id: 0,
             done: Vec::new(),
+            shard: 0,
+            broker_told: false,
         }
     }
 
@@ -265,17 +273,37 @@ impl<R> Hub<R> {
         id: ConnId,
         max_per_conn: usize,
     ) -> Result<bool, SubscribeError> {
-        self.registry.subscribe(subs, topic, id, max_per_conn)
+        self.shard = id.shard;
+        let r = self.registry.subscribe(subs, topic, id, max_per_conn);
+        self.tell_broker();
+        r
     }
 
     /// False if it was not subscribed.
     pub fn unsubscribe(&mut self, subs: &mut Subscriptions, topic: &str) -> bool {
-        self.registry.unsubscribe(subs, topic)
+        let r = self.registry.unsubscribe(subs, topic);
+        self.tell_broker();
+        r
     }
 
     /// A connection left: drop all its subscriptions.
     pub fn remove_all(&mut self, subs: &mut Subscriptions) {
-        self.registry.remove_all(subs)
+        self.registry.remove_all(subs);
+        self.tell_broker();
+    }
+
+    /// Hands the broker the topics this shard gained or lost, at once: a subscriber is told
+    /// "subscribed" after this, so the broker learns of it before any publish the subscriber
+    /// could cause. The broker is woken at the turn's end.
+    fn tell_broker(&mut self) {
+        let changes = self.registry.take_changes();
+        if changes.is_empty() {
+            return;
+        }
+        if let Broker::Redis(h) = &self.broker {
+            h.interest(self.shard, changes);
+            self.broker_told = true;
+        }
     }
 
     /// Subscribers of `topic` on this shard.
@@ -305,17 +333,13 @@ impl<R> Hub<R> {
         std::mem::take(&mut self.done)
     }
 
-    /// End of a shard's turn: tells the broker which topics this shard gained or lost, and
-    /// starts the turn's publishes. The other shards get every in-process publish first,
+    /// End of a shard's turn: wakes the broker if told of new interest, and starts the
+    /// turn's publishes. The other shards get every in-process publish first,
     /// woken at once, so they fan out while this one does its share.
     pub fn on_turn(&mut self, port: &mut dyn ShardPort) {
-        let changes = self.registry.take_changes();
         if let Broker::Redis(h) = &self.broker {
-            if !changes.is_empty() {
-                h.interest(port.index(), changes);
-                if self.queued.is_empty() {
-                    h.wake();
-                }
+            if std::mem::take(&mut self.broker_told) && self.queued.is_empty() {
+                h.wake();
             }
         }
         if self.queued.is_empty() {
