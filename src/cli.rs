@@ -49,6 +49,16 @@ pub enum SlowConsumer {
     DropOldest,
 }
 
+/// A `[[history]]` table: the history of the topics starting with `prefix`.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryRule {
+    pub prefix: String,
+    pub size: usize,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub ttl: Option<Duration>,
+}
+
 /// Every option is optional: unset ones come from the config file, then the defaults.
 #[derive(clap::Args, Deserialize, Debug, Default, Clone)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -142,6 +152,26 @@ pub struct ServeArgs {
     /// push: prefix of the Redis channels (channel = prefix + topic) [default: fanout:].
     #[arg(long, value_name = "PREFIX")]
     pub broker_prefix: Option<String>,
+    /// push: keep the last N messages of every topic, so that reconnecting subscribers can
+    /// recover what they missed (needs --envelope) [default: off].
+    #[arg(long)]
+    pub history_size: Option<usize>,
+    /// push: drop history entries older than this [default: kept until pushed out by size].
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub history_ttl: Option<Duration>,
+    /// push: all topics' history together, in bytes; past it the oldest entries go [default: 64MiB].
+    #[arg(long, value_parser = parse_size)]
+    #[serde(default, deserialize_with = "de_size")]
+    pub history_max_bytes: Option<usize>,
+    /// push: messages one recovery may replay; a subscriber further behind is told to reload
+    /// [default: 1000].
+    #[arg(long)]
+    pub max_recovery: Option<usize>,
+    /// Per topic prefix (TOML only): `[[history]] prefix = "chat." size = 100 ttl = "5m"`.
+    #[arg(skip)]
+    #[serde(default)]
+    pub history: Vec<HistoryRule>,
     /// Accept permessage-deflate (RFC 7692) offers [default: off].
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub deflate: Option<bool>,
@@ -214,6 +244,9 @@ impl ServeArgs {
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let file: ServeArgs =
             toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if self.history.is_empty() {
+            self.history.clone_from(&file.history);
+        }
         merge_fields!(
             self,
             file,
@@ -244,6 +277,10 @@ impl ServeArgs {
             max_topics_per_conn,
             broker,
             broker_prefix,
+            history_size,
+            history_ttl,
+            history_max_bytes,
+            max_recovery,
             deflate,
             deflate_min_size,
             deflate_window_bits,
@@ -270,6 +307,25 @@ impl ServeArgs {
         }
         if self.broker.is_none() && self.broker_prefix.is_some() {
             return Err("--broker-prefix needs --broker".into());
+        }
+        let history = self.history_config();
+        if history.enabled() {
+            if self.app() != AppKind::Push {
+                return Err("--history-size and [[history]] need --app push".into());
+            }
+            if self.envelope != Some(true) {
+                return Err("--history-size and [[history]] need --envelope: deliveries carry their offset and epoch in it".into());
+            }
+            if self.broker.is_some() {
+                return Err("history with --broker is not supported yet (it is per process): use one of them".into());
+            }
+            if history.default.is_some_and(|p| p.size == 0)
+                || history.prefixes.iter().any(|(_, p)| p.size == 0)
+            {
+                return Err("a history size must be at least 1".into());
+            }
+        } else if self.history_ttl.is_some() {
+            return Err("--history-ttl needs --history-size".into());
         }
         if self.jwt_secret.as_deref().is_some_and(str::is_empty) {
             return Err("--jwt-secret is empty".into());
@@ -321,10 +377,27 @@ impl ServeArgs {
         Ok(crate::pubsub::BrokerConfig::Redis(cfg))
     }
 
+    /// The `--history-*` settings and `[[history]]` tables.
+    pub fn history_config(&self) -> crate::pubsub::HistoryConfig {
+        let d = crate::pubsub::HistoryConfig::default();
+        let policy = |size, ttl| crate::pubsub::HistoryPolicy { size, ttl };
+        crate::pubsub::HistoryConfig {
+            default: self.history_size.map(|n| policy(n, self.history_ttl)),
+            prefixes: self
+                .history
+                .iter()
+                .map(|r| (r.prefix.clone(), policy(r.size, r.ttl)))
+                .collect(),
+            max_bytes: self.history_max_bytes.unwrap_or(d.max_bytes),
+            max_recovery: self.max_recovery.unwrap_or(d.max_recovery),
+        }
+    }
+
     /// The push app's settings.
     pub fn push_config(&self) -> crate::apps::push::PushConfig {
         let d = crate::apps::push::PushConfig::default();
         crate::apps::push::PushConfig {
+            history: self.history_config(),
             broker: self.broker_config().unwrap_or_default(),
             publish_key: self.publish_key.clone().filter(|k| !k.is_empty()),
             allow_ws_publish: self.allow_ws_publish.unwrap_or(d.allow_ws_publish),
@@ -502,6 +575,44 @@ mod tests {
         assert_eq!(parse_duration("250µs"), Ok(Duration::from_micros(250)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn broker_and_history_settings() {
+        let dir = std::env::temp_dir().join(format!("fanout-cli-h-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("fanout.toml");
+        std::fs::write(
+            &path,
+            "app = \"push\"\nenvelope = true\nhistory-size = 10\nmax-recovery = 50\n\n[[history]]\nprefix = \"chat.\"\nsize = 100\nttl = \"5m\"\n",
+        )
+        .unwrap();
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["fanout", "serve", "--config", path.to_str().unwrap()];
+            argv.extend_from_slice(extra);
+            let Command::Serve(args) = Cli::parse_from(argv).command;
+            args.merged()
+        };
+        let h = parse(&[]).unwrap().history_config();
+        assert_eq!(h.policy("news").map(|p| p.size), Some(10));
+        let chat = h.policy("chat.room").unwrap();
+        assert_eq!((chat.size, chat.ttl), (100, Some(Duration::from_secs(300))));
+        assert_eq!(h.max_recovery, 50);
+        let err = parse(&["--broker", "redis://127.0.0.1"]).unwrap_err();
+        assert!(err.contains("not supported yet"), "{err}");
+        std::fs::write(&path, "app = \"push\"\nbroker = \"redis://h:7/2\"\n").unwrap();
+        let p = parse(&["--broker-prefix", "x:"]).unwrap().push_config();
+        match p.broker {
+            crate::pubsub::BrokerConfig::Redis(r) => {
+                assert_eq!(
+                    (r.host.as_str(), r.port, r.db, r.prefix.as_str()),
+                    ("h", 7, 2, "x:")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::write(&path, "app = \"push\"\nhistory-size = 5\n").unwrap();
+        assert!(parse(&[]).unwrap_err().contains("--envelope"));
     }
 
     #[test]

@@ -15,8 +15,8 @@ use serde_json::value::RawValue;
 use crate::proto::handshake::{HttpError, Request};
 use crate::proto::OpCode;
 use crate::pubsub::{
-    validate_topic, BrokerConfig, Done, Hub, HubMsg, PublishError, Reach, ShardPort, Subscriptions,
-    RTT_BUCKETS_US,
+    validate_topic, BrokerConfig, Done, HistoryConfig, Hub, HubMsg, NotRecovered, Position,
+    PublishError, Reach, Recovered, ShardPort, Subscriptions, RTT_BUCKETS_US,
 };
 use crate::server::{
     Accept, ConnId, ConnInfo, Ctx, Delivery, Handler, HttpReply, HttpResponse, Message, Remote,
@@ -35,6 +35,9 @@ pub struct PushConfig {
     pub max_topics_per_conn: usize,
     /// Where publishes go: this process, or Redis (shared by several nodes).
     pub broker: BrokerConfig,
+    /// Which topics keep a history that subscribers can recover from (needs `envelope`:
+    /// deliveries carry their offset in it).
+    pub history: HistoryConfig,
 }
 
 impl Default for PushConfig {
@@ -45,6 +48,7 @@ impl Default for PushConfig {
             envelope: false,
             max_topics_per_conn: 64,
             broker: BrokerConfig::Local,
+            history: HistoryConfig::default(),
         }
     }
 }
@@ -91,6 +95,9 @@ impl ShardPort for Port<'_, '_> {
     fn deliver(&mut self, id: ConnId, frame: &SharedFrame) -> Delivery {
         self.0.deliver(id, frame)
     }
+    fn send_text(&mut self, id: ConnId, text: &str) -> bool {
+        self.0.send_text(id, text)
+    }
     fn post(&mut self, shard: u16, msg: HubMsg) {
         self.0.post(shard, msg)
     }
@@ -114,7 +121,7 @@ impl crate::pubsub::Remote for Remote<HubMsg> {
 impl Push {
     pub fn new(cfg: PushConfig) -> Self {
         Self {
-            hub: Hub::new(cfg.broker.clone()),
+            hub: Hub::new(cfg.broker.clone(), cfg.history.clone()),
             cfg: Arc::new(cfg),
             seq: Arc::default(),
             metrics_waiting: Vec::new(),
@@ -122,10 +129,16 @@ impl Push {
     }
 
     /// Accepts a publish: the payload every subscriber gets (the envelope, if on) is made
-    /// once, here.
+    /// once, here; with history it carries the message's offset and epoch.
     fn publish(&mut self, reply: ReplyTo, topic: &str, payload: &[u8], text: bool) {
-        if self.cfg.envelope {
-            let seq = self.seq.fetch_add(1, Relaxed) + 1;
+        let envelope = self.cfg.envelope;
+        let seq = &self.seq;
+        self.hub.publish(reply, topic, |pos| {
+            if !envelope {
+                let op = if text { OpCode::Text } else { OpCode::Binary };
+                return (op, Cow::Borrowed(payload));
+            }
+            let seq = seq.fetch_add(1, Relaxed) + 1;
             let data = if text {
                 serde_json::to_string(&String::from_utf8_lossy(payload)).unwrap_or_default()
             } else {
@@ -134,16 +147,15 @@ impl Push {
                     base64::engine::general_purpose::STANDARD.encode(payload)
                 )
             };
+            let at = pos.map_or(String::new(), |p| {
+                format!(",\"offset\":{},\"epoch\":{}", p.offset, json_str(&p.epoch))
+            });
             let body = format!(
-                "{{\"topic\":{},\"seq\":{seq},\"data\":{data}}}",
+                "{{\"topic\":{},\"seq\":{seq}{at},\"data\":{data}}}",
                 json_str(topic)
             );
-            self.hub
-                .publish(reply, topic, OpCode::Text, body.as_bytes());
-        } else {
-            let op = if text { OpCode::Text } else { OpCode::Binary };
-            self.hub.publish(reply, topic, op, payload);
-        }
+            (OpCode::Text, Cow::Owned(body.into_bytes()))
+        });
     }
 
     /// Answers the publishers whose publishes finished.
@@ -231,6 +243,40 @@ impl Push {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
             );
         }
+        if let Some(h) = self.hub.history() {
+            let st = &h.stats;
+            for (name, kind, v) in [
+                ("fanout_history_entries", "gauge", &st.entries),
+                ("fanout_history_bytes", "gauge", &st.bytes),
+                ("fanout_history_topics", "gauge", &st.topics),
+                (
+                    "fanout_history_evicted_by_cap_total",
+                    "counter",
+                    &st.evicted_by_cap,
+                ),
+                ("fanout_history_gaps_total", "counter", &st.gaps),
+                (
+                    "fanout_recovered_messages_total",
+                    "counter",
+                    &st.recovered_messages,
+                ),
+            ] {
+                let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {}", v.load(Relaxed));
+            }
+            let _ = writeln!(
+                out,
+                "# TYPE fanout_recoveries_total counter\nfanout_recoveries_total{{result=\"recovered\"}} {}",
+                st.recoveries_ok.load(Relaxed)
+            );
+            for (i, why) in NotRecovered::ALL.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "fanout_recoveries_total{{result=\"{}\"}} {}",
+                    why.as_str().replace(' ', "_"),
+                    st.recoveries_failed[i].load(Relaxed)
+                );
+            }
+        }
         if let Some(b) = self.hub.broker_status() {
             let up = u8::from(b.up.load(Relaxed));
             let _ = writeln!(out, "# HELP fanout_broker_up 1 while the broker (Redis) is connected\n# TYPE fanout_broker_up gauge\nfanout_broker_up {up}");
@@ -276,6 +322,40 @@ impl Push {
     }
 }
 
+/// `"epoch":..,"offset":..` of a position (nulls without one).
+fn position_json(p: Option<&Position>) -> String {
+    match p {
+        Some(p) => format!("\"epoch\":{},\"offset\":{}", json_str(&p.epoch), p.offset),
+        None => "\"epoch\":null,\"offset\":null".into(),
+    }
+}
+
+/// The answer to a subscribe that carried a position.
+fn recovered_json(topic: &str, r: &Recovered) -> String {
+    match r {
+        Recovered::Yes { head, messages } => format!(
+            "{{\"op\":\"subscribed\",\"topic\":{},\"recovered\":true,\"replayed\":{messages},{}}}",
+            json_str(topic),
+            position_json(Some(head))
+        ),
+        Recovered::No { reason, head } => format!(
+            "{{\"op\":\"subscribed\",\"topic\":{},\"recovered\":false,\"reason\":{},{}}}",
+            json_str(topic),
+            json_str(reason),
+            position_json(head.as_ref())
+        ),
+    }
+}
+
+/// Parses a URL position, `OFFSET:EPOCH` (epoch may be empty: nothing seen yet).
+fn parse_since(v: &str) -> Option<Position> {
+    let (offset, epoch) = v.split_once(':')?;
+    Some(Position {
+        offset: offset.parse().ok()?,
+        epoch: epoch.into(),
+    })
+}
+
 fn json_str(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
@@ -300,6 +380,16 @@ struct Command<'a> {
     topic: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
+    /// The last position the client saw, to recover what it missed.
+    #[serde(borrow, default)]
+    since: Option<Since<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Since<'a> {
+    offset: u64,
+    #[serde(borrow)]
+    epoch: Cow<'a, str>,
 }
 
 /// The topic claims of a verified token: `sub_topics` and `pub_topics`, lists of topic
@@ -396,9 +486,20 @@ impl Handler for Push {
             }
             for t in topics {
                 // Validated above; the limit was checked too.
-                let _ =
-                    self.hub
-                        .subscribe(&mut state.subs, t, conn.id, self.cfg.max_topics_per_conn);
+                let since =
+                    match req.query_param(&format!("since.{t}")) {
+                        Some(v) => Some(parse_since(v).ok_or_else(|| {
+                            HttpError::new(400, "since.TOPIC must be OFFSET:EPOCH")
+                        })?),
+                        None => None,
+                    };
+                let max = self.cfg.max_topics_per_conn;
+                let _ = match since {
+                    Some(p) => self
+                        .hub
+                        .subscribe_since(&mut state.subs, t, conn.id, max, p),
+                    None => self.hub.subscribe(&mut state.subs, t, conn.id, max),
+                };
             }
         }
         Ok(Accept::new(state))
@@ -435,12 +536,33 @@ impl Handler for Push {
                 }
                 let id = ctx.id();
                 let max = self.cfg.max_topics_per_conn;
-                let result = self.hub.subscribe(&mut ctx.state().subs, topic, id, max);
+                let subs = &mut ctx.state().subs;
+                let result = match cmd.since {
+                    // Answered at the turn's end, with the messages it missed.
+                    Some(since) => {
+                        let since = Position {
+                            offset: since.offset,
+                            epoch: since.epoch.as_ref().into(),
+                        };
+                        match self.hub.subscribe_since(subs, topic, id, max, since) {
+                            Ok(true) => return,
+                            r => r,
+                        }
+                    }
+                    None => self.hub.subscribe(subs, topic, id, max),
+                };
                 match result {
-                    Ok(_) => ctx.send_text(&format!(
-                        "{{\"op\":\"subscribed\",\"topic\":{}}}",
-                        json_str(topic)
-                    )),
+                    Ok(_) => match self.hub.position(topic) {
+                        Some(p) => ctx.send_text(&format!(
+                            "{{\"op\":\"subscribed\",\"topic\":{},{}}}",
+                            json_str(topic),
+                            position_json(Some(&p))
+                        )),
+                        None => ctx.send_text(&format!(
+                            "{{\"op\":\"subscribed\",\"topic\":{}}}",
+                            json_str(topic)
+                        )),
+                    },
                     Err(e) => ctx.send_text(&error_json(&e.to_string(), Some(topic))),
                 }
             }
@@ -576,7 +698,7 @@ impl Handler for Push {
             r.content_type = super::metrics::METRICS_CONTENT_TYPE;
             api.respond(id, r);
         }
-        self.hub.on_turn(&mut Port(api));
+        self.hub.on_turn(&mut Port(api), &recovered_json);
         self.answer(api);
     }
 

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
+use super::history::{History, HistoryConfig, Position, Replay};
 use super::redis::{self, RedisConfig, RedisHandle};
 use super::registry::{Registry, SubscribeError, Subscriptions};
 use crate::common::{ConnId, Delivery, SharedFrame};
@@ -21,6 +23,8 @@ pub trait ShardPort {
     fn shards(&self) -> usize;
     /// Queues a shared frame on one of this shard's connections.
     fn deliver(&mut self, id: ConnId, frame: &SharedFrame) -> Delivery;
+    /// Queues a text message (an app's answer) on one of this shard's connections.
+    fn send_text(&mut self, id: ConnId, text: &str) -> bool;
     /// Posts to a shard (woken at the end of the turn, or at `wake_posted`).
     fn post(&mut self, shard: u16, msg: HubMsg);
     /// Wakes the shards posted to so far.
@@ -42,6 +46,8 @@ pub enum HubMsg {
     Deliver {
         topic: Arc<str>,
         frame: SharedFrame,
+        /// Its place in the topic's history, if the topic keeps one.
+        pos: Option<Position>,
         gather: Option<(u16, u64)>,
     },
     Count {
@@ -161,6 +167,35 @@ struct Queued<R> {
     reply: R,
     topic: Arc<str>,
     what: Outbound,
+    pos: Option<Position>,
+}
+
+/// A topic with history as this shard delivers it: the last offset it delivered, and the
+/// subscribers being recovered, who skip offsets up to their replay's end.
+struct Stream {
+    epoch: Arc<str>,
+    last: u64,
+    held: Vec<(ConnId, u64)>,
+}
+
+/// A subscriber waiting for its replay (done at the turn's end, before any live message
+/// reaches it).
+struct Recovery {
+    id: ConnId,
+    topic: Arc<str>,
+    since: Position,
+}
+
+/// The answer to a subscribe with a position.
+pub enum Recovered {
+    Yes {
+        head: Position,
+        messages: usize,
+    },
+    No {
+        reason: &'static str,
+        head: Option<Position>,
+    },
 }
 
 enum Outbound {
@@ -188,6 +223,11 @@ pub struct Hub<R> {
     done: Vec<Done<R>>,
     /// This shard's index (learnt from the first subscriber's id).
     shard: u16,
+    /// The process's per-topic history (in-process broker only).
+    history: Option<Arc<History>>,
+    streams: HashMap<Arc<str>, Stream>,
+    recoveries: Vec<Recovery>,
+    last_sweep: Option<Instant>,
     /// Interest was sent to the broker this turn: wake it at the turn's end.
     broker_told: bool,
 }
@@ -207,13 +247,18 @@ impl<R> Clone for Hub<R> {
             done: Vec::new(),
             shard: 0,
             broker_told: false,
+            history: self.history.clone(),
+            streams: HashMap::new(),
+            recoveries: Vec::new(),
+            last_sweep: None,
         }
     }
 }
 
 impl<R> Hub<R> {
-    pub fn new(broker: BrokerConfig) -> Self {
+    pub fn new(broker: BrokerConfig, history: HistoryConfig) -> Self {
         let status = BrokerStatus::default();
+        let history = history.enabled().then(|| Arc::new(History::new(history)));
         status
             .up
             .store(matches!(broker, BrokerConfig::Local), Relaxed);
@@ -231,7 +276,27 @@ impl<R> Hub<R> {
             done: Vec::new(),
             shard: 0,
             broker_told: false,
+            history,
+            streams: HashMap::new(),
+            recoveries: Vec::new(),
+            last_sweep: None,
         }
+    }
+
+    /// The history, when some topics keep one.
+    pub fn history(&self) -> Option<&History> {
+        self.history.as_deref()
+    }
+
+    /// The current position of `topic`, if it keeps a history (epoch "" and offset 0 before
+    /// its first message).
+    pub fn position(&self, topic: &str) -> Option<Position> {
+        let h = self.history.as_ref()?;
+        h.config().policy(topic)?;
+        Some(h.head(topic).unwrap_or(Position {
+            epoch: "".into(),
+            offset: 0,
+        }))
     }
 
     /// Starts the broker's thread, if it has one. Call once, before the hub is cloned for
@@ -279,6 +344,34 @@ impl<R> Hub<R> {
         r
     }
 
+    /// Subscribes `id` to `topic` and replays what it missed since `since` at the turn's end
+    /// (`take_recovered` then says how it went); until then no live message reaches it, so
+    /// the replay and the live stream meet with no gap and no duplicate. `Ok(false)`: it was
+    /// already subscribed, and nothing is replayed.
+    pub fn subscribe_since(
+        &mut self,
+        subs: &mut Subscriptions,
+        topic: &str,
+        id: ConnId,
+        max_per_conn: usize,
+        since: Position,
+    ) -> Result<bool, SubscribeError> {
+        let new = self.subscribe(subs, topic, id, max_per_conn)?;
+        if new {
+            let topic = match self.streams.get_mut(topic) {
+                Some(st) => {
+                    st.held.push((id, u64::MAX));
+                    self.streams.get_key_value(topic).map(|(t, _)| t.clone())
+                }
+                None => None,
+            }
+            // No history for this topic: answered at the turn's end too, in order.
+            .unwrap_or_else(|| Arc::from(topic));
+            self.recoveries.push(Recovery { id, topic, since });
+        }
+        Ok(new)
+    }
+
     /// False if it was not subscribed.
     pub fn unsubscribe(&mut self, subs: &mut Subscriptions, topic: &str) -> bool {
         let r = self.registry.unsubscribe(subs, topic);
@@ -300,6 +393,24 @@ impl<R> Hub<R> {
         if changes.is_empty() {
             return;
         }
+        if let Some(h) = &self.history {
+            for (topic, on) in &changes {
+                if !on {
+                    self.streams.remove(topic);
+                } else if h.config().policy(topic).is_some() {
+                    // Deliveries start after the history's head as of now.
+                    let head = h.head(topic);
+                    self.streams.insert(
+                        topic.clone(),
+                        Stream {
+                            epoch: head.as_ref().map_or_else(|| "".into(), |p| p.epoch.clone()),
+                            last: head.map_or(0, |p| p.offset),
+                            held: Vec::new(),
+                        },
+                    );
+                }
+            }
+        }
         if let Broker::Redis(h) = &self.broker {
             h.interest(self.shard, changes);
             self.broker_told = true;
@@ -312,19 +423,42 @@ impl<R> Hub<R> {
     }
 
     /// Accepts a publish; it starts at this turn's end (`on_turn`) and its outcome comes
-    /// back through `take_done` with `reply`. `payload` is the message as subscribers get it
-    /// (text must be UTF-8).
-    pub fn publish(&mut self, reply: R, topic: &str, opcode: OpCode, payload: &[u8]) {
-        let what = match &self.broker {
-            Broker::Local | Broker::RedisPending(_) => {
-                Outbound::Frame(SharedFrame::new(opcode, payload))
+    /// back through `take_done` with `reply`. `make` gives the message as subscribers get it
+    /// (text must be UTF-8), knowing its place in the topic's history if it keeps one.
+    pub fn publish<'p>(
+        &mut self,
+        reply: R,
+        topic: &str,
+        make: impl FnOnce(Option<&Position>) -> (OpCode, std::borrow::Cow<'p, [u8]>),
+    ) {
+        let (what, pos) = match (&self.broker, &self.history) {
+            (Broker::Redis(h), _) => {
+                let (op, payload) = make(None);
+                (
+                    Outbound::Command(h.publish_command(topic, op, &payload)),
+                    None,
+                )
             }
-            Broker::Redis(h) => Outbound::Command(h.publish_command(topic, opcode, payload)),
+            (_, Some(hist)) if hist.config().policy(topic).is_some() => {
+                let appended = hist.append(topic, Instant::now(), |pos| {
+                    let (op, payload) = make(Some(pos));
+                    SharedFrame::new(op, &payload)
+                });
+                match appended {
+                    Some((pos, frame)) => (Outbound::Frame(frame), Some(pos)),
+                    None => return,
+                }
+            }
+            _ => {
+                let (op, payload) = make(None);
+                (Outbound::Frame(SharedFrame::new(op, &payload)), None)
+            }
         };
         self.queued.push(Queued {
             reply,
             topic: Arc::from(topic),
             what,
+            pos,
         });
     }
 
@@ -336,7 +470,22 @@ impl<R> Hub<R> {
     /// End of a shard's turn: wakes the broker if told of new interest, and starts the
     /// turn's publishes. The other shards get every in-process publish first,
     /// woken at once, so they fan out while this one does its share.
-    pub fn on_turn(&mut self, port: &mut dyn ShardPort) {
+    pub fn on_turn(&mut self, port: &mut dyn ShardPort, ack: &dyn Fn(&str, &Recovered) -> String) {
+        if !self.recoveries.is_empty() {
+            self.recover(port, ack);
+        }
+        if let Some(h) = &self.history {
+            let now = Instant::now();
+            if self
+                .last_sweep
+                .is_none_or(|t| now.duration_since(t).as_secs() >= 1)
+            {
+                self.last_sweep = Some(now);
+                if port.index() == 0 {
+                    h.sweep(now);
+                }
+            }
+        }
         if let Broker::Redis(h) = &self.broker {
             if std::mem::take(&mut self.broker_told) && self.queued.is_empty() {
                 h.wake();
@@ -388,6 +537,7 @@ impl<R> Hub<R> {
                             HubMsg::Deliver {
                                 topic: q.topic.clone(),
                                 frame: frame.clone(),
+                                pos: q.pos.clone(),
                                 gather: Some((me, first + i as u64)),
                             },
                         );
@@ -402,7 +552,7 @@ impl<R> Hub<R> {
                         continue;
                     };
                     self.stats.publishes.fetch_add(1, Relaxed);
-                    let local = self.deliver_local(port, &q.topic, &frame);
+                    let local = self.deliver_local(port, &q.topic, &frame, q.pos.as_ref());
                     let w = Waiting {
                         reply: q.reply,
                         topic: q.topic,
@@ -425,9 +575,10 @@ impl<R> Hub<R> {
             HubMsg::Deliver {
                 topic,
                 frame,
+                pos,
                 gather,
             } => {
-                let count = self.deliver_local(port, &topic, &frame);
+                let count = self.deliver_local(port, &topic, &frame, pos.as_ref());
                 if let Some((origin, id)) = gather {
                     port.post(origin, HubMsg::Count { id, count });
                 }
@@ -483,10 +634,80 @@ impl<R> Hub<R> {
         });
     }
 
-    /// Queues the frame for this shard's subscribers of `topic`; returns how many.
-    fn deliver_local(&mut self, port: &mut dyn ShardPort, topic: &str, frame: &SharedFrame) -> u64 {
+    /// Queues the frame for this shard's subscribers of `topic`; returns how many. A frame
+    /// with a position is delivered once, in offset order: one already delivered is skipped,
+    /// and the offsets before it that have not reached this shard yet (published by another
+    /// shard, still in flight) are taken from the history and delivered first.
+    fn deliver_local(
+        &mut self,
+        port: &mut dyn ShardPort,
+        topic: &str,
+        frame: &SharedFrame,
+        pos: Option<&Position>,
+    ) -> u64 {
+        let Some(pos) = pos else {
+            return self.deliver_to(port, topic, frame, None);
+        };
+        let Some(st) = self.streams.get_mut(topic) else {
+            return 0; // no subscriber here
+        };
+        if st.epoch != pos.epoch {
+            // A new history (the first message, or the old one was lost): start it over.
+            st.epoch = pos.epoch.clone();
+            st.last = 0;
+            st.held.retain(|&(_, w)| w == u64::MAX);
+        }
+        if pos.offset <= st.last {
+            return 0;
+        }
+        let from = st.last + 1;
+        let mut n = 0;
+        if pos.offset > from {
+            let missing = self
+                .history
+                .as_ref()
+                .map(|h| h.range(topic, &pos.epoch, from, pos.offset - 1))
+                .unwrap_or_default();
+            let gaps = (pos.offset - from) - missing.len() as u64;
+            if gaps > 0 {
+                if let Some(h) = &self.history {
+                    h.stats.gaps.fetch_add(gaps, Relaxed);
+                }
+            }
+            for (o, f) in missing {
+                n += self.deliver_to(port, topic, &f, Some(o));
+            }
+        }
+        n += self.deliver_to(port, topic, frame, Some(pos.offset));
+        if let Some(st) = self.streams.get_mut(topic) {
+            st.last = pos.offset;
+            let last = st.last;
+            st.held.retain(|&(_, w)| w > last);
+        }
+        n
+    }
+
+    /// Queues the frame on every subscriber of `topic` here, but those being recovered past
+    /// `offset`.
+    fn deliver_to(
+        &mut self,
+        port: &mut dyn ShardPort,
+        topic: &str,
+        frame: &SharedFrame,
+        offset: Option<u64>,
+    ) -> u64 {
+        let held: &[(ConnId, u64)] = match (offset, self.streams.get(topic)) {
+            (Some(_), Some(st)) => &st.held,
+            _ => &[],
+        };
         let (mut queued, mut over) = (0, 0);
         for id in self.registry.subscribers(topic) {
+            if !held.is_empty() {
+                let o = offset.unwrap_or(0);
+                if held.iter().any(|&(c, w)| c == id && o <= w) {
+                    continue;
+                }
+            }
             match port.deliver(id, frame) {
                 Delivery::Queued => queued += 1,
                 Delivery::SlowConsumer => {
@@ -501,5 +722,55 @@ impl<R> Hub<R> {
             self.stats.over_limit.fetch_add(over, Relaxed);
         }
         queued
+    }
+
+    /// Replays what the turn's recovering subscribers missed, each after its answer (built by
+    /// `ack` from the outcome), then lets the live stream reach them.
+    fn recover(&mut self, port: &mut dyn ShardPort, ack: &dyn Fn(&str, &Recovered) -> String) {
+        let now = Instant::now();
+        for r in std::mem::take(&mut self.recoveries) {
+            let replay = match &self.history {
+                Some(h) => h.replay(&r.topic, &r.since, now),
+                None => Replay::Not(super::history::NotRecovered::HistoryOff, None),
+            };
+            match replay {
+                Replay::Frames(frames, head) => {
+                    let outcome = Recovered::Yes {
+                        head: head.clone(),
+                        messages: frames.len(),
+                    };
+                    port.send_text(r.id, &ack(&r.topic, &outcome));
+                    for (_, f) in &frames {
+                        match port.deliver(r.id, f) {
+                            Delivery::Queued | Delivery::SlowConsumer => {
+                                self.stats.deliveries.fetch_add(1, Relaxed);
+                            }
+                            Delivery::Gone => break,
+                        }
+                    }
+                    if let Some(st) = self.streams.get_mut(&r.topic) {
+                        for h in st.held.iter_mut().filter(|(c, _)| *c == r.id) {
+                            h.1 = if st.epoch == head.epoch || st.epoch.is_empty() {
+                                head.offset
+                            } else {
+                                0
+                            };
+                        }
+                        let last = st.last;
+                        st.held.retain(|&(_, w)| w > last);
+                    }
+                }
+                Replay::Not(why, head) => {
+                    let outcome = Recovered::No {
+                        reason: why.as_str(),
+                        head,
+                    };
+                    port.send_text(r.id, &ack(&r.topic, &outcome));
+                    if let Some(st) = self.streams.get_mut(&r.topic) {
+                        st.held.retain(|&(c, _)| c != r.id);
+                    }
+                }
+            }
+        }
     }
 }

@@ -4,14 +4,16 @@
 //! processes or machines). Knows connection ids and shared frames, never sockets or the
 //! server; apps reach it through `Hub`, and it reaches connections through `ShardPort`.
 
+pub mod history;
 mod hub;
 pub mod redis;
 mod registry;
 mod resp;
 
+pub use history::{HistoryConfig, HistoryPolicy, NotRecovered, Position};
 pub use hub::{
-    BrokerConfig, BrokerStatus, Done, Hub, HubMsg, HubStats, PublishError, Reach, Remote,
-    ShardPort, RTT_BUCKETS_US,
+    BrokerConfig, BrokerStatus, Done, Hub, HubMsg, HubStats, PublishError, Reach, Recovered,
+    Remote, ShardPort, RTT_BUCKETS_US,
 };
 pub use registry::{Registry, SubscribeError, Subscriptions};
 

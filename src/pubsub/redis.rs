@@ -789,6 +789,7 @@ impl BrokerThread {
             let msg = HubMsg::Deliver {
                 topic: topic.clone(),
                 frame: frame.clone(),
+                pos: None,
                 gather: None,
             };
             if self.remote.post(s, msg) {
