@@ -316,9 +316,6 @@ impl ServeArgs {
             if self.envelope != Some(true) {
                 return Err("--history-size and [[history]] need --envelope: deliveries carry their offset and epoch in it".into());
             }
-            if self.broker.is_some() {
-                return Err("history with --broker is not supported yet (it is per process): use one of them".into());
-            }
             if history.default.is_some_and(|p| p.size == 0)
                 || history.prefixes.iter().any(|(_, p)| p.size == 0)
             {
@@ -598,8 +595,13 @@ mod tests {
         let chat = h.policy("chat.room").unwrap();
         assert_eq!((chat.size, chat.ttl), (100, Some(Duration::from_secs(300))));
         assert_eq!(h.max_recovery, 50);
-        let err = parse(&["--broker", "redis://127.0.0.1"]).unwrap_err();
-        assert!(err.contains("not supported yet"), "{err}");
+        let both = parse(&["--broker", "redis://127.0.0.1"])
+            .unwrap()
+            .push_config();
+        match both.broker {
+            crate::pubsub::BrokerConfig::Redis(_) => assert!(both.history.enabled()),
+            other => panic!("{other:?}"),
+        }
         std::fs::write(&path, "app = \"push\"\nbroker = \"redis://h:7/2\"\n").unwrap();
         let p = parse(&["--broker-prefix", "x:"]).unwrap().push_config();
         match p.broker {

@@ -11,7 +11,7 @@ use common::push::{http, next_text, publish, silent, sub, Ws, KEY};
 use common::redis::RedisServer;
 use fanout::apps::push::{Push, PushConfig};
 use fanout::pubsub::redis::RedisConfig;
-use fanout::pubsub::BrokerConfig;
+use fanout::pubsub::{BrokerConfig, HistoryConfig, HistoryPolicy};
 use fanout::server::{Config, Server, SlowConsumerPolicy};
 use tungstenite::Message;
 
@@ -274,4 +274,166 @@ fn redis_down_at_start_the_server_starts_degraded_and_heals() {
         (200, r#"{"topic":"late","nodes":1}"#)
     );
     assert_eq!(next_text(&mut s), "hello");
+}
+
+fn history_node(redis_url: &str) -> Server {
+    Server::start(
+        Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            shards: 2,
+            slow_consumer: SlowConsumerPolicy::Disconnect,
+            ..Config::default()
+        },
+        Push::new(PushConfig {
+            publish_key: Some(KEY.into()),
+            envelope: true,
+            broker: BrokerConfig::Redis(RedisConfig::parse(redis_url).unwrap()),
+            history: HistoryConfig {
+                default: Some(HistoryPolicy {
+                    size: 1000,
+                    ttl: None,
+                }),
+                ..HistoryConfig::default()
+            },
+            ..PushConfig::default()
+        }),
+    )
+    .unwrap()
+}
+
+fn json(ws: &mut Ws) -> serde_json::Value {
+    serde_json::from_str(&next_text(ws)).unwrap()
+}
+
+#[test]
+fn with_history_in_redis_a_client_moves_to_another_node_and_recovers() {
+    let redis = RedisServer::start();
+    let a = history_node(&redis.url());
+    let b = history_node(&redis.url());
+    wait_healthy(&a);
+    wait_healthy(&b);
+    let mut ws = sub(a.local_addr(), "?topics=room");
+    assert!(redis.wait_numsub("fanout:room", 1));
+    for i in 1..=3 {
+        assert_eq!(
+            publish(b.local_addr(), "room", &format!("m{i}"), "text/plain", KEY).0,
+            200
+        );
+    }
+    let mut last = serde_json::Value::Null;
+    for i in 1..=3 {
+        last = json(&mut ws);
+        assert_eq!(
+            (last["data"].as_str(), last["offset"].as_u64()),
+            (Some(&*format!("m{i}")), Some(i))
+        );
+    }
+    let epoch = last["epoch"].as_str().unwrap().to_string();
+    drop(ws);
+    for i in 4..=8 {
+        assert_eq!(
+            publish(a.local_addr(), "room", &format!("m{i}"), "text/plain", KEY).0,
+            200
+        );
+    }
+    // Back, on the other node.
+    let mut ws = sub(b.local_addr(), "");
+    ws.send(Message::text(format!(
+        r#"{{"op":"subscribe","topic":"room","since":{{"offset":3,"epoch":"{epoch}"}}}}"#
+    )))
+    .unwrap();
+    let ack = json(&mut ws);
+    assert_eq!(
+        (ack["recovered"].as_bool(), ack["replayed"].as_u64()),
+        (Some(true), Some(5)),
+        "{ack}"
+    );
+    for i in 4..=8 {
+        let m = json(&mut ws);
+        assert_eq!(
+            (m["data"].as_str(), m["offset"].as_u64()),
+            (Some(&*format!("m{i}")), Some(i))
+        );
+    }
+    assert_eq!(
+        publish(a.local_addr(), "room", "m9", "text/plain", KEY).0,
+        200
+    );
+    assert_eq!(json(&mut ws)["offset"], 9);
+    assert!(silent(&mut ws, Duration::from_millis(100)));
+    // The history is in Redis: a stream and the epoch / head beside it.
+    assert_eq!(redis.cmd(&["XLEN", "fanout:h:room"]), "9");
+    assert_eq!(redis.cmd(&["HGET", "fanout:m:room", "epoch"]), epoch);
+}
+
+#[test]
+fn a_node_cut_off_from_redis_catches_up_from_the_stream() {
+    let redis = RedisServer::start();
+    let a = history_node(&redis.url());
+    let b = history_node(&redis.url());
+    wait_healthy(&a);
+    wait_healthy(&b);
+    let mut ws = sub(a.local_addr(), "?topics=flow");
+    assert!(redis.wait_numsub("fanout:flow", 1));
+    let total = 300u64;
+    let publisher = {
+        let at = b.local_addr();
+        std::thread::spawn(move || {
+            for i in 1..=total {
+                assert_eq!(
+                    publish(at, "flow", &format!("m{i}"), "text/plain", KEY).0,
+                    200
+                );
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        })
+    };
+    // Cut every subscribing connection twice while the publisher runs: node A loses its
+    // subscription, reconnects, resubscribes and reads the stream from its last offset.
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(60));
+        redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    }
+    publisher.join().unwrap();
+    for i in 1..=total {
+        let m = json(&mut ws);
+        assert_eq!(m["offset"].as_u64(), Some(i), "{m}");
+    }
+    assert!(silent(&mut ws, Duration::from_millis(200)), "nothing twice");
+    let (_, metrics) = http(a.local_addr(), "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(
+        metrics.contains("fanout_broker_reconnects_total 2"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn redis_restarted_without_its_data_starts_a_new_epoch() {
+    let mut redis = RedisServer::start();
+    let a = history_node(&redis.url());
+    wait_healthy(&a);
+    let mut ws = sub(a.local_addr(), "?topics=t");
+    assert!(redis.wait_numsub("fanout:t", 1));
+    assert_eq!(publish(a.local_addr(), "t", "x", "text/plain", KEY).0, 200);
+    let first = json(&mut ws);
+    let old = first["epoch"].as_str().unwrap().to_string();
+    redis.kill();
+    redis.restart();
+    wait_healthy(&a);
+    assert!(redis.wait_numsub("fanout:t", 1));
+    assert_eq!(publish(a.local_addr(), "t", "y", "text/plain", KEY).0, 200);
+    let m = json(&mut ws);
+    assert_eq!(m["offset"], 1);
+    assert_ne!(m["epoch"].as_str().unwrap(), old);
+    let mut back = sub(a.local_addr(), "");
+    back.send(Message::text(format!(
+        r#"{{"op":"subscribe","topic":"t","since":{{"offset":1,"epoch":"{old}"}}}}"#
+    )))
+    .unwrap();
+    let ack = json(&mut back);
+    assert_eq!(
+        (ack["recovered"].as_bool(), ack["reason"].as_str()),
+        (Some(false), Some("epoch changed")),
+        "{ack}"
+    );
 }

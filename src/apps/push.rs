@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use crate::proto::handshake::{HttpError, Request};
 use crate::proto::OpCode;
 use crate::pubsub::{
-    validate_topic, BrokerConfig, Done, HistoryConfig, Hub, HubMsg, NotRecovered, Position,
+    validate_topic, BrokerConfig, Done, Framer, HistoryConfig, Hub, HubMsg, NotRecovered, Position,
     PublishError, Reach, Recovered, ShardPort, Subscriptions, RTT_BUCKETS_US,
 };
 use crate::server::{
@@ -118,44 +118,53 @@ impl crate::pubsub::Remote for Remote<HubMsg> {
     }
 }
 
+/// The frame subscribers get: the payload as is, or with `envelope` the JSON
+/// `{"topic","seq"[,"offset","epoch"],"data"}` (binary data in base64), numbered by `seq`.
+fn framer(envelope: bool, seq: Arc<AtomicU64>) -> Framer {
+    Arc::new(move |topic, pos, op, payload| {
+        if !envelope {
+            return SharedFrame::new(op, payload);
+        }
+        let n = seq.fetch_add(1, Relaxed) + 1;
+        let data = if op == OpCode::Text {
+            serde_json::to_string(&String::from_utf8_lossy(payload)).unwrap_or_default()
+        } else {
+            format!(
+                "\"{}\",\"encoding\":\"base64\"",
+                base64::engine::general_purpose::STANDARD.encode(payload)
+            )
+        };
+        let at = pos.map_or(String::new(), |p| {
+            format!(",\"offset\":{},\"epoch\":{}", p.offset, json_str(&p.epoch))
+        });
+        let body = format!(
+            "{{\"topic\":{},\"seq\":{n}{at},\"data\":{data}}}",
+            json_str(topic)
+        );
+        SharedFrame::new(OpCode::Text, body.as_bytes())
+    })
+}
+
 impl Push {
     pub fn new(cfg: PushConfig) -> Self {
+        let seq: Arc<AtomicU64> = Arc::default();
         Self {
-            hub: Hub::new(cfg.broker.clone(), cfg.history.clone()),
+            hub: Hub::new(
+                cfg.broker.clone(),
+                cfg.history.clone(),
+                framer(cfg.envelope, seq.clone()),
+            ),
             cfg: Arc::new(cfg),
-            seq: Arc::default(),
+            seq,
             metrics_waiting: Vec::new(),
         }
     }
 
-    /// Accepts a publish: the payload every subscriber gets (the envelope, if on) is made
-    /// once, here; with history it carries the message's offset and epoch.
+    /// Accepts a publish. The frame subscribers get (the envelope, if on) is made once per
+    /// process by `framer`.
     fn publish(&mut self, reply: ReplyTo, topic: &str, payload: &[u8], text: bool) {
-        let envelope = self.cfg.envelope;
-        let seq = &self.seq;
-        self.hub.publish(reply, topic, |pos| {
-            if !envelope {
-                let op = if text { OpCode::Text } else { OpCode::Binary };
-                return (op, Cow::Borrowed(payload));
-            }
-            let seq = seq.fetch_add(1, Relaxed) + 1;
-            let data = if text {
-                serde_json::to_string(&String::from_utf8_lossy(payload)).unwrap_or_default()
-            } else {
-                format!(
-                    "\"{}\",\"encoding\":\"base64\"",
-                    base64::engine::general_purpose::STANDARD.encode(payload)
-                )
-            };
-            let at = pos.map_or(String::new(), |p| {
-                format!(",\"offset\":{},\"epoch\":{}", p.offset, json_str(&p.epoch))
-            });
-            let body = format!(
-                "{{\"topic\":{},\"seq\":{seq}{at},\"data\":{data}}}",
-                json_str(topic)
-            );
-            (OpCode::Text, Cow::Owned(body.into_bytes()))
-        });
+        let op = if text { OpCode::Text } else { OpCode::Binary };
+        self.hub.publish(reply, topic, op, payload);
     }
 
     /// Answers the publishers whose publishes finished.
@@ -703,7 +712,7 @@ impl Handler for Push {
     }
 
     fn on_shard_msg(&mut self, api: &mut ShardApi<'_, Self>, msg: HubMsg) {
-        self.hub.on_msg(&mut Port(api), msg);
+        self.hub.on_msg(&mut Port(api), msg, &recovered_json);
         self.answer(api);
     }
 }

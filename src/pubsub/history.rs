@@ -82,6 +82,8 @@ pub enum NotRecovered {
     TooFarBehind,
     /// The offset is past the topic's last one.
     Ahead,
+    /// The broker holding the history could not be asked.
+    Unavailable,
 }
 
 impl NotRecovered {
@@ -91,15 +93,37 @@ impl NotRecovered {
             NotRecovered::EpochChanged => "epoch changed",
             NotRecovered::TooFarBehind => "too far behind",
             NotRecovered::Ahead => "offset ahead of the history",
+            NotRecovered::Unavailable => "broker unavailable",
         }
     }
 
-    pub const ALL: [NotRecovered; 4] = [
+    pub const ALL: [NotRecovered; 5] = [
         NotRecovered::HistoryOff,
         NotRecovered::EpochChanged,
         NotRecovered::TooFarBehind,
         NotRecovered::Ahead,
+        NotRecovered::Unavailable,
     ];
+}
+
+/// May a client at `since` be replayed a topic whose history is `epoch` up to `head`, whose
+/// oldest kept message is `first` (`head + 1` when none is kept)?
+pub fn verdict(
+    since: &Position,
+    epoch: &str,
+    head: u64,
+    first: u64,
+    max_recovery: usize,
+) -> Result<(), NotRecovered> {
+    if *since.epoch != *epoch {
+        Err(NotRecovered::EpochChanged)
+    } else if since.offset > head {
+        Err(NotRecovered::Ahead)
+    } else if since.offset + 1 < first || head - since.offset > max_recovery as u64 {
+        Err(NotRecovered::TooFarBehind)
+    } else {
+        Ok(())
+    }
 }
 
 struct Entry {
@@ -131,11 +155,27 @@ pub struct HistoryStats {
     /// Entries dropped by the global byte cap (size and TTL drops are expected).
     pub evicted_by_cap: AtomicU64,
     pub recoveries_ok: AtomicU64,
-    pub recoveries_failed: [AtomicU64; 4],
+    pub recoveries_failed: [AtomicU64; 5],
     /// Messages replayed by recoveries.
     pub recovered_messages: AtomicU64,
     /// Offsets a shard had to skip because they were gone before it could deliver them.
     pub gaps: AtomicU64,
+}
+
+impl HistoryStats {
+    /// Counts a recovery's outcome.
+    pub fn count(&self, r: &Replay) {
+        match r {
+            Replay::Frames(f, _) => {
+                self.recoveries_ok.fetch_add(1, Relaxed);
+                self.recovered_messages.fetch_add(f.len() as u64, Relaxed);
+            }
+            Replay::Not(why, _) => {
+                let i = NotRecovered::ALL.iter().position(|w| w == why).unwrap_or(0);
+                self.recoveries_failed[i].fetch_add(1, Relaxed);
+            }
+        }
+    }
 }
 
 /// The history of every topic of this process.
@@ -308,18 +348,7 @@ impl History {
     /// `max_recovery`.
     pub fn replay(&self, topic: &str, since: &Position, now: Instant) -> Replay {
         let r = self.replay_inner(topic, since, now);
-        match &r {
-            Replay::Frames(f, _) => {
-                self.stats.recoveries_ok.fetch_add(1, Relaxed);
-                self.stats
-                    .recovered_messages
-                    .fetch_add(f.len() as u64, Relaxed);
-            }
-            Replay::Not(why, _) => {
-                let i = NotRecovered::ALL.iter().position(|w| w == why).unwrap_or(0);
-                self.stats.recoveries_failed[i].fetch_add(1, Relaxed);
-            }
-        }
+        self.stats.count(&r);
         r
     }
 
@@ -349,21 +378,14 @@ impl History {
             offset: log.head,
         };
         let first = log.entries.front().map_or(log.head + 1, |e| e.offset);
-        let verdict = if *since.epoch != *log.epoch {
-            Err(NotRecovered::EpochChanged)
-        } else if since.offset > log.head {
-            Err(NotRecovered::Ahead)
-        } else if since.offset + 1 < first || log.head - since.offset > self.cfg.max_recovery as u64
-        {
-            Err(NotRecovered::TooFarBehind)
-        } else {
-            Ok(log
-                .entries
-                .iter()
-                .filter(|e| e.offset > since.offset)
-                .map(|e| (e.offset, e.frame.clone()))
-                .collect())
-        };
+        let verdict =
+            verdict(since, &log.epoch, log.head, first, self.cfg.max_recovery).map(|()| {
+                log.entries
+                    .iter()
+                    .filter(|e| e.offset > since.offset)
+                    .map(|e| (e.offset, e.frame.clone()))
+                    .collect()
+            });
         g.entries -= n;
         g.bytes -= b;
         match verdict {
@@ -404,7 +426,7 @@ fn expire(log: &mut TopicLog, now: Instant, n: &mut usize, b: &mut usize) {
 }
 
 /// 12 random hex digits.
-fn new_epoch() -> Arc<str> {
+pub(crate) fn new_epoch() -> Arc<str> {
     let mut r = [0u8; 6];
     let _ = getrandom::fill(&mut r);
     r.iter()

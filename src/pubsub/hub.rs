@@ -17,6 +17,11 @@ use super::registry::{Registry, SubscribeError, Subscriptions};
 use crate::common::{ConnId, Delivery, SharedFrame};
 use crate::proto::OpCode;
 
+/// Makes the frame subscribers get from a published message: its topic, its place in the
+/// topic's history (if it keeps one), opcode and payload. Called once per message per process
+/// (the app's envelope is made here).
+pub type Framer = Arc<dyn Fn(&str, Option<&Position>, OpCode, &[u8]) -> SharedFrame + Send + Sync>;
+
 /// What a shard lends the hub for one call: its connections and its links to the others.
 pub trait ShardPort {
     fn index(&self) -> u16;
@@ -58,6 +63,12 @@ pub enum HubMsg {
     Published {
         id: u64,
         result: Result<u64, PublishError>,
+    },
+    /// The broker read what subscriber `id` missed of `topic`.
+    Replayed {
+        id: ConnId,
+        topic: Arc<str>,
+        result: Replay,
     },
 }
 
@@ -133,6 +144,8 @@ pub struct BrokerStatus {
     pub messages_received: AtomicU64,
     pub messages_dropped: AtomicU64,
     pub subscribed_topics: AtomicU64,
+    /// Offsets of topics with history the node could not read back after a gap.
+    pub history_gaps: AtomicU64,
     /// Publish round trips (write to reply), by `RTT_BUCKETS_US`.
     pub rtt_buckets: [AtomicU64; RTT_BUCKETS_US.len()],
     pub rtt_count: AtomicU64,
@@ -225,6 +238,10 @@ pub struct Hub<R> {
     shard: u16,
     /// The process's per-topic history (in-process broker only).
     history: Option<Arc<History>>,
+    /// The history lives in Redis (the local store stays empty; it keeps the settings and
+    /// counters).
+    remote_history: bool,
+    framer: Framer,
     streams: HashMap<Arc<str>, Stream>,
     recoveries: Vec<Recovery>,
     last_sweep: Option<Instant>,
@@ -248,6 +265,8 @@ impl<R> Clone for Hub<R> {
             shard: 0,
             broker_told: false,
             history: self.history.clone(),
+            remote_history: self.remote_history,
+            framer: self.framer.clone(),
             streams: HashMap::new(),
             recoveries: Vec::new(),
             last_sweep: None,
@@ -256,8 +275,16 @@ impl<R> Clone for Hub<R> {
 }
 
 impl<R> Hub<R> {
-    pub fn new(broker: BrokerConfig, history: HistoryConfig) -> Self {
+    pub fn new(broker: BrokerConfig, history: HistoryConfig, framer: Framer) -> Self {
         let status = BrokerStatus::default();
+        let remote_history = history.enabled() && matches!(broker, BrokerConfig::Redis(_));
+        let broker = match broker {
+            BrokerConfig::Redis(mut c) if remote_history => {
+                c.history = Some(history.clone());
+                BrokerConfig::Redis(c)
+            }
+            b => b,
+        };
         let history = history.enabled().then(|| Arc::new(History::new(history)));
         status
             .up
@@ -277,6 +304,8 @@ impl<R> Hub<R> {
             shard: 0,
             broker_told: false,
             history,
+            remote_history,
+            framer,
             streams: HashMap::new(),
             recoveries: Vec::new(),
             last_sweep: None,
@@ -291,6 +320,9 @@ impl<R> Hub<R> {
     /// The current position of `topic`, if it keeps a history (epoch "" and offset 0 before
     /// its first message).
     pub fn position(&self, topic: &str) -> Option<Position> {
+        if self.remote_history {
+            return None; // in Redis: the first delivery says it
+        }
         let h = self.history.as_ref()?;
         h.config().policy(topic)?;
         Some(h.head(topic).unwrap_or(Position {
@@ -303,7 +335,12 @@ impl<R> Hub<R> {
     /// the shards.
     pub fn start(&mut self, remote: Box<dyn Remote>) -> io::Result<()> {
         if let Broker::RedisPending(cfg) = &self.broker {
-            let handle = redis::spawn(cfg.clone(), remote, self.status.clone())?;
+            let handle = redis::spawn(
+                cfg.clone(),
+                remote,
+                self.status.clone(),
+                self.framer.clone(),
+            )?;
             self.broker = Broker::Redis(handle);
         }
         Ok(())
@@ -367,7 +404,13 @@ impl<R> Hub<R> {
             }
             // No history for this topic: answered at the turn's end too, in order.
             .unwrap_or_else(|| Arc::from(topic));
-            self.recoveries.push(Recovery { id, topic, since });
+            match &self.broker {
+                Broker::Redis(h) if self.streams.contains_key(&topic) => {
+                    h.replay(id.shard, id, topic, since);
+                    self.broker_told = true;
+                }
+                _ => self.recoveries.push(Recovery { id, topic, since }),
+            }
         }
         Ok(new)
     }
@@ -423,36 +466,25 @@ impl<R> Hub<R> {
     }
 
     /// Accepts a publish; it starts at this turn's end (`on_turn`) and its outcome comes
-    /// back through `take_done` with `reply`. `make` gives the message as subscribers get it
-    /// (text must be UTF-8), knowing its place in the topic's history if it keeps one.
-    pub fn publish<'p>(
-        &mut self,
-        reply: R,
-        topic: &str,
-        make: impl FnOnce(Option<&Position>) -> (OpCode, std::borrow::Cow<'p, [u8]>),
-    ) {
+    /// back through `take_done` with `reply`. Text payloads must be UTF-8. The frame is made
+    /// by the framer, in-process here, with Redis once on every node that receives it.
+    pub fn publish(&mut self, reply: R, topic: &str, opcode: OpCode, payload: &[u8]) {
+        let framer = &self.framer;
         let (what, pos) = match (&self.broker, &self.history) {
-            (Broker::Redis(h), _) => {
-                let (op, payload) = make(None);
-                (
-                    Outbound::Command(h.publish_command(topic, op, &payload)),
-                    None,
-                )
-            }
+            (Broker::Redis(h), _) => (
+                Outbound::Command(h.publish_command(topic, opcode, payload)),
+                None,
+            ),
             (_, Some(hist)) if hist.config().policy(topic).is_some() => {
                 let appended = hist.append(topic, Instant::now(), |pos| {
-                    let (op, payload) = make(Some(pos));
-                    SharedFrame::new(op, &payload)
+                    framer(topic, Some(pos), opcode, payload)
                 });
                 match appended {
                     Some((pos, frame)) => (Outbound::Frame(frame), Some(pos)),
                     None => return,
                 }
             }
-            _ => {
-                let (op, payload) = make(None);
-                (Outbound::Frame(SharedFrame::new(op, &payload)), None)
-            }
+            _ => (Outbound::Frame(framer(topic, None, opcode, payload)), None),
         };
         self.queued.push(Queued {
             reply,
@@ -570,8 +602,19 @@ impl<R> Hub<R> {
     }
 
     /// A message from another shard or the broker thread.
-    pub fn on_msg(&mut self, port: &mut dyn ShardPort, msg: HubMsg) {
+    pub fn on_msg(
+        &mut self,
+        port: &mut dyn ShardPort,
+        msg: HubMsg,
+        ack: &dyn Fn(&str, &Recovered) -> String,
+    ) {
         match msg {
+            HubMsg::Replayed { id, topic, result } => {
+                if let Some(h) = &self.history {
+                    h.stats.count(&result);
+                }
+                self.finish_recovery(port, id, &topic, result, ack);
+            }
             HubMsg::Deliver {
                 topic,
                 frame,
@@ -652,9 +695,14 @@ impl<R> Hub<R> {
             return 0; // no subscriber here
         };
         if st.epoch != pos.epoch {
-            // A new history (the first message, or the old one was lost): start it over.
+            // A new history (the first message, or the old one was lost): start it over; from
+            // Redis the node already put the topic's messages in order.
             st.epoch = pos.epoch.clone();
-            st.last = 0;
+            st.last = if self.remote_history {
+                pos.offset - 1
+            } else {
+                0
+            };
             st.held.retain(|&(_, w)| w == u64::MAX);
         }
         if pos.offset <= st.last {
@@ -662,7 +710,7 @@ impl<R> Hub<R> {
         }
         let from = st.last + 1;
         let mut n = 0;
-        if pos.offset > from {
+        if pos.offset > from && !self.remote_history {
             let missing = self
                 .history
                 .as_ref()
@@ -733,42 +781,56 @@ impl<R> Hub<R> {
                 Some(h) => h.replay(&r.topic, &r.since, now),
                 None => Replay::Not(super::history::NotRecovered::HistoryOff, None),
             };
-            match replay {
-                Replay::Frames(frames, head) => {
-                    let outcome = Recovered::Yes {
-                        head: head.clone(),
-                        messages: frames.len(),
-                    };
-                    port.send_text(r.id, &ack(&r.topic, &outcome));
-                    for (_, f) in &frames {
-                        match port.deliver(r.id, f) {
-                            Delivery::Queued | Delivery::SlowConsumer => {
-                                self.stats.deliveries.fetch_add(1, Relaxed);
-                            }
-                            Delivery::Gone => break,
+            self.finish_recovery(port, r.id, &r.topic, replay, ack);
+        }
+    }
+
+    /// Answers a recovering subscriber, queues its replay, and lets the live stream reach it
+    /// past the replay's end.
+    fn finish_recovery(
+        &mut self,
+        port: &mut dyn ShardPort,
+        id: ConnId,
+        topic: &str,
+        replay: Replay,
+        ack: &dyn Fn(&str, &Recovered) -> String,
+    ) {
+        match replay {
+            Replay::Frames(frames, head) => {
+                let outcome = Recovered::Yes {
+                    head: head.clone(),
+                    messages: frames.len(),
+                };
+                port.send_text(id, &ack(topic, &outcome));
+                for (_, f) in &frames {
+                    match port.deliver(id, f) {
+                        Delivery::Queued | Delivery::SlowConsumer => {
+                            self.stats.deliveries.fetch_add(1, Relaxed);
                         }
-                    }
-                    if let Some(st) = self.streams.get_mut(&r.topic) {
-                        for h in st.held.iter_mut().filter(|(c, _)| *c == r.id) {
-                            h.1 = if st.epoch == head.epoch || st.epoch.is_empty() {
-                                head.offset
-                            } else {
-                                0
-                            };
-                        }
-                        let last = st.last;
-                        st.held.retain(|&(_, w)| w > last);
+                        Delivery::Gone => break,
                     }
                 }
-                Replay::Not(why, head) => {
-                    let outcome = Recovered::No {
-                        reason: why.as_str(),
-                        head,
+                if let Some(st) = self.streams.get_mut(topic) {
+                    let w = if st.epoch == head.epoch || st.epoch.is_empty() {
+                        head.offset
+                    } else {
+                        0
                     };
-                    port.send_text(r.id, &ack(&r.topic, &outcome));
-                    if let Some(st) = self.streams.get_mut(&r.topic) {
-                        st.held.retain(|&(c, _)| c != r.id);
+                    for h in st.held.iter_mut().filter(|(c, _)| *c == id) {
+                        h.1 = w;
                     }
+                    let last = st.last;
+                    st.held.retain(|&(_, w)| w > last);
+                }
+            }
+            Replay::Not(why, head) => {
+                let outcome = Recovered::No {
+                    reason: why.as_str(),
+                    head,
+                };
+                port.send_text(id, &ack(topic, &outcome));
+                if let Some(st) = self.streams.get_mut(topic) {
+                    st.held.retain(|&(c, _)| c != id);
                 }
             }
         }

@@ -6,7 +6,11 @@
 //! is subscribed again. Owns those sockets and nothing of the shards'.
 //!
 //! On the wire a message is `PUBLISH <prefix><topic> <tag><payload>`, the tag `t` for a
-//! text frame and `b` for a binary one.
+//! text frame and `b` for a binary one. A topic with history is published by a script that
+//! numbers it and appends it to the stream `<prefix>h:<topic>` (the epoch and head offset in
+//! the hash `<prefix>m:<topic>`) and publishes `h<epoch>:<offset>:<tag><payload>`, all at once.
+//! The node delivers a topic's offsets in order: after a gap, a resubscription or while a
+//! client's replay is read, it holds the topic's live messages and reads the stream first.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Read, Write};
@@ -18,9 +22,10 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::hub::{BrokerStatus, HubMsg, PublishError, Remote};
+use super::history::{self, HistoryConfig, NotRecovered, Position, Replay};
+use super::hub::{BrokerStatus, Framer, HubMsg, PublishError, Remote};
 use super::resp::{self, Value};
-use crate::common::SharedFrame;
+use crate::common::{ConnId, SharedFrame};
 use crate::proto::OpCode;
 
 const WAKER: Token = Token(0);
@@ -55,7 +60,41 @@ pub struct RedisConfig {
     /// Channels are this prefix followed by the topic, so that several fanout clusters (or
     /// other programs) can share one Redis.
     pub prefix: String,
+    /// Topics with a history keep it in Redis Streams.
+    pub history: Option<HistoryConfig>,
 }
+
+/// Numbers a message of a topic with history, appends it to the topic's stream and publishes
+/// it, atomically. KEYS: stream, meta. ARGV: channel, tag+payload, maxlen, ttl ms (0: none),
+/// an epoch for a topic without history yet.
+const PUBLISH_SCRIPT: &str = r"
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'epoch', epoch)
+end
+local off = redis.call('HINCRBY', KEYS[2], 'head', 1)
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], off .. '-0', 'd', ARGV[2])
+if ARGV[4] ~= '0' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+local n = redis.call('PUBLISH', ARGV[1], 'h' .. epoch .. ':' .. off .. ':' .. ARGV[2])
+return {n, epoch, off}
+";
+
+/// A topic's epoch, head and the entries from an offset on. KEYS: stream, meta. ARGV: first
+/// offset wanted, most entries.
+const RANGE_SCRIPT: &str = r"
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then return {'', 0, {}} end
+local head = tonumber(redis.call('HGET', KEYS[2], 'head'))
+return {epoch, head, redis.call('XRANGE', KEYS[1], ARGV[1] .. '-0', '+', 'COUNT', ARGV[2])}
+";
+
+/// Entries one catch-up reads (a node behind by more loses the rest, counted).
+const MAX_CATCH_UP: usize = 100_000;
 
 impl RedisConfig {
     /// Parses `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`.
@@ -121,6 +160,7 @@ impl RedisConfig {
             username,
             password,
             prefix: "fanout:".into(),
+            history: None,
         })
     }
 
@@ -150,6 +190,13 @@ enum ToBroker {
         id: u64,
         cmd: Vec<u8>,
     },
+    /// Read what a subscriber missed since `since`; answered with `HubMsg::Replayed`.
+    Replay {
+        shard: u16,
+        id: ConnId,
+        topic: Arc<str>,
+        since: Position,
+    },
 }
 
 /// The shards' side of the broker thread. Cheap to clone.
@@ -160,6 +207,7 @@ pub struct RedisHandle {
     prefix: Arc<[u8]>,
     url: Arc<str>,
     pending: Arc<AtomicUsize>,
+    history: Option<Arc<HistoryConfig>>,
 }
 
 impl RedisHandle {
@@ -167,6 +215,21 @@ impl RedisHandle {
     pub fn publish_command(&self, topic: &str, opcode: OpCode, payload: &[u8]) -> Vec<u8> {
         let tag: &[u8] = if opcode == OpCode::Text { b"t" } else { b"b" };
         let mut cmd = Vec::with_capacity(payload.len() + topic.len() + self.prefix.len() + 48);
+        if let Some(policy) = self.history.as_ref().and_then(|h| h.policy(topic)) {
+            let ttl = policy.ttl.map_or(0, |t| t.as_millis().max(1));
+            resp::header(&mut cmd, b'*', 10);
+            resp::bulk(&mut cmd, b"EVAL");
+            resp::bulk(&mut cmd, PUBLISH_SCRIPT.as_bytes());
+            resp::bulk(&mut cmd, b"2");
+            resp::bulk2(&mut cmd, &self.prefix, &[b"h:", topic.as_bytes()].concat());
+            resp::bulk2(&mut cmd, &self.prefix, &[b"m:", topic.as_bytes()].concat());
+            resp::bulk2(&mut cmd, &self.prefix, topic.as_bytes());
+            resp::bulk2(&mut cmd, tag, payload);
+            resp::bulk(&mut cmd, policy.size.max(1).to_string().as_bytes());
+            resp::bulk(&mut cmd, ttl.to_string().as_bytes());
+            resp::bulk(&mut cmd, history::new_epoch().as_bytes());
+            return cmd;
+        }
         resp::header(&mut cmd, b'*', 3);
         resp::bulk(&mut cmd, b"PUBLISH");
         resp::bulk2(&mut cmd, &self.prefix, topic.as_bytes());
@@ -196,6 +259,17 @@ impl RedisHandle {
         let _ = self.tx.send(ToBroker::Interest { shard, changes });
     }
 
+    /// Asks for what `id` missed of `topic` since `since` (answered to `shard` as
+    /// `HubMsg::Replayed`).
+    pub fn replay(&self, shard: u16, id: ConnId, topic: Arc<str>, since: Position) {
+        let _ = self.tx.send(ToBroker::Replay {
+            shard,
+            id,
+            topic,
+            since,
+        });
+    }
+
     pub fn wake(&self) {
         let _ = self.waker.wake();
     }
@@ -211,6 +285,7 @@ pub(crate) fn spawn(
     cfg: RedisConfig,
     remote: Box<dyn Remote>,
     status: Arc<BrokerStatus>,
+    framer: Framer,
 ) -> io::Result<RedisHandle> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -222,9 +297,11 @@ pub(crate) fn spawn(
         prefix: cfg.prefix.as_bytes().into(),
         url: cfg.display().into(),
         pending: pending.clone(),
+        history: cfg.history.clone().map(Arc::new),
     };
     let shards = remote.shards();
     let thread = BrokerThread {
+        framer,
         poll,
         inbox: rx,
         remote,
@@ -245,6 +322,8 @@ pub(crate) fn spawn(
         confirms_pending: 0,
         confirms_since: None,
         held: VecDeque::new(),
+        streams: HashMap::new(),
+        requests: VecDeque::new(),
         wake: vec![false; shards],
         scratch: vec![0; 64 << 10].into_boxed_slice(),
     };
@@ -263,6 +342,40 @@ enum Expect {
         bytes: usize,
     },
     Ping,
+    /// A client's replay.
+    Replay {
+        shard: u16,
+        id: ConnId,
+        topic: Arc<str>,
+        since: Position,
+    },
+    /// The node catching a topic up after a gap or a resubscription.
+    CatchUp {
+        topic: Arc<str>,
+    },
+}
+
+/// A read of a topic's stream waiting for the subscriptions to be confirmed.
+enum Request {
+    Replay {
+        shard: u16,
+        id: ConnId,
+        topic: Arc<str>,
+        since: Position,
+    },
+    CatchUp {
+        topic: Arc<str>,
+    },
+}
+
+/// A topic with history as this node delivers it.
+#[derive(Default)]
+struct NodeStream {
+    /// The epoch and offset last posted to the shards (None: nothing seen yet).
+    last: Option<(Arc<str>, u64)>,
+    /// Reads of the stream in flight: live messages wait in `pending` meanwhile.
+    blocked: usize,
+    pending: Vec<(Position, SharedFrame)>,
 }
 
 struct Link {
@@ -289,6 +402,8 @@ struct Held {
 }
 
 struct BrokerThread {
+    /// Makes the frame subscribers get (the app's envelope) once per message on this node.
+    framer: Framer,
     poll: Poll,
     inbox: mpsc::Receiver<ToBroker>,
     remote: Box<dyn Remote>,
@@ -314,6 +429,11 @@ struct BrokerThread {
     /// Publishes waiting for subscriptions to be confirmed (so a publish the node accepted
     /// after a subscribe reaches it), in order.
     held: VecDeque<Held>,
+    /// Topics with history: what was delivered, and reads in flight.
+    streams: HashMap<Arc<str>, NodeStream>,
+    /// Stream reads held until the subscriptions are confirmed (so nothing published between
+    /// the read and the subscription is missed).
+    requests: VecDeque<Request>,
     /// Shards posted to this turn.
     wake: Vec<bool>,
     scratch: Box<[u8]>,
@@ -387,6 +507,9 @@ impl BrokerThread {
                         shards.retain(|&s| s != shard);
                         if shards.is_empty() {
                             self.interest.remove(&topic);
+                            if self.streams.get(&topic).is_some_and(|n| n.blocked == 0) {
+                                self.streams.remove(&topic);
+                            }
                         }
                     }
                     if self.up {
@@ -403,6 +526,124 @@ impl BrokerThread {
                     self.send_publish(shard, id, cmd);
                 }
             }
+            ToBroker::Replay {
+                shard,
+                id,
+                topic,
+                since,
+            } => {
+                if !self.up {
+                    self.replayed(
+                        shard,
+                        id,
+                        topic,
+                        Replay::Not(NotRecovered::Unavailable, None),
+                    );
+                    return;
+                }
+                self.streams.entry(topic.clone()).or_default().blocked += 1;
+                self.requests.push_back(Request::Replay {
+                    shard,
+                    id,
+                    topic,
+                    since,
+                });
+            }
+        }
+    }
+
+    fn replayed(&mut self, shard: u16, id: ConnId, topic: Arc<str>, result: Replay) {
+        if self
+            .remote
+            .post(shard, HubMsg::Replayed { id, topic, result })
+        {
+            if let Some(w) = self.wake.get_mut(shard as usize) {
+                *w = true;
+            }
+        }
+    }
+
+    /// Sends a read of `topic`'s stream from offset `from` on.
+    fn send_range(&mut self, topic: &str, from: u64, count: usize, expect: Expect) {
+        let Some(l) = self.publ.as_mut() else { return };
+        let prefix = self.cfg.prefix.as_bytes();
+        resp::header(&mut l.out, b'*', 7);
+        resp::bulk(&mut l.out, b"EVAL");
+        resp::bulk(&mut l.out, RANGE_SCRIPT.as_bytes());
+        resp::bulk(&mut l.out, b"2");
+        resp::bulk2(&mut l.out, prefix, &[b"h:", topic.as_bytes()].concat());
+        resp::bulk2(&mut l.out, prefix, &[b"m:", topic.as_bytes()].concat());
+        resp::bulk(&mut l.out, from.to_string().as_bytes());
+        resp::bulk(&mut l.out, count.to_string().as_bytes());
+        l.expect.push_back((expect, Instant::now()));
+    }
+
+    /// Posts a message of a topic with history to its shards, in offset order: a gap makes
+    /// the node read the stream first (the message waits).
+    fn on_positioned(&mut self, topic: &Arc<str>, pos: Position, frame: SharedFrame) {
+        let ns = self.streams.entry(topic.clone()).or_default();
+        if ns.blocked > 0 {
+            ns.pending.push((pos, frame));
+            return;
+        }
+        match &ns.last {
+            Some((e, last)) if **e == *pos.epoch => {
+                if pos.offset <= *last {
+                    return; // already posted (read from the stream)
+                }
+                if pos.offset > last + 1 {
+                    let from = last + 1;
+                    ns.blocked += 1;
+                    ns.pending.push((pos, frame));
+                    let topic = topic.clone();
+                    self.send_range(
+                        &topic,
+                        from,
+                        MAX_CATCH_UP,
+                        Expect::CatchUp {
+                            topic: topic.clone(),
+                        },
+                    );
+                    return;
+                }
+            }
+            // The first message seen, or a new epoch (the history was lost): start there.
+            _ => {}
+        }
+        ns.last = Some((pos.epoch.clone(), pos.offset));
+        self.post_deliver(topic, Some(pos), frame);
+    }
+
+    fn post_deliver(&mut self, topic: &Arc<str>, pos: Option<Position>, frame: SharedFrame) {
+        let Some(shards) = self.interest.get(topic) else {
+            return; // unsubscribed meanwhile
+        };
+        for &s in shards {
+            let msg = HubMsg::Deliver {
+                topic: topic.clone(),
+                frame: frame.clone(),
+                pos: pos.clone(),
+                gather: None,
+            };
+            if self.remote.post(s, msg) {
+                if let Some(w) = self.wake.get_mut(s as usize) {
+                    *w = true;
+                }
+            }
+        }
+    }
+
+    /// A read of the stream is answered: the node's live messages of that topic go on.
+    fn unblock(&mut self, topic: &Arc<str>) {
+        let Some(ns) = self.streams.get_mut(topic) else {
+            return;
+        };
+        ns.blocked = ns.blocked.saturating_sub(1);
+        if ns.blocked > 0 {
+            return;
+        }
+        for (pos, frame) in std::mem::take(&mut ns.pending) {
+            self.on_positioned(topic, pos, frame);
         }
     }
 
@@ -431,6 +672,36 @@ impl BrokerThread {
         }
         while let Some(h) = self.held.pop_front() {
             self.send_publish(h.shard, h.id, h.cmd);
+        }
+        let max_recovery = self.cfg.history.as_ref().map_or(0, |h| h.max_recovery);
+        while let Some(r) = self.requests.pop_front() {
+            match r {
+                Request::Replay {
+                    shard,
+                    id,
+                    topic,
+                    since,
+                } => {
+                    // One more than the cap, to tell "too far behind".
+                    let from = since.offset + 1;
+                    let expect = Expect::Replay {
+                        shard,
+                        id,
+                        topic: topic.clone(),
+                        since,
+                    };
+                    self.send_range(&topic, from, max_recovery + 1, expect);
+                }
+                Request::CatchUp { topic } => {
+                    let from = self
+                        .streams
+                        .get(&topic)
+                        .and_then(|n| n.last.as_ref())
+                        .map_or(1, |(_, o)| o + 1);
+                    let t = topic.clone();
+                    self.send_range(&t, from, MAX_CATCH_UP, Expect::CatchUp { topic });
+                }
+            }
         }
     }
 
@@ -708,10 +979,19 @@ impl BrokerThread {
                 v,
             ) => {
                 let result = match v {
+                    // PUBLISH, or the history script's {receivers, epoch, offset}.
                     Value::Int(n) => {
                         self.status
                             .record_rtt(sent.elapsed().as_micros().max(1) as u64);
                         Ok(n.max(0) as u64)
+                    }
+                    Value::Array(Some(items)) if matches!(items.first(), Some(Value::Int(_))) => {
+                        self.status
+                            .record_rtt(sent.elapsed().as_micros().max(1) as u64);
+                        let Some(Value::Int(n)) = items.first() else {
+                            unreachable!()
+                        };
+                        Ok((*n).max(0) as u64)
                     }
                     Value::Error(e) => Err(PublishError::Refused(
                         String::from_utf8_lossy(e).into_owned(),
@@ -719,6 +999,90 @@ impl BrokerThread {
                     _ => Err(PublishError::Refused("unexpected reply to PUBLISH".into())),
                 };
                 self.answer(shard, id, bytes, result);
+                Ok(())
+            }
+            (
+                Expect::Replay {
+                    shard,
+                    id,
+                    topic,
+                    since,
+                },
+                v,
+            ) => {
+                let max_recovery = self.cfg.history.as_ref().map_or(0, |h| h.max_recovery);
+                let result = match parse_range(&v, &topic, &self.framer) {
+                    Ok((epoch, head, entries)) if epoch.is_empty() => {
+                        // No history yet: only "nothing seen" is up to date.
+                        let _ = (head, entries);
+                        if since.epoch.is_empty() && since.offset == 0 {
+                            Replay::Frames(Vec::new(), since.clone())
+                        } else {
+                            Replay::Not(NotRecovered::EpochChanged, None)
+                        }
+                    }
+                    Ok((epoch, head, entries)) => {
+                        let first = entries.first().map_or(head + 1, |(o, _)| *o);
+                        let first = if first > since.offset + 1 && entries.is_empty() {
+                            head + 1
+                        } else {
+                            first
+                        };
+                        let pos = Position {
+                            epoch: epoch.into(),
+                            offset: head,
+                        };
+                        match history::verdict(&since, &pos.epoch, head, first, max_recovery) {
+                            Ok(()) => Replay::Frames(
+                                entries
+                                    .into_iter()
+                                    .filter(|(o, _)| *o > since.offset)
+                                    .collect(),
+                                pos,
+                            ),
+                            Err(why) => Replay::Not(why, Some(pos)),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("broker: reading the history of {topic}: {e}");
+                        Replay::Not(NotRecovered::Unavailable, None)
+                    }
+                };
+                self.replayed(shard, id, topic.clone(), result);
+                self.unblock(&topic);
+                Ok(())
+            }
+            (Expect::CatchUp { topic }, v) => {
+                match parse_range(&v, &topic, &self.framer) {
+                    Ok((epoch, _head, entries)) if !epoch.is_empty() => {
+                        let epoch: Arc<str> = epoch.into();
+                        let last = self.streams.get(&topic).and_then(|n| n.last.clone());
+                        let mut at = match last {
+                            Some((e, o)) if e == epoch => o,
+                            _ => 0, // a new history: all of it
+                        };
+                        for (o, frame) in entries {
+                            if o <= at {
+                                continue;
+                            }
+                            if o > at + 1 {
+                                self.status.history_gaps.fetch_add(o - at - 1, Relaxed);
+                            }
+                            at = o;
+                            let pos = Position {
+                                epoch: epoch.clone(),
+                                offset: o,
+                            };
+                            self.post_deliver(&topic, Some(pos), frame);
+                        }
+                        if let Some(ns) = self.streams.get_mut(&topic) {
+                            ns.last = Some((epoch, at));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("broker: catching up {topic}: {e}"),
+                }
+                self.unblock(&topic);
                 Ok(())
             }
         }
@@ -773,30 +1137,27 @@ impl BrokerThread {
         let topic = ch
             .strip_prefix(self.cfg.prefix.as_bytes())
             .and_then(|t| std::str::from_utf8(t).ok());
-        let (opcode, body) = match payload.split_first() {
-            Some((b't', body)) if simdutf8::basic::from_utf8(body).is_ok() => (OpCode::Text, body),
-            Some((b'b', body)) => (OpCode::Binary, body),
-            _ => {
-                self.status.messages_dropped.fetch_add(1, Relaxed);
-                return;
-            }
+        let (pos, payload) = match payload.strip_prefix(b"h") {
+            Some(rest) => match parse_position(rest) {
+                Some((pos, rest)) => (Some(pos), rest),
+                None => (None, &b""[..]),
+            },
+            None => (None, payload),
         };
-        let Some((topic, shards)) = topic.and_then(|t| self.interest.get_key_value(t)) else {
+        let Some((opcode, body)) = split_tag(payload) else {
+            self.status.messages_dropped.fetch_add(1, Relaxed);
+            return;
+        };
+        let Some(topic) = topic
+            .and_then(|t| self.interest.get_key_value(t))
+            .map(|(t, _)| t.clone())
+        else {
             return; // unsubscribed meanwhile
         };
-        let frame = SharedFrame::new(opcode, body);
-        for &s in shards {
-            let msg = HubMsg::Deliver {
-                topic: topic.clone(),
-                frame: frame.clone(),
-                pos: None,
-                gather: None,
-            };
-            if self.remote.post(s, msg) {
-                if let Some(w) = self.wake.get_mut(s as usize) {
-                    *w = true;
-                }
-            }
+        let frame = (self.framer)(&topic, pos.as_ref(), opcode, body);
+        match pos {
+            Some(pos) => self.on_positioned(&topic, pos, frame),
+            None => self.post_deliver(&topic, None, frame),
         }
     }
 
@@ -831,6 +1192,19 @@ impl BrokerThread {
         self.ever_up = true;
         self.down_logged_at = None;
         self.status.up.store(true, Relaxed);
+        // What was published while the node was away: read once the topics are subscribed.
+        let topics: Vec<Arc<str>> = self
+            .streams
+            .iter()
+            .filter(|(t, n)| n.last.is_some() && self.interest.contains_key(*t))
+            .map(|(t, _)| t.clone())
+            .collect();
+        for topic in topics {
+            if let Some(ns) = self.streams.get_mut(&topic) {
+                ns.blocked += 1;
+            }
+            self.requests.push_back(Request::CatchUp { topic });
+        }
     }
 
     /// Redis is lost (or never came): refuse what waits, drop both connections, retry later.
@@ -842,17 +1216,43 @@ impl BrokerThread {
             e.clone_from(&reason);
         }
         let mut refused = Vec::new();
+        let mut replays = Vec::new();
         for l in [self.sub.take(), self.publ.take()].into_iter().flatten() {
             let mut sock = l.sock;
             let _ = self.poll.registry().deregister(&mut sock);
             for (e, _) in l.expect {
-                if let Expect::Publish {
-                    shard, id, bytes, ..
-                } = e
-                {
-                    refused.push((shard, id, bytes));
+                match e {
+                    Expect::Publish {
+                        shard, id, bytes, ..
+                    } => refused.push((shard, id, bytes)),
+                    Expect::Replay {
+                        shard, id, topic, ..
+                    } => replays.push((shard, id, topic)),
+                    _ => {}
                 }
             }
+        }
+        for r in std::mem::take(&mut self.requests) {
+            if let Request::Replay {
+                shard, id, topic, ..
+            } = r
+            {
+                replays.push((shard, id, topic));
+            }
+        }
+        for (shard, id, topic) in replays {
+            self.replayed(
+                shard,
+                id,
+                topic,
+                Replay::Not(NotRecovered::Unavailable, None),
+            );
+        }
+        // Live messages held for reads that will not come back are read again after the
+        // reconnection, from the last offset posted.
+        for ns in self.streams.values_mut() {
+            ns.blocked = 0;
+            ns.pending.clear();
         }
         for h in std::mem::take(&mut self.held) {
             refused.push((h.shard, h.id, h.cmd.len()));
@@ -928,6 +1328,84 @@ impl BrokerThread {
             self.fail(e);
         }
     }
+}
+
+/// `<epoch>:<offset>:` at the start of a positioned message, and the rest.
+fn parse_position(b: &[u8]) -> Option<(Position, &[u8])> {
+    let i = b.iter().position(|&c| c == b':')?;
+    let epoch = std::str::from_utf8(&b[..i]).ok()?;
+    let rest = &b[i + 1..];
+    let j = rest.iter().position(|&c| c == b':')?;
+    let offset = std::str::from_utf8(&rest[..j]).ok()?.parse().ok()?;
+    Some((
+        Position {
+            epoch: epoch.into(),
+            offset,
+        },
+        &rest[j + 1..],
+    ))
+}
+
+/// The opcode and payload of `<tag><payload>` (None if malformed).
+fn split_tag(payload: &[u8]) -> Option<(OpCode, &[u8])> {
+    match payload.split_first() {
+        Some((b't', body)) if simdutf8::basic::from_utf8(body).is_ok() => {
+            Some((OpCode::Text, body))
+        }
+        Some((b'b', body)) => Some((OpCode::Binary, body)),
+        _ => None,
+    }
+}
+
+/// The range script's reply: epoch ("" without history), head, and the entries as frames.
+type Range = (String, u64, Vec<(u64, SharedFrame)>);
+
+fn parse_range(v: &Value<'_>, topic: &str, framer: &Framer) -> Result<Range, String> {
+    let bad = |w: &str| format!("unexpected reply to the history read ({w})");
+    let Value::Array(Some(items)) = v else {
+        return Err(match v {
+            Value::Error(e) => String::from_utf8_lossy(e).into_owned(),
+            _ => bad("not an array"),
+        });
+    };
+    let epoch = items
+        .first()
+        .and_then(Value::bytes)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .ok_or_else(|| bad("epoch"))?
+        .to_string();
+    let head = match items.get(1) {
+        Some(Value::Int(n)) => (*n).max(0) as u64,
+        _ => return Err(bad("head")),
+    };
+    let mut out = Vec::new();
+    if let Some(Value::Array(Some(entries))) = items.get(2) {
+        for e in entries {
+            let Value::Array(Some(kv)) = e else {
+                return Err(bad("entry"));
+            };
+            let id = kv.first().and_then(Value::bytes).ok_or_else(|| bad("id"))?;
+            let offset = std::str::from_utf8(id)
+                .ok()
+                .and_then(|s| s.split('-').next())
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| bad("id"))?;
+            let Some(Value::Array(Some(fields))) = kv.get(1) else {
+                return Err(bad("fields"));
+            };
+            let payload = fields
+                .get(1)
+                .and_then(Value::bytes)
+                .ok_or_else(|| bad("data"))?;
+            let (op, body) = split_tag(payload).ok_or_else(|| bad("payload"))?;
+            let pos = Position {
+                epoch: epoch.as_str().into(),
+                offset,
+            };
+            out.push((offset, framer(topic, Some(&pos), op, body)));
+        }
+    }
+    Ok((epoch, head, out))
 }
 
 /// 50 ms doubling to 1 s, each scaled by a random factor in [0.5, 1) so that nodes that lost
