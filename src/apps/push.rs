@@ -180,6 +180,7 @@ impl Push {
                     queued += 1;
                     slow += 1;
                 }
+                Delivery::Dropped => slow += 1,
                 Delivery::Gone => {}
             }
         }

@@ -84,6 +84,9 @@ pub(crate) struct Core<H: Handler> {
     dirty: Vec<(usize, u32)>,
     /// Connections with input left unread (fairness cap, or reading resumed).
     pending_read: Vec<(usize, u32)>,
+    /// Connections a broadcast found full under the `disconnect` policy, closed after the
+    /// app's hooks.
+    slow: Vec<(usize, u32)>,
     due: Vec<Entry>,
     /// Per-connection extensions (token, per-IP count) by slab key; empty while every upgrade
     /// policy is off. A slot is cleared when its connection is removed.
@@ -163,6 +166,7 @@ impl<H: Handler> Shard<H> {
             next_gen: 0,
             dirty: Vec::new(),
             pending_read: Vec::new(),
+            slow: Vec::new(),
             due: Vec::new(),
             exts: Vec::new(),
             handshake_ticks: to_ticks(cfg.handshake_timeout).max(1),
@@ -253,6 +257,7 @@ impl<H: Handler> Shard<H> {
             inbox,
             now,
             deflate,
+            slow,
             ..
         } = core;
         let mut api = ShardApi {
@@ -262,6 +267,8 @@ impl<H: Handler> Shard<H> {
             stats,
             all_stats,
             write_queue_limit: cfg.write_queue_limit,
+            policy: cfg.slow_consumer,
+            slow,
             links,
             wake,
             now: *now,
@@ -272,6 +279,12 @@ impl<H: Handler> Shard<H> {
         }
         handler.on_turn(&mut api);
         api.deflate.end_turn();
+        for (key, gen) in std::mem::take(&mut core.slow) {
+            if let Some(conn) = conns.get_mut(key).filter(|c| c.gen == gen) {
+                core.disconnect_slow(key, conn);
+                core.remove(conns, key);
+            }
+        }
     }
 
     /// Wakes the shards posted to this turn.

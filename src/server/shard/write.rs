@@ -230,31 +230,43 @@ impl<H: Handler> Core<H> {
                         let n = q.drop_oldest_shared(self.cfg.write_queue_limit / 2);
                         self.stats.add(Counter::SlowConsumerDropped, n as u64);
                     }
+                    // Its own replies (owned bytes) are not dropped: stop reading its input
+                    // until they drain, as under `pause`.
+                    if conn.queued() > self.cfg.write_queue_limit && conn.flags & READ_PAUSED == 0 {
+                        conn.flags |= READ_PAUSED;
+                        self.stats.inc(Counter::SlowConsumerPaused);
+                    }
                 }
                 SlowConsumerPolicy::Disconnect => {
-                    self.stats.inc(Counter::SlowConsumerDisconnected);
-                    if conn.flags & APP_OPEN != 0 {
-                        let id = self.id(key, conn.gen);
-                        if let Some(s) = conn.state.as_mut() {
-                            self.handler.on_error(id, s, &ConnError::SlowConsumer);
-                        }
-                    }
-                    self.notify_close(key, conn, close_code::POLICY, "slow consumer");
-                    // Its queue will not drain: drop it, and try to say why.
-                    conn.queue = None;
-                    let (payload, n) =
-                        crate::proto::frame::close_payload(close_code::POLICY, "slow consumer");
-                    let mut frame = vec![0x88, n as u8];
-                    frame.extend_from_slice(&payload[..n]);
-                    // (Not over TLS: records still queued would have to go first.)
-                    if conn.flags & TLS == 0 {
-                        let _ = conn.sock.write(&frame);
-                    }
+                    self.disconnect_slow(key, conn);
                     return false;
                 }
             }
         }
         true
+    }
+}
+
+impl<H: Handler> Core<H> {
+    /// The `disconnect` policy: tells the app, drops the queue (it will not drain) and tries
+    /// to say why with a close frame (1008). The caller removes the connection.
+    pub(super) fn disconnect_slow(&mut self, key: usize, conn: &mut Conn<H::State>) {
+        self.stats.inc(Counter::SlowConsumerDisconnected);
+        if conn.flags & APP_OPEN != 0 {
+            let id = self.id(key, conn.gen);
+            if let Some(s) = conn.state.as_mut() {
+                self.handler.on_error(id, s, &ConnError::SlowConsumer);
+            }
+        }
+        self.notify_close(key, conn, close_code::POLICY, "slow consumer");
+        conn.queue = None;
+        let (payload, n) = crate::proto::frame::close_payload(close_code::POLICY, "slow consumer");
+        let mut frame = vec![0x88, n as u8];
+        frame.extend_from_slice(&payload[..n]);
+        // (Not over TLS: records still queued would have to go first.)
+        if conn.flags & TLS == 0 {
+            let _ = conn.sock.write(&frame);
+        }
     }
 }
 

