@@ -172,3 +172,57 @@ fn a_broadcast_under_disconnect_closes_the_full_connection_without_queueing() {
         .all(|d| *d == Delivery::Gone));
     assert_eq!(counter(&server, Counter::SlowConsumerDisconnected), 1);
 }
+
+#[test]
+fn half_sent_heads_from_one_address_hold_no_more_than_its_cap() {
+    // One address opens many sockets and sends only part of a request head on each: at most
+    // --max-conns-per-ip of them are held, so another client still gets in under a small
+    // --max-connections.
+    let s = common::echo_server(Config {
+        max_connections: 20,
+        max_conns_per_ip: 5,
+        ..config()
+    });
+    let addr = s.local_addr();
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        let mut c = TcpStream::connect(addr).unwrap();
+        let _ = c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n");
+        held.push(c);
+    }
+    // The server has seen all of them once its accept count reaches 40.
+    let until = Instant::now() + Duration::from_secs(10);
+    while counter(&s, Counter::Accepted) < 40 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(counter(&s, Counter::Accepted), 40);
+    assert_eq!(s.connections_from(addr.ip()), 5);
+    assert!(s.open_connections() <= 5, "{}", s.open_connections());
+    assert_eq!(counter(&s, Counter::PerIpConnsRefused), 35);
+    assert_eq!(counter(&s, Counter::Rejected503), 0);
+    // A refused one was told why.
+    let mut refused = TcpStream::connect(addr).unwrap();
+    refused
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = refused.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    // Another address (127.0.0.2 is loopback too) still gets a WebSocket.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(
+        &"127.0.0.2:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let mut other: TcpStream = sock.into();
+    other
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    other.write_all(UPGRADE.as_bytes()).unwrap();
+    assert!(read_head(&mut other).starts_with(b"HTTP/1.1 101"));
+    drop(held);
+}

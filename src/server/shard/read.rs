@@ -309,7 +309,6 @@ impl<H: Handler> Core<H> {
         e: &HttpError,
         len: usize,
     ) -> usize {
-        self.release_counted_ip(key);
         self.stats.http_status(e.status);
         tracing::debug!(
             shard = self.index,
