@@ -226,3 +226,60 @@ fn half_sent_heads_from_one_address_hold_no_more_than_its_cap() {
     assert!(read_head(&mut other).starts_with(b"HTTP/1.1 101"));
     drop(held);
 }
+
+#[test]
+fn a_publish_without_its_key_is_refused_on_the_head_before_the_body_is_read() {
+    use fanout::apps::push::{Push, PushConfig};
+    let s = Server::start(
+        Config {
+            handshake_timeout: Duration::from_secs(60),
+            ..config()
+        },
+        Push::new(PushConfig {
+            publish_key: Some("k".into()),
+            ..PushConfig::default()
+        }),
+    )
+    .unwrap();
+    let addr = s.local_addr();
+    let refused = |head: &str| {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(head.as_bytes()).unwrap();
+        // Part of a large body: the answer must not wait for the rest.
+        let _ = c.write_all(&vec![b'x'; 100 << 10]);
+        let mut answer = Vec::new();
+        let _ = c.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).to_string()
+    };
+    let big = (1 << 20) - 1;
+    let a = refused(&format!(
+        "POST /publish/x HTTP/1.1\r\nHost: t\r\nContent-Length: {big}\r\n\r\n"
+    ));
+    assert!(a.starts_with("HTTP/1.1 401"), "{a}");
+    let a = refused(&format!(
+        "POST /publish/x HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer nope\r\nContent-Length: {big}\r\n\r\n"
+    ));
+    assert!(a.starts_with("HTTP/1.1 401"), "{a}");
+    let a = refused(&format!(
+        "PUT /publish/x HTTP/1.1\r\nHost: t\r\nContent-Length: {big}\r\n\r\n"
+    ));
+    assert!(a.starts_with("HTTP/1.1 405"), "{a}");
+    let a = refused(&format!(
+        "POST /publish/bad%20topic HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer k\r\nContent-Length: {big}\r\n\r\n"
+    ));
+    assert!(a.starts_with("HTTP/1.1 400"), "{a}");
+    // Counted once each, although each body came in several reads.
+    assert_eq!(counter(&s, Counter::HttpRequests), 4);
+    // With the key the body is read and the publish goes through.
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"POST /publish/x HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer k\r\nContent-Length: 3\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    c.write_all(b"abc").unwrap();
+    let mut answer = String::new();
+    let _ = c.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(counter(&s, Counter::HttpRequests), 5);
+}

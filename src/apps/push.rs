@@ -472,6 +472,10 @@ impl Handler for Push {
         self.registry.remove_all(&mut state.subs);
     }
 
+    fn on_http_head(&mut self, req: &Request<'_>) -> Option<HttpResponse> {
+        refuse_publish_head(&self.cfg, req)
+    }
+
     fn on_http(&mut self, req: &Request<'_>, body: &[u8], conn: &ConnInfo<'_>) -> HttpReply {
         if req.path == "/metrics" {
             if req.method != "GET" {
@@ -603,6 +607,34 @@ impl Handler for Push {
 }
 
 /// Compares secrets without an early exit on the first differing byte.
+/// The checks of `POST /publish/{topic}` that need only the head (method, publish key, topic
+/// name), with `on_http`'s answers: a request refused here is answered before its body is read.
+fn refuse_publish_head(cfg: &PushConfig, req: &Request<'_>) -> Option<HttpResponse> {
+    let topic = req.path.strip_prefix("/publish/")?;
+    if req.method != "POST" {
+        let mut r = HttpResponse::text(405, "use POST\n");
+        r.headers.push(("Allow", "POST".into()));
+        return Some(r);
+    }
+    let Some(key) = cfg.publish_key.as_deref() else {
+        let reason = "publishing over HTTP is disabled: start the server with --publish-key";
+        return Some(json_response(403, error_json(reason, Some(topic))));
+    };
+    let authorized = req
+        .authorization
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .is_some_and(|k| constant_time_eq(k.trim().as_bytes(), key.as_bytes()));
+    if !authorized {
+        let reason = "missing or wrong API key (Authorization: Bearer KEY)";
+        let mut r = json_response(401, error_json(reason, Some(topic)));
+        r.headers.push(("WWW-Authenticate", "Bearer".into()));
+        return Some(r);
+    }
+    validate_topic(topic)
+        .err()
+        .map(|reason| json_response(400, error_json(reason, Some(topic))))
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;

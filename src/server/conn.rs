@@ -20,6 +20,9 @@ use crate::proto::{Decoder, OpCode};
 pub(crate) enum Phase {
     /// Reading the HTTP request head (deadline: handshake timeout).
     Handshaking,
+    /// A plain HTTP request's head is read, counted and let through by the app
+    /// (`on_http_head`); waiting for its body (deadline: handshake timeout, from accept).
+    HttpBody,
     /// WebSocket open (deadlines: ping interval, pong timeout, idle timeout).
     Open,
     /// We sent a close frame and wait for the peer's (deadline: close timeout).

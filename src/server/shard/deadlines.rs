@@ -53,7 +53,7 @@ impl<H: Handler> Core<H> {
     /// The tick of this connection's next deadline.
     pub(super) fn due_tick(&self, key: usize, conn: &Conn<H::State>) -> Option<u32> {
         match conn.phase {
-            Phase::Handshaking => Some(conn.since + self.handshake_ticks),
+            Phase::Handshaking | Phase::HttpBody => Some(conn.since + self.handshake_ticks),
             Phase::Open => {
                 let idle = (self.idle_ticks > 0).then(|| conn.since + self.idle_ticks);
                 let ping = (self.ping_ticks > 0).then(|| {
@@ -95,7 +95,7 @@ impl<H: Handler> Core<H> {
             return false;
         }
         match conn.phase {
-            Phase::Handshaking => {
+            Phase::Handshaking | Phase::HttpBody => {
                 self.stats.inc(Counter::HandshakeTimeouts);
                 true
             }

@@ -327,7 +327,7 @@ impl<H: Handler> Shard<H> {
             for key in keys {
                 let conn = &mut conns[key];
                 match conn.phase {
-                    Phase::Handshaking => core.remove(conns, key),
+                    Phase::Handshaking | Phase::HttpBody => core.remove(conns, key),
                     Phase::HttpWait => core.answer_late(key, conn, 503, "server shutting down\n"),
                     Phase::Open => {
                         core.start_close(key, conn, close_code::GOING_AWAY, "server shutting down");

@@ -160,7 +160,7 @@ impl<H: Handler> Core<H> {
         data: &mut [u8],
     ) -> usize {
         match conn.phase {
-            Phase::Handshaking => self.handshake(key, conn, data),
+            Phase::Handshaking | Phase::HttpBody => self.handshake(key, conn, data),
             Phase::Open | Phase::Closing => self.frames(key, conn, data),
             Phase::HttpWait | Phase::Finishing | Phase::Draining => data.len(),
         }
@@ -232,28 +232,41 @@ impl<H: Handler> Core<H> {
         head_len: usize,
         data: &[u8],
     ) -> usize {
-        self.stats.inc(Counter::HttpRequests);
+        // The head is parsed again on every read of an unfinished body: act on it once.
+        let first = conn.phase == Phase::Handshaking;
+        if first {
+            self.stats.inc(Counter::HttpRequests);
+        }
         if req.header("transfer-encoding").is_some() {
             let e = HttpError::new(411, "chunked bodies are not supported; send Content-Length");
             return self.refuse(key, conn, &e, data.len());
         }
-        let body_len = match req.content_length.map(|v| v.trim().parse::<usize>()) {
-            None => 0,
-            Some(Ok(n)) => n,
-            Some(Err(_)) => {
-                let e = HttpError::new(400, "bad Content-Length");
-                return self.refuse(key, conn, &e, data.len());
-            }
+        let body_len = match req.body_length() {
+            Ok(n) => n.unwrap_or(0),
+            Err(e) => return self.refuse(key, conn, &e, data.len()),
         };
         if body_len > self.cfg.max_http_body {
             let e = HttpError::new(413, "request body too large");
             return self.refuse(key, conn, &e, data.len());
         }
+        let healthz = req.path == "/healthz" && (req.method == "GET" || req.method == "HEAD");
+        if first {
+            // The deadline stays the handshake's, from accept.
+            conn.phase = Phase::HttpBody;
+            if !healthz {
+                if let Some(resp) = self.handler.on_http_head(req) {
+                    // Refused on its head: the body is never read into memory (whatever of it
+                    // came with the head is dropped; the rest is discarded while draining).
+                    self.http_answer(key, conn, req, resp);
+                    return data.len();
+                }
+            }
+        }
         if data.len() < head_len + body_len {
             return 0; // wait for the whole body
         }
         let body = &data[head_len..head_len + body_len];
-        let reply = if req.path == "/healthz" && (req.method == "GET" || req.method == "HEAD") {
+        let reply = if healthz {
             HttpReply::Respond(HttpResponse::text(200, "ok\n"))
         } else {
             let info = ConnInfo {
@@ -280,6 +293,18 @@ impl<H: Handler> Core<H> {
             }
         };
         let resp = resp.unwrap_or_else(|| HttpResponse::text(404, "not found\n"));
+        self.http_answer(key, conn, req, resp);
+        data.len()
+    }
+
+    /// Writes a plain HTTP answer and finishes the connection.
+    fn http_answer(
+        &mut self,
+        key: usize,
+        conn: &mut Conn<H::State>,
+        req: &handshake::Request<'_>,
+        resp: HttpResponse,
+    ) {
         if resp.status >= 400 {
             self.stats.http_status(resp.status);
         }
@@ -298,7 +323,6 @@ impl<H: Handler> Core<H> {
             body,
         );
         self.finish(key, conn);
-        data.len()
     }
 
     /// Answers a refused handshake with its status and closes.
