@@ -283,3 +283,80 @@ fn a_publish_without_its_key_is_refused_on_the_head_before_the_body_is_read() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(counter(&s, Counter::HttpRequests), 5);
 }
+
+/// Echo that records the largest backlog a message found on its connection.
+#[derive(Clone)]
+struct MeasuringEcho {
+    max_queued: Arc<Mutex<usize>>,
+}
+
+impl Handler for MeasuringEcho {
+    type State = ();
+    type Msg = ();
+    fn on_open<'r>(
+        &mut self,
+        _req: &Request<'r>,
+        _conn: &ConnInfo<'_>,
+    ) -> Result<Accept<'r, ()>, HttpError> {
+        Ok(Accept::new(()))
+    }
+    fn on_message(&mut self, ctx: &mut Ctx<'_, ()>, msg: Message<'_>) {
+        let mut m = self.max_queued.lock().unwrap();
+        *m = (*m).max(ctx.queued_bytes());
+        if let Message::Binary(b) = msg {
+            ctx.send_binary(b);
+        }
+    }
+}
+
+#[test]
+fn echo_to_a_reader_that_stops_reading_pauses_before_decoding_past_the_limit() {
+    // Many small messages in each read: before, every one of them was answered before the
+    // limit was looked at, so the backlog grew by a whole read's worth of replies.
+    const LIMIT: usize = 16 << 10;
+    const MSG: usize = 1000;
+    const COUNT: usize = 24_000; // 24 MB: more than the kernel's buffers take
+    let max_queued = Arc::new(Mutex::new(0));
+    let s = Server::start(
+        Config {
+            write_queue_limit: LIMIT,
+            slow_consumer: SlowConsumerPolicy::Pause,
+            ..config()
+        },
+        MeasuringEcho {
+            max_queued: max_queued.clone(),
+        },
+    )
+    .unwrap();
+    let mut c = TcpStream::connect(s.local_addr()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(UPGRADE.as_bytes()).unwrap();
+    assert!(read_head(&mut c).starts_with(b"HTTP/1.1 101"));
+    let mut w = c.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let frame = common::masked(0x82, &[5u8; MSG]);
+        let batch: Vec<u8> = (0..100).flat_map(|_| frame.iter().copied()).collect();
+        for _ in 0..COUNT / 100 {
+            w.write_all(&batch).unwrap();
+        }
+    });
+    // Not reading until the server has paused the connection.
+    let until = Instant::now() + Duration::from_secs(20);
+    while counter(&s, Counter::SlowConsumerPaused) == 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(counter(&s, Counter::SlowConsumerPaused) > 0);
+    std::thread::sleep(Duration::from_millis(200));
+    // Now every echo comes back, whole: the input kept while paused is not lost.
+    let frame_len = 4 + MSG;
+    let mut left = COUNT * frame_len;
+    let mut buf = vec![0u8; 64 << 10];
+    while left > 0 {
+        let n = c.read(&mut buf[..left.min(64 << 10)]).expect("echoes");
+        assert!(n > 0, "closed with {left} bytes to go");
+        left -= n;
+    }
+    writer.join().unwrap();
+    let max = *max_queued.lock().unwrap();
+    assert!(max < LIMIT, "a message was decoded with {max} bytes queued");
+}

@@ -16,6 +16,14 @@ impl<H: Handler> Shard<H> {
         if conn.flags & READ_PAUSED != 0 {
             return;
         }
+        // Input left undecoded when the connection paused goes first.
+        core.process_kept(key, conn);
+        if conn.flags & READ_PAUSED != 0 {
+            if !core.flush_conn(key, conn) {
+                core.remove(conns, key);
+            }
+            return;
+        }
         if conn.flags & TLS != 0 {
             return self.read_tls(key, to_eof);
         }
@@ -151,6 +159,34 @@ impl<H: Handler> Shard<H> {
 
 impl<H: Handler> Core<H> {
     // ----- processing input -----
+
+    /// Processes the input an open connection kept from earlier reads, before more is read:
+    /// what it left undecoded when its write queue reached the limit (otherwise at most an
+    /// unfinished frame head). Its replies are in the cork; the caller flushes.
+    pub(super) fn process_kept(&mut self, key: usize, conn: &mut Conn<H::State>) {
+        if !matches!(conn.phase, Phase::Open | Phase::Closing) {
+            return;
+        }
+        let tls = conn.flags & TLS != 0;
+        let kept = if tls {
+            self.tls_of(key).and_then(|t| t.plain.take())
+        } else {
+            conn.stash.take()
+        };
+        let Some(mut v) = kept else {
+            return;
+        };
+        let len = v.len();
+        let used = self.process(key, conn, &mut v[..len]);
+        v.drain(..used.min(len));
+        if tls {
+            if let Some(t) = self.tls_of(key) {
+                t.plain.set(v);
+            }
+        } else {
+            conn.stash.set(v);
+        }
+    }
 
     /// Processes input by phase; returns how many bytes were consumed (the rest is kept).
     pub(super) fn process(
@@ -388,8 +424,22 @@ impl<H: Handler> Core<H> {
             self.dec_cfg
         };
         let token = self.exts.get(key).and_then(|e| e.as_ref()?.token.as_ref());
+        let limit = self.cfg.write_queue_limit;
         let mut pos = 0;
         loop {
+            // Its output is at the limit: decode nothing more until it drains (the rest of the
+            // input is kept, at most what one read brought). So the queue holds at most the
+            // limit plus the replies to one message.
+            if *phase == Phase::Open
+                && queue.as_ref().map_or(0, |q| q.len()) + self.cork.len() >= limit
+            {
+                if *flags & READ_PAUSED == 0 {
+                    *flags |= READ_PAUSED;
+                    self.stats.inc(Counter::SlowConsumerPaused);
+                }
+                self.trim_inflated();
+                return pos;
+            }
             let step = match decoder.next(&dec_cfg, &mut data[pos..]) {
                 Ok(Decoded::Event(n, Event::Compressed { text, payload })) => self
                     .deflate
