@@ -17,20 +17,19 @@ impl<H: Handler> Shard<H> {
         let mut due = std::mem::take(&mut core.due);
         let now = core.now;
         core.wheel.advance(now, |e, tick| {
-            let c = conns.get(e.key as usize)?;
+            let c = conns.get_mut(e.key as usize)?;
             if c.gen != e.gen {
                 return None;
             }
-            if c.armed_at == tick {
-                due.push(e);
-                None
-            } else if c.armed_at != NOT_ARMED
-                && c.armed_at > tick
-                && timer::same_slot(c.armed_at, tick)
-            {
-                Some(c.armed_at) // a later turn of the wheel
-            } else {
-                None // stale: the connection was re-armed elsewhere
+            match timer::visit(c.armed_at, tick) {
+                Visit::Due => {
+                    // No entry is live any more (a duplicate in this pass is now stale).
+                    c.armed_at = NOT_ARMED;
+                    due.push(e);
+                    None
+                }
+                Visit::Later(t) => Some(t),
+                Visit::Stale => None,
             }
         });
         for e in due.drain(..) {
@@ -38,7 +37,6 @@ impl<H: Handler> Shard<H> {
             let Some(conn) = conns.get_mut(key) else {
                 continue;
             };
-            conn.armed_at = NOT_ARMED;
             if core.on_deadline(key, conn) {
                 core.remove(conns, key);
             }

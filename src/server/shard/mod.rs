@@ -30,7 +30,7 @@ use crate::server::handler::{
     ConnError, ConnId, ConnInfo, Ctx, Handler, HttpReply, HttpResponse, Message,
 };
 use crate::server::stats::{render_metrics, Counter, ShardStats, METRICS_CONTENT_TYPE};
-use crate::server::timer::{self, ms_to_ticks, Entry, TimerWheel, NOT_ARMED, TICK_MS};
+use crate::server::timer::{self, ms_to_ticks, Entry, TimerWheel, Visit, NOT_ARMED, TICK_MS};
 use crate::server::tls::{Sealer, TlsConn, TlsInput};
 use crate::server::Global;
 
