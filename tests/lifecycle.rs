@@ -4,7 +4,31 @@
 
 mod common;
 
-use common::{config, echo_server, raw_exchange};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
+
+use common::{config, echo_server, masked, raw_exchange, UPGRADE};
+use fanout::server::Config;
+
+/// Opens a WebSocket by hand and reads the 101. A small receive buffer, so the server's queue
+/// (not the kernel) holds what the client has not read.
+fn open_raw(addr: std::net::SocketAddr) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(64 << 10).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let mut c: TcpStream = sock.into();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(UPGRADE.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        c.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    c
+}
 
 fn status(answer: &[u8]) -> u16 {
     answer
@@ -31,4 +55,30 @@ fn an_unclear_content_length_is_a_400() {
         b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\nhello",
     );
     assert_eq!(status(&answer), 404);
+}
+
+#[test]
+fn a_half_closed_client_gets_all_its_echoes_before_the_close() {
+    // 8.4 MB of echo asked for, then SHUT_WR: the server keeps the connection until its queue
+    // is written, then closes. (Before, it made one write and dropped the rest.)
+    let s = echo_server(Config {
+        write_queue_limit: 32 << 20,
+        ..config()
+    });
+    let mut c = open_raw(s.local_addr());
+    const MSG: usize = 60_000;
+    const COUNT: usize = 140;
+    let frame = masked(0x82, &[9u8; MSG]);
+    for _ in 0..COUNT {
+        c.write_all(&frame).unwrap();
+    }
+    c.shutdown(Shutdown::Write).unwrap();
+    // Not reading yet, so the server sees the EOF with most of the echo still queued.
+    std::thread::sleep(Duration::from_secs(1));
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    assert_eq!(got.len(), COUNT * (4 + MSG));
+    assert!(got
+        .chunks(4 + MSG)
+        .all(|f| f[..4] == [0x82, 126, 0xea, 0x60]));
 }

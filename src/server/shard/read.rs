@@ -52,8 +52,7 @@ impl<H: Handler> Shard<H> {
                             core.fail_io(key, conn, e);
                             core.remove(conns, key);
                         } else {
-                            let _ = core.flush_conn(key, conn);
-                            core.eof(conns, key);
+                            core.peer_eof(conns, key);
                         }
                         return;
                     }
@@ -72,9 +71,8 @@ impl<H: Handler> Shard<H> {
                 let space = rbuf.len() - kept;
                 let n = match conn.sock.read(&mut rbuf[kept..]) {
                     Ok(0) => {
-                        // The peer may still read (half-close): send what its input produced.
-                        let _ = core.flush_conn(key, conn);
-                        core.eof(conns, key);
+                        // The peer may still read (half-close): what its input produced is sent.
+                        core.peer_eof(conns, key);
                         return;
                     }
                     Ok(n) => n,

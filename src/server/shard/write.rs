@@ -80,7 +80,44 @@ impl<H: Handler> Core<H> {
         self.notify_close(key, conn, close_code::ABNORMAL, "i/o error");
     }
 
-    /// The peer closed its side.
+    /// The peer shut down its side (EOF), though it may still read (half-close): what its
+    /// input produced is still sent. A connection with output queued (or a deferred HTTP
+    /// answer to come) stays, no longer read, until that is written and its write side shut
+    /// down, within the close timeout; one with nothing to send is removed now.
+    pub(super) fn peer_eof(&mut self, conns: &mut Slab<Conn<H::State>>, key: usize) {
+        let conn = &mut conns[key];
+        if !self.flush_conn(key, conn) {
+            self.remove(conns, key);
+            return;
+        }
+        let backlog = conn.queued() + self.tls_pending(key);
+        let keep = match conn.phase {
+            Phase::Open | Phase::Closing | Phase::Finishing => backlog > 0,
+            Phase::HttpWait => true,
+            Phase::Handshaking | Phase::HttpBody | Phase::Draining => false,
+        };
+        if !keep {
+            self.eof(conns, key);
+            return;
+        }
+        if matches!(conn.phase, Phase::Open | Phase::Closing) {
+            self.stats.inc(Counter::ClosedAbnormal);
+            self.notify_close(
+                key,
+                conn,
+                close_code::ABNORMAL,
+                "connection closed without a close frame",
+            );
+            conn.phase = Phase::Finishing;
+            conn.since = self.now;
+            self.schedule(key, conn);
+        }
+        // No more input: once the queue drains reading resumes, sees the EOF again and removes
+        // the connection.
+        conn.flags |= READ_PAUSED;
+    }
+
+    /// The peer closed its side and nothing is left to send.
     pub(super) fn eof(&mut self, conns: &mut Slab<Conn<H::State>>, key: usize) {
         let conn = &mut conns[key];
         if matches!(conn.phase, Phase::Open | Phase::Closing) {
