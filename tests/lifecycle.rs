@@ -6,10 +6,14 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{config, echo_server, masked, raw_exchange, UPGRADE};
-use fanout::server::Config;
+use fanout::server::{stats, Config, Counter, Server, SlowConsumerPolicy};
+
+fn counter(s: &Server, c: Counter) -> u64 {
+    stats::total(&s.stats(), c)
+}
 
 /// Opens a WebSocket by hand and reads the 101. A small receive buffer, so the server's queue
 /// (not the kernel) holds what the client has not read.
@@ -81,4 +85,54 @@ fn a_half_closed_client_gets_all_its_echoes_before_the_close() {
     assert!(got
         .chunks(4 + MSG)
         .all(|f| f[..4] == [0x82, 126, 0xea, 0x60]));
+}
+
+#[test]
+fn a_paused_connection_whose_client_reads_is_not_killed_by_the_pong_timeout() {
+    // The client sends more than it reads, so the server pauses reading it; then it reads,
+    // slowly. Its pongs cannot be read while paused: its progress keeps it alive.
+    let s = echo_server(Config {
+        write_queue_limit: 1 << 20,
+        slow_consumer: SlowConsumerPolicy::Pause,
+        ping_interval: Duration::from_millis(500),
+        pong_timeout: Duration::from_millis(500),
+        ..config()
+    });
+    let mut c = open_raw(s.local_addr());
+    let mut w = c.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let frame = masked(0x82, &[1u8; 1000]);
+        for _ in 0..8000 {
+            if w.write_all(&frame).is_err() {
+                break;
+            }
+        }
+    });
+    let until = Instant::now() + Duration::from_secs(10);
+    while counter(&s, Counter::SlowConsumerPaused) == 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(counter(&s, Counter::SlowConsumerPaused) > 0);
+    // 16 KiB every 50 ms for 3 s: the 1 MiB queue takes longer than a ping and its pong
+    // timeout to drain, so reading stays paused past the pong deadline.
+    let mut buf = [0u8; 16 << 10];
+    for i in 0..60 {
+        match c.read(&mut buf) {
+            Ok(n) if n > 0 => {}
+            other => panic!(
+                "read {i}: {other:?} (pong timeouts: {})",
+                counter(&s, Counter::PongTimeouts)
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(counter(&s, Counter::PongTimeouts), 0);
+    // Once it stops reading it makes no progress, and the pong timeout drops it.
+    let until = Instant::now() + Duration::from_secs(10);
+    while counter(&s, Counter::PongTimeouts) == 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(counter(&s, Counter::PongTimeouts), 1);
+    drop(c);
+    writer.join().unwrap();
 }

@@ -1,5 +1,6 @@
 //! Connection deadlines on the shard's timing wheel: handshake, ping and pong, idle, token
-//! expiry (`--jwt-close-on-expiry`, only for connections that carry one), close.
+//! expiry (`--jwt-close-on-expiry`, only for connections that carry one), close. A connection
+//! whose reading is paused is judged by its output's progress, not by reads it may not make.
 
 use super::*;
 
@@ -113,6 +114,20 @@ impl<H: Handler> Core<H> {
                     self.start_close(key, conn, close_code::GOING_AWAY, "idle timeout");
                     self.mark_dirty(key, conn);
                     return false;
+                }
+                if conn.flags & PING_OUTSTANDING != 0 && conn.flags & READ_PAUSED != 0 {
+                    // Paused: its pong cannot be read. Judge it by its progress instead: what
+                    // it has read since lets this write go out (and counts as activity).
+                    if !self.flush_conn(key, conn) {
+                        return true;
+                    }
+                    if conn.phase != Phase::Open {
+                        return false;
+                    }
+                    if conn.flags & PING_OUTSTANDING == 0 {
+                        self.schedule(key, conn);
+                        return false;
+                    }
                 }
                 if conn.flags & PING_OUTSTANDING != 0 {
                     self.stats.inc(Counter::PongTimeouts);

@@ -171,6 +171,14 @@ impl<H: Handler> Core<H> {
     /// Writes what this connection has corked and queued. Returns false when the connection
     /// must be dropped (the caller removes it).
     pub(super) fn flush_conn(&mut self, key: usize, conn: &mut Conn<H::State>) -> bool {
+        // A paused connection's input is not read, so its liveness is judged by its output:
+        // bytes written to it (its client is reading) count as activity, like input.
+        let paused = conn.flags & READ_PAUSED != 0 && conn.phase == Phase::Open;
+        let out_before = if paused {
+            self.stats.get(Counter::BytesOut)
+        } else {
+            0
+        };
         let written = if conn.flags & TLS != 0 {
             self.write_tls(key, conn)
         } else {
@@ -178,6 +186,10 @@ impl<H: Handler> Core<H> {
         };
         if !written {
             return false;
+        }
+        if paused && self.stats.get(Counter::BytesOut) > out_before {
+            conn.since = self.now;
+            conn.flags &= !PING_OUTSTANDING;
         }
         self.after_write(key, conn)
     }
