@@ -136,3 +136,60 @@ fn a_paused_connection_whose_client_reads_is_not_killed_by_the_pong_timeout() {
     drop(c);
     writer.join().unwrap();
 }
+
+/// An app that defers every plain HTTP request and never answers it.
+#[derive(Clone)]
+struct NeverAnswers;
+
+impl fanout::server::Handler for NeverAnswers {
+    type State = ();
+    type Msg = ();
+    fn on_open<'r>(
+        &mut self,
+        _req: &fanout::proto::handshake::Request<'r>,
+        _conn: &fanout::server::ConnInfo<'_>,
+    ) -> Result<fanout::server::Accept<'r, ()>, fanout::proto::handshake::HttpError> {
+        Ok(fanout::server::Accept::new(()))
+    }
+    fn on_message(
+        &mut self,
+        _ctx: &mut fanout::server::Ctx<'_, ()>,
+        _msg: fanout::server::Message<'_>,
+    ) {
+    }
+    fn on_http(
+        &mut self,
+        _req: &fanout::proto::handshake::Request<'_>,
+        _body: &[u8],
+        _conn: &fanout::server::ConnInfo<'_>,
+    ) -> fanout::server::HttpReply {
+        fanout::server::HttpReply::Defer
+    }
+}
+
+#[test]
+fn a_late_504_is_counted_as_a_5xx_and_a_body_in_pieces_as_one_request() {
+    let s = Server::start(
+        Config {
+            close_timeout: Duration::from_millis(200),
+            ..config()
+        },
+        NeverAnswers,
+    )
+    .unwrap();
+    let mut c = TcpStream::connect(s.local_addr()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 300000\r\n\r\n")
+        .unwrap();
+    // The body in pieces, each its own read on the server.
+    for _ in 0..10 {
+        c.write_all(&[b'b'; 30_000]).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut answer = Vec::new();
+    let _ = c.read_to_end(&mut answer);
+    assert_eq!(status(&answer), 504);
+    assert_eq!(counter(&s, Counter::Http5xx), 1);
+    assert_eq!(counter(&s, Counter::HttpOther4xx), 0);
+    assert_eq!(counter(&s, Counter::HttpRequests), 1);
+}

@@ -438,6 +438,8 @@ impl<H: Handler> Core<H> {
                 self.trim_inflated();
                 return pos;
             }
+            // A 1007 from inflating is bad compressed data, not bad UTF-8: counted apart.
+            let mut bad_deflate = false;
             let step = match decoder.next(&dec_cfg, &mut data[pos..]) {
                 Ok(Decoded::Event(n, Event::Compressed { text, payload })) => self
                     .deflate
@@ -449,6 +451,7 @@ impl<H: Handler> Core<H> {
                         dec_cfg.max_message_size,
                         &self.stats,
                     )
+                    .inspect_err(|e| bad_deflate = e.code == close_code::INVALID_DATA)
                     .and_then(|()| deflate::inflated_event(&self.inflated, text))
                     .map(|ev| Decoded::Event(n, ev)),
                 other => other,
@@ -524,6 +527,7 @@ impl<H: Handler> Core<H> {
                 }
                 Err(e) => {
                     self.stats.inc(match e.code {
+                        _ if bad_deflate => Counter::CloseBadCompressed,
                         close_code::INVALID_DATA => Counter::Close1007,
                         close_code::TOO_BIG => Counter::Close1009,
                         _ => Counter::Close1002,
