@@ -193,3 +193,31 @@ fn a_late_504_is_counted_as_a_5xx_and_a_body_in_pieces_as_one_request() {
     assert_eq!(counter(&s, Counter::HttpOther4xx), 0);
     assert_eq!(counter(&s, Counter::HttpRequests), 1);
 }
+
+#[test]
+fn max_lifetime_closes_with_1001_reconnect() {
+    let s = echo_server(Config {
+        max_lifetime: Duration::from_millis(500),
+        ..config()
+    });
+    let (mut ws, _) = tungstenite::connect(format!("ws://{}/", s.local_addr())).unwrap();
+    if let tungstenite::stream::MaybeTlsStream::Plain(t) = ws.get_ref() {
+        t.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    let opened = Instant::now();
+    // It stays usable until then.
+    ws.send(tungstenite::Message::text("hi")).unwrap();
+    assert_eq!(ws.read().unwrap(), tungstenite::Message::text("hi"));
+    let close = loop {
+        match ws.read().expect("a close frame") {
+            tungstenite::Message::Close(Some(f)) => break f,
+            tungstenite::Message::Close(None) => panic!("close without a code"),
+            _ => continue,
+        }
+    };
+    assert_eq!(u16::from(close.code), 1001);
+    assert_eq!(close.reason.as_str(), "reconnect");
+    // 500 ms - 10%, give or take a tick.
+    assert!(opened.elapsed() >= Duration::from_millis(400));
+    assert_eq!(counter(&s, Counter::ClosedMaxLifetime), 1);
+}

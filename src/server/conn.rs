@@ -92,6 +92,8 @@ pub(crate) struct ConnExt {
     pub counted_ip: Option<IpAddr>,
     /// The tick at which its token expires, when expired tokens close connections.
     pub expires_at: Option<u32>,
+    /// The tick at which it has lived `--max-lifetime` (jittered), when that is on.
+    pub max_life_at: Option<u32>,
     pub token: Option<Token>,
 }
 

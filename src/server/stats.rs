@@ -41,6 +41,7 @@ counters! {
     PerIpConnsRefused => "per_ip_connections_refused_total",
     PerIpRateRefused => "per_ip_rate_refused_total",
     TokenExpiredClosed => "closed_token_expired_total",
+    ClosedMaxLifetime => "closed_max_lifetime_total",
     Http400 => "http_400_total",
     Http401 => "http_401_total",
     Http403 => "http_403_total",

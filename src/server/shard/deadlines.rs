@@ -1,5 +1,6 @@
 //! Connection deadlines on the shard's timing wheel: handshake, ping and pong, idle, token
-//! expiry (`--jwt-close-on-expiry`, only for connections that carry one), close. A connection
+//! expiry (`--jwt-close-on-expiry`, only for connections that carry one), max lifetime (only
+//! when `--max-lifetime` is on; kept in the side table), close. A connection
 //! whose reading is paused is judged by its output's progress, not by reads it may not make.
 
 use super::*;
@@ -62,13 +63,34 @@ impl<H: Handler> Core<H> {
                         conn.since + self.ping_ticks
                     }
                 });
-                let expiry = self.ext(key).and_then(|e| e.expires_at);
-                [idle, ping, expiry].into_iter().flatten().min()
+                let ext = self.ext(key);
+                let expiry = ext.and_then(|e| e.expires_at);
+                let end_of_life = ext.and_then(|e| e.max_life_at);
+                [idle, ping, expiry, end_of_life]
+                    .into_iter()
+                    .flatten()
+                    .min()
             }
             Phase::HttpWait | Phase::Closing | Phase::Finishing | Phase::Draining => {
                 Some(conn.since + self.close_ticks)
             }
         }
+    }
+
+    /// `--max-lifetime` in ticks, +-10%, different for each connection (a hash of its slot,
+    /// generation and open time: no randomness needed, only spread).
+    pub(super) fn jittered_lifetime(&self, key: usize, gen: u32) -> u32 {
+        let base = self.lifetime_ticks;
+        let spread = base / 10;
+        if spread == 0 {
+            return base.max(1);
+        }
+        let mut h = ((key as u64) << 32 | gen as u64) ^ ((self.now as u64) << 17);
+        h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h = (h ^ (h >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^= h >> 33;
+        let offset = (h % (2 * spread as u64 + 1)) as u32;
+        (base - spread + offset).max(1)
     }
 
     /// Arms the connection's timer for its next deadline unless an earlier entry is live.
@@ -104,6 +126,14 @@ impl<H: Handler> Core<H> {
                     self.stats.inc(Counter::TokenExpiredClosed);
                     self.notify_close(key, conn, close_code::POLICY, "token expired");
                     self.start_close(key, conn, close_code::POLICY, "token expired");
+                    self.mark_dirty(key, conn);
+                    return false;
+                }
+                let end_of_life = self.ext(key).and_then(|e| e.max_life_at);
+                if end_of_life.is_some_and(|t| self.now >= t) {
+                    self.stats.inc(Counter::ClosedMaxLifetime);
+                    self.notify_close(key, conn, close_code::GOING_AWAY, "reconnect");
+                    self.start_close(key, conn, close_code::GOING_AWAY, "reconnect");
                     self.mark_dirty(key, conn);
                     return false;
                 }

@@ -94,6 +94,8 @@ pub(crate) struct Core<H: Handler> {
     // Deadlines in ticks.
     handshake_ticks: u32,
     idle_ticks: u32,
+    /// `--max-lifetime` in ticks; 0: off.
+    lifetime_ticks: u32,
     ping_ticks: u32,
     pong_ticks: u32,
     close_ticks: u32,
@@ -171,6 +173,7 @@ impl<H: Handler> Shard<H> {
             exts: Vec::new(),
             handshake_ticks: to_ticks(cfg.handshake_timeout).max(1),
             idle_ticks: to_ticks(cfg.idle_timeout),
+            lifetime_ticks: to_ticks(cfg.max_lifetime),
             ping_ticks: to_ticks(cfg.ping_interval),
             pong_ticks: to_ticks(cfg.pong_timeout).max(1),
             close_ticks: to_ticks(cfg.close_timeout).max(1),

@@ -252,6 +252,12 @@ impl<H: Handler> Core<H> {
         conn.phase = Phase::Open;
         conn.flags |= APP_OPEN;
         conn.since = self.now;
+        if self.lifetime_ticks > 0 {
+            let at = self
+                .now
+                .saturating_add(self.jittered_lifetime(key, conn.gen));
+            self.ext_mut(key).max_life_at = Some(at);
+        }
         self.schedule(key, conn);
         // Frames may follow the request in the same read.
         head_len + self.frames(key, conn, &mut data[head_len..])
