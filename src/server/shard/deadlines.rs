@@ -77,20 +77,9 @@ impl<H: Handler> Core<H> {
         }
     }
 
-    /// `--max-lifetime` in ticks, +-10%, different for each connection (a hash of its slot,
-    /// generation and open time: no randomness needed, only spread).
+    /// `--max-lifetime` in ticks, +-10%, different for each connection.
     pub(super) fn jittered_lifetime(&self, key: usize, gen: u32) -> u32 {
-        let base = self.lifetime_ticks;
-        let spread = base / 10;
-        if spread == 0 {
-            return base.max(1);
-        }
-        let mut h = ((key as u64) << 32 | gen as u64) ^ ((self.now as u64) << 17);
-        h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h = (h ^ (h >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        h ^= h >> 33;
-        let offset = (h % (2 * spread as u64 + 1)) as u32;
-        (base - spread + offset).max(1)
+        jittered(self.lifetime_ticks, key, gen, self.now)
     }
 
     /// Arms the connection's timer for its next deadline unless an earlier entry is live.
@@ -190,5 +179,38 @@ impl<H: Handler> Core<H> {
                 true
             }
         }
+    }
+}
+
+/// `base` ticks +-10%, spread by a hash of the connection's slot, generation and open tick (no
+/// randomness needed, only spread, so clients do not all come back at once). At least 1.
+fn jittered(base: u32, key: usize, gen: u32, now: u32) -> u32 {
+    let spread = base / 10;
+    if spread == 0 {
+        return base.max(1);
+    }
+    let mut h = ((key as u64) << 32 | gen as u64) ^ ((now as u64) << 17);
+    h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h = (h ^ (h >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    let offset = (h % (2 * spread as u64 + 1)) as u32;
+    (base - spread + offset).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jittered;
+
+    #[test]
+    fn lifetimes_stay_within_ten_percent_and_spread() {
+        let base = 3000; // a minute of 20 ms ticks
+        let all: Vec<u32> = (0..1000)
+            .map(|k| jittered(base, k, k as u32 + 1, 77))
+            .collect();
+        assert!(all.iter().all(|&t| (2700..=3300).contains(&t)));
+        let (lo, hi) = (all.iter().min().unwrap(), all.iter().max().unwrap());
+        assert!(*lo < 2800 && *hi > 3200, "spread {lo}..{hi}");
+        assert_eq!(jittered(5, 1, 1, 0), 5);
+        assert_eq!(jittered(0, 1, 1, 0), 1);
     }
 }
