@@ -606,7 +606,6 @@ impl Handler for Push {
     }
 }
 
-/// Compares secrets without an early exit on the first differing byte.
 /// The checks of `POST /publish/{topic}` that need only the head (method, publish key, topic
 /// name), with `on_http`'s answers: a request refused here is answered before its body is read.
 fn refuse_publish_head(cfg: &PushConfig, req: &Request<'_>) -> Option<HttpResponse> {
@@ -635,6 +634,7 @@ fn refuse_publish_head(cfg: &PushConfig, req: &Request<'_>) -> Option<HttpRespon
         .map(|reason| json_response(400, error_json(reason, Some(topic))))
 }
 
+/// Compares secrets without an early exit on the first differing byte.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
