@@ -113,6 +113,10 @@ pub struct ServeArgs {
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
     pub idle_timeout: Option<Duration>,
+    /// Close (1001 "reconnect") connections open this long, +-10% jitter; 0 disables [default: 0].
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub max_lifetime: Option<Duration>,
     /// Ping connections silent this long; 0 disables [default: 30s].
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
@@ -263,6 +267,7 @@ impl ServeArgs {
             slow_consumer,
             handshake_timeout,
             idle_timeout,
+            max_lifetime,
             ping_interval,
             pong_timeout,
             close_timeout,
@@ -433,6 +438,7 @@ impl ServeArgs {
             },
             handshake_timeout: self.handshake_timeout.unwrap_or(d.handshake_timeout),
             idle_timeout: self.idle_timeout.unwrap_or(d.idle_timeout),
+            max_lifetime: self.max_lifetime.unwrap_or(d.max_lifetime),
             ping_interval: self.ping_interval.unwrap_or(d.ping_interval),
             pong_timeout: self.pong_timeout.unwrap_or(d.pong_timeout),
             close_timeout: self.close_timeout.unwrap_or(d.close_timeout),
@@ -624,7 +630,7 @@ mod tests {
         let path = dir.join("fanout.toml");
         std::fs::write(
             &path,
-            "listen = \"127.0.0.1:7000\"\nshards = 3\nmax-message-size = \"1MiB\"\nping-interval = 5\nslow-consumer = \"disconnect\"\n",
+            "listen = \"127.0.0.1:7000\"\nshards = 3\nmax-message-size = \"1MiB\"\nping-interval = 5\nmax-lifetime = \"1h\"\nslow-consumer = \"disconnect\"\n",
         )
         .unwrap();
         let cli = Cli::parse_from([
@@ -641,6 +647,7 @@ mod tests {
         assert_eq!(cfg.listen.port(), 7000);
         assert_eq!(cfg.max_message_size, 1 << 20);
         assert_eq!(cfg.ping_interval, Duration::from_secs(5));
+        assert_eq!(cfg.max_lifetime, Duration::from_secs(3600));
         assert_eq!(cfg.slow_consumer, SlowConsumerPolicy::Disconnect);
         std::fs::write(&path, "no-such-key = 1\n").unwrap();
         let cli = Cli::parse_from(["fanout", "serve", "--config", path.to_str().unwrap()]);

@@ -65,15 +65,22 @@ impl SharedFrame {
     }
 }
 
-/// What happened to a frame handed to a connection's queue from outside its own events.
+/// What happened to a frame handed to a connection's queue from outside its own events. A
+/// delivery never takes a connection's queue past `--write-queue-limit` (an empty queue takes
+/// one frame of any size).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
     Queued,
     /// The connection is gone, closing, or not this shard's.
     Gone,
-    /// Queued, but the connection's queue passed the cap: the slow-consumer policy applies
-    /// at this turn's flush.
+    /// Not queued: the frame did not fit under the limit and the policy is `disconnect`, so the
+    /// connection is closed (1008) at this turn's flush.
     SlowConsumer,
+    /// Not queued: the frame did not fit under the limit and was dropped (policies `pause`,
+    /// which cannot throttle a broadcast, and `drop-oldest` when dropping older broadcast
+    /// frames did not make room). Counted in `fanout_slow_consumer_dropped_frames_total`; the
+    /// connection stays open.
+    Dropped,
 }
 
 #[cfg(test)]

@@ -558,20 +558,24 @@ fn a_concurrent_flood_from_one_address_gets_exactly_the_cap_across_shards() {
 }
 
 #[test]
-fn a_refused_upgrade_gives_its_per_ip_slot_back_at_once() {
-    // Refused clients that keep their sockets open must not use up the address's cap.
+fn a_refused_upgrade_holds_its_per_ip_slot_until_its_socket_closes() {
+    // Every socket counts against its address from accept to close (a refused client that
+    // keeps its socket open still holds a share of --max-connections), and closing frees it.
     let s = echo_with(Config {
         max_conns_per_ip: 2,
         jwt: jwt(false, None),
         ..Config::default()
     });
     let addr = s.local_addr();
-    let refused: Vec<Reply> = (0..5)
+    let refused: Vec<Reply> = (0..2)
         .map(|_| upgrade(addr, Some(LOCAL), "/", &[]))
         .collect();
     assert!(refused.iter().all(|r| r.status == 401));
-    assert_eq!(s.connections_from(LOCAL), 0);
+    assert_eq!(s.connections_from(LOCAL), 2);
     let auth = format!("Authorization: Bearer {}", token(serde_json::json!({})));
+    assert_eq!(upgrade(addr, Some(LOCAL), "/", &[&auth]).status, 429);
+    drop(refused);
+    wait_connections(&s, LOCAL, 0);
     let ok: Vec<Reply> = (0..2)
         .map(|_| upgrade(addr, Some(LOCAL), "/", &[&auth]))
         .collect();
@@ -582,5 +586,4 @@ fn a_refused_upgrade_gives_its_per_ip_slot_back_at_once() {
     );
     assert_eq!(s.connections_from(LOCAL), 2);
     assert_eq!(upgrade(addr, Some(LOCAL), "/", &[&auth]).status, 429);
-    drop(refused);
 }

@@ -408,3 +408,22 @@ fn a_broadcast_is_compressed_once_per_shard() {
         "40 deflate subscribers on 2 shards: {compressions} compressions"
     );
 }
+
+#[test]
+fn bad_compressed_data_is_counted_apart_from_bad_utf8() {
+    use fanout::server::{stats, Counter};
+    let server = echo_server(deflate_cfg(false));
+    let addr = server.local_addr();
+    let count = |c| stats::total(&server.stats(), c);
+    let (mut c, _) = Raw::open(addr, "/", Some("permessage-deflate"));
+    c.send(&masked(0xc2, &[0xff, 0xff, 0xff, 0xff, 0x01, 0x02]));
+    assert_eq!(c.close_code(), Some(1007), "not DEFLATE data");
+    assert_eq!(count(Counter::CloseBadCompressed), 1);
+    assert_eq!(count(Counter::Close1007), 0);
+    let (mut c, _) = Raw::open(addr, "/", Some("permessage-deflate"));
+    let z = compress(&mut Deflater::new(15, 6), &[0xc3, 0x28, b'a', b'b'], true);
+    c.send(&masked(0xc1, &z));
+    assert_eq!(c.close_code(), Some(1007), "compressed text, not UTF-8");
+    assert_eq!(count(Counter::CloseBadCompressed), 1);
+    assert_eq!(count(Counter::Close1007), 1);
+}

@@ -240,7 +240,7 @@ fn a_non_reading_subscriber_is_cut_off_while_others_keep_receiving() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("fanout_push_deliveries_over_limit_total 1"),
+        metrics.contains("fanout_push_slow_consumers_closed_total 1"),
         "{metrics}"
     );
     assert!(

@@ -606,3 +606,24 @@ fn a_large_https_publish_body_arrives_whole() {
     assert!(text.contains(r#""subscribers":1"#), "{text}");
     assert_eq!(read_data(&mut sub), Message::text(body));
 }
+
+#[test]
+fn wss_echo_paused_at_the_write_queue_limit_resumes_with_the_input_it_kept() {
+    // A 1 KiB limit: a burst of messages in one read fills it after a few replies, so the
+    // server stops decoding, keeps the rest of the decrypted input, and decodes it first when
+    // the replies are written. Every message still comes back, in order.
+    let cert = TestCert::new("paused");
+    let server = echo_server(Config {
+        write_queue_limit: 1 << 10,
+        ..tls_config(&cert)
+    });
+    let mut ws = wss(&cert, server.local_addr(), "/");
+    for i in 0..500 {
+        ws.write(Message::text(format!("{i:0100}"))).unwrap();
+    }
+    ws.flush().unwrap();
+    for i in 0..500 {
+        assert_eq!(read_data(&mut ws), Message::text(format!("{i:0100}")));
+    }
+    assert!(stats::total(&server.stats(), Counter::SlowConsumerPaused) > 0);
+}

@@ -241,9 +241,14 @@ impl Push {
                 st.deliveries.load(Relaxed),
             ),
             (
-                "fanout_push_deliveries_over_limit_total",
-                "deliveries that left a subscriber's queue past --write-queue-limit (the slow-consumer policy then applies)",
-                st.over_limit.load(Relaxed),
+                "fanout_push_deliveries_dropped_total",
+                "deliveries not queued because they did not fit under --write-queue-limit (pause, drop-oldest)",
+                st.dropped.load(Relaxed),
+            ),
+            (
+                "fanout_push_slow_consumers_closed_total",
+                "subscribers closed (1008) because a delivery did not fit under --write-queue-limit (disconnect)",
+                st.slow_closed.load(Relaxed),
             ),
         ];
         for (name, help, v) in counters {
@@ -624,6 +629,10 @@ impl Handler for Push {
         self.hub.remove_all(&mut state.subs);
     }
 
+    fn on_http_head(&mut self, req: &Request<'_>) -> Option<HttpResponse> {
+        refuse_publish_head(&self.cfg, req)
+    }
+
     fn on_http(&mut self, req: &Request<'_>, body: &[u8], conn: &ConnInfo<'_>) -> HttpReply {
         if req.path == "/metrics" {
             if req.method != "GET" {
@@ -715,6 +724,34 @@ impl Handler for Push {
         self.hub.on_msg(&mut Port(api), msg, &recovered_json);
         self.answer(api);
     }
+}
+
+/// The checks of `POST /publish/{topic}` that need only the head (method, publish key, topic
+/// name), with `on_http`'s answers: a request refused here is answered before its body is read.
+fn refuse_publish_head(cfg: &PushConfig, req: &Request<'_>) -> Option<HttpResponse> {
+    let topic = req.path.strip_prefix("/publish/")?;
+    if req.method != "POST" {
+        let mut r = HttpResponse::text(405, "use POST\n");
+        r.headers.push(("Allow", "POST".into()));
+        return Some(r);
+    }
+    let Some(key) = cfg.publish_key.as_deref() else {
+        let reason = "publishing over HTTP is disabled: start the server with --publish-key";
+        return Some(json_response(403, error_json(reason, Some(topic))));
+    };
+    let authorized = req
+        .authorization
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .is_some_and(|k| constant_time_eq(k.trim().as_bytes(), key.as_bytes()));
+    if !authorized {
+        let reason = "missing or wrong API key (Authorization: Bearer KEY)";
+        let mut r = json_response(401, error_json(reason, Some(topic)));
+        r.headers.push(("WWW-Authenticate", "Bearer".into()));
+        return Some(r);
+    }
+    validate_topic(topic)
+        .err()
+        .map(|reason| json_response(400, error_json(reason, Some(topic))))
 }
 
 /// Compares secrets without an early exit on the first differing byte.

@@ -27,7 +27,7 @@ use crate::proto::mask::apply_mask;
 use crate::proto::{
     close_code, Decoded, Decoder, DecoderConfig, Event, OpCode, ProtocolError, Role,
 };
-use crate::server::timer::{ms_to_ticks, same_slot, Entry, TimerWheel, NOT_ARMED, TICK_MS};
+use crate::server::timer::{ms_to_ticks, visit, Entry, TimerWheel, Visit, NOT_ARMED, TICK_MS};
 use crate::server::write_queue::WriteQueue;
 
 pub use crate::server::Message;
@@ -1369,19 +1369,21 @@ impl<H: ClientHandler> Client<H> {
 
     fn fire_timers(&mut self) {
         let mut due = Vec::new();
-        let conns = &self.conns;
+        let conns = &mut self.conns;
         self.wheel.advance(self.now, |e, tick| {
-            let c = conns.get(e.key as usize)?;
+            let c = conns.get_mut(e.key as usize)?;
             if c.gen != e.gen {
                 return None;
             }
-            if c.armed_at == tick {
-                due.push(e);
-                None
-            } else if c.armed_at != NOT_ARMED && c.armed_at > tick && same_slot(c.armed_at, tick) {
-                Some(c.armed_at)
-            } else {
-                None
+            // Overdue entries after a stall longer than a turn are due, not stale.
+            match visit(c.armed_at, tick) {
+                Visit::Due => {
+                    c.armed_at = NOT_ARMED;
+                    due.push(e);
+                    None
+                }
+                Visit::Later(t) => Some(t),
+                Visit::Stale => None,
             }
         });
         for e in due {
@@ -1389,7 +1391,6 @@ impl<H: ClientHandler> Client<H> {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            conn.armed_at = NOT_ARMED;
             let Some(deadline) = deadline(&self.ticks, conn) else {
                 continue;
             };

@@ -174,6 +174,26 @@ impl<'a> Request<'a> {
         self.header_values(name).next()
     }
 
+    /// The body's length from `Content-Length` (RFC 9112 section 6.3): `None` without the
+    /// header. A value that is not all digits (`+5`, `-1`, `0x10`, a list such as `5, 5`), one too
+    /// large for memory, or several headers that disagree are a 400: a request whose length is
+    /// unclear must not be guessed at (request smuggling).
+    pub fn body_length(&self) -> Result<Option<usize>, HttpError> {
+        const BAD: HttpError = HttpError::new(400, "bad Content-Length");
+        let mut length = None;
+        for v in self.header_values("content-length") {
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(BAD);
+            }
+            let n: usize = v.parse().map_err(|_| BAD)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(HttpError::new(400, "conflicting Content-Length headers"));
+            }
+            length = Some(n);
+        }
+        Ok(length)
+    }
+
     /// Every value of a header, in order.
     pub fn header_values<'n>(&self, name: &'n str) -> impl Iterator<Item = &'a str> + 'n
     where
@@ -510,6 +530,28 @@ pub fn parse_response_offering_extensions<'a>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn content_length_is_digits_and_one_value() {
+        let len = |headers: &str| {
+            let s = format!("POST /p HTTP/1.1\r\nHost: x\r\n{headers}\r\n");
+            let (req, _) = super::parse_request(s.as_bytes(), 8192).unwrap().unwrap();
+            req.body_length().map_err(|e| e.status)
+        };
+        assert_eq!(len(""), Ok(None));
+        assert_eq!(len("Content-Length: 5\r\n"), Ok(Some(5)));
+        assert_eq!(len("Content-Length:  007 \r\n"), Ok(Some(7)));
+        assert_eq!(
+            len("Content-Length: 5\r\ncontent-length: 5\r\n"),
+            Ok(Some(5))
+        );
+        assert_eq!(len("Content-Length: 5\r\nContent-Length: 6\r\n"), Err(400));
+        assert_eq!(len("Content-Length: +5\r\n"), Err(400));
+        assert_eq!(len("Content-Length: -1\r\n"), Err(400));
+        assert_eq!(len("Content-Length: 5, 5\r\n"), Err(400));
+        assert_eq!(len("Content-Length: \r\n"), Err(400));
+        assert_eq!(len("Content-Length: 99999999999999999999999\r\n"), Err(400));
+    }
+
     use super::*;
 
     const GOOD: &str = "GET /chat?topics=a,b&token=xyz HTTP/1.1\r\nHost: server.example.com\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: http://example.com\r\nCookie: sid=42\r\nAuthorization: Bearer t0k\r\nSec-WebSocket-Protocol: chat, superchat\r\nSec-WebSocket-Version: 13\r\nX-Custom: yes\r\n\r\n";

@@ -129,9 +129,11 @@ pub struct HubStats {
     pub publishes_refused: AtomicU64,
     /// Frames queued on subscribers.
     pub deliveries: AtomicU64,
-    /// Deliveries that left a subscriber's queue past its limit (the slow-consumer policy
-    /// then applies to that connection).
-    pub over_limit: AtomicU64,
+    /// Deliveries not queued: they did not fit under the subscriber's queue limit (policies
+    /// pause and drop-oldest).
+    pub dropped: AtomicU64,
+    /// Subscribers closed because a delivery did not fit (policy disconnect).
+    pub slow_closed: AtomicU64,
 }
 
 /// The broker's state, as every thread sees it (the Redis thread writes it).
@@ -748,7 +750,7 @@ impl<R> Hub<R> {
             (Some(_), Some(st)) => &st.held,
             _ => &[],
         };
-        let (mut queued, mut over) = (0, 0);
+        let (mut queued, mut dropped, mut closed) = (0, 0, 0);
         for id in self.registry.subscribers(topic) {
             if !held.is_empty() {
                 let o = offset.unwrap_or(0);
@@ -758,16 +760,17 @@ impl<R> Hub<R> {
             }
             match port.deliver(id, frame) {
                 Delivery::Queued => queued += 1,
-                Delivery::SlowConsumer => {
-                    queued += 1;
-                    over += 1;
-                }
+                Delivery::Dropped => dropped += 1,
+                Delivery::SlowConsumer => closed += 1,
                 Delivery::Gone => {}
             }
         }
         self.stats.deliveries.fetch_add(queued, Relaxed);
-        if over > 0 {
-            self.stats.over_limit.fetch_add(over, Relaxed);
+        if dropped > 0 {
+            self.stats.dropped.fetch_add(dropped, Relaxed);
+        }
+        if closed > 0 {
+            self.stats.slow_closed.fetch_add(closed, Relaxed);
         }
         queued
     }
@@ -804,8 +807,15 @@ impl<R> Hub<R> {
                 port.send_text(id, &ack(topic, &outcome));
                 for (_, f) in &frames {
                     match port.deliver(id, f) {
-                        Delivery::Queued | Delivery::SlowConsumer => {
+                        Delivery::Queued => {
                             self.stats.deliveries.fetch_add(1, Relaxed);
+                        }
+                        Delivery::Dropped => {
+                            self.stats.dropped.fetch_add(1, Relaxed);
+                        }
+                        Delivery::SlowConsumer => {
+                            self.stats.slow_closed.fetch_add(1, Relaxed);
+                            break;
                         }
                         Delivery::Gone => break,
                     }

@@ -7,6 +7,7 @@ use std::sync::{mpsc, Arc};
 use slab::Slab;
 
 use super::compress::{Recoded, ShardDeflate};
+use super::config::SlowConsumerPolicy;
 use super::conn::{Conn, Phase, CLOSE_SENT, DIRTY};
 use super::handler::{ConnId, Delivery, Handler, HttpResponse, SharedFrame};
 use super::stats::{Counter, ShardStats};
@@ -64,6 +65,9 @@ pub struct ShardApi<'a, H: Handler> {
     pub(crate) stats: &'a ShardStats,
     pub(crate) all_stats: &'a [Arc<ShardStats>],
     pub(crate) write_queue_limit: usize,
+    pub(crate) policy: SlowConsumerPolicy,
+    /// Connections a delivery found full under `disconnect`: closed at this turn's flush.
+    pub(crate) slow: &'a mut Vec<(usize, u32)>,
     pub(crate) links: &'a [ShardLink<H::Msg>],
     pub(crate) wake: &'a mut [bool],
     pub(crate) now: u32,
@@ -100,6 +104,13 @@ impl<H: Handler> ShardApi<'_, H> {
 
     /// Queues a frame encoded once and shared by reference (`Arc`) on an open connection of
     /// this shard. Written at the end of the turn, with the connection's other output.
+    ///
+    /// A delivery never takes a queue past `--write-queue-limit` (an empty queue takes one
+    /// frame of any size): a frame that does not fit is not queued. Under `pause` and
+    /// `drop-oldest` it is dropped (`Delivery::Dropped`; drop-oldest first drops older
+    /// broadcast frames to make room); under `disconnect` the connection is closed (1008) at
+    /// this turn's flush (`Delivery::SlowConsumer`). Pausing cannot throttle a broadcast:
+    /// only the peer's own input can be paused.
     pub fn deliver(&mut self, id: ConnId, frame: &SharedFrame) -> Delivery {
         let limit = self.write_queue_limit;
         let key = id.key as usize;
@@ -108,6 +119,35 @@ impl<H: Handler> ShardApi<'_, H> {
         };
         if conn.phase != Phase::Open || conn.flags & CLOSE_SENT != 0 {
             return Delivery::Gone;
+        }
+        // Checked on the frame as given, before any per-connection copy (a recompressed frame
+        // is no larger in practice, and an owned one would be memory taken).
+        let queued = conn.queued();
+        if queued > 0 && queued.saturating_add(frame.bytes().len()) > limit {
+            match self.policy {
+                SlowConsumerPolicy::Disconnect => {
+                    // Nothing may follow: later deliveries this turn see it gone.
+                    conn.flags |= CLOSE_SENT;
+                    self.slow.push((key, conn.gen));
+                    return Delivery::SlowConsumer;
+                }
+                SlowConsumerPolicy::DropOldest => {
+                    let keep = limit.saturating_sub(frame.bytes().len());
+                    if let Some(q) = conn.queue.as_mut() {
+                        let n = q.drop_oldest_shared(keep);
+                        self.stats.add(Counter::SlowConsumerDropped, n as u64);
+                    }
+                    let queued = conn.queued();
+                    if queued > 0 && queued.saturating_add(frame.bytes().len()) > limit {
+                        self.stats.inc(Counter::SlowConsumerDropped);
+                        return Delivery::Dropped;
+                    }
+                }
+                SlowConsumerPolicy::Pause => {
+                    self.stats.inc(Counter::SlowConsumerDropped);
+                    return Delivery::Dropped;
+                }
+            }
         }
         let q = conn.queue.get_or_insert_with(Box::<WriteQueue>::default);
         if conn.ext.on() {
@@ -119,14 +159,15 @@ impl<H: Handler> ShardApi<'_, H> {
         } else {
             q.push_shared(frame.bytes().clone());
         }
-        let over = q.len() > limit;
         self.stats.inc(Counter::MessagesOut);
         Self::mark_dirty(self.dirty, key, conn);
-        if over {
-            Delivery::SlowConsumer
-        } else {
-            Delivery::Queued
-        }
+        Delivery::Queued
+    }
+
+    /// Bytes queued for an open connection of this shard and not yet written (None when it is
+    /// gone).
+    pub fn queued(&mut self, id: ConnId) -> Option<usize> {
+        open_conn(self.conns, self.index, id).map(|c| c.queued())
     }
 
     /// Sends a text message (owned copy) to an open connection of this shard.

@@ -41,6 +41,9 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Close (1001) a connection that sent nothing for this long. Zero: never.
     pub idle_timeout: Duration,
+    /// Close (1001 "reconnect") an open connection this long after its upgrade, each one's
+    /// deadline jittered by +-10% so clients do not all come back at once. Zero: never.
+    pub max_lifetime: Duration,
     /// Ping a connection that sent nothing for this long. Zero: never.
     pub ping_interval: Duration,
     /// After a ping, drop a connection still silent this long.
@@ -82,6 +85,7 @@ impl Default for Config {
             slow_consumer: SlowConsumerPolicy::Pause,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::ZERO,
+            max_lifetime: Duration::ZERO,
             ping_interval: Duration::from_secs(30),
             pong_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),

@@ -20,6 +20,9 @@ use crate::proto::{Decoder, OpCode};
 pub(crate) enum Phase {
     /// Reading the HTTP request head (deadline: handshake timeout).
     Handshaking,
+    /// A plain HTTP request's head is read, counted and let through by the app
+    /// (`on_http_head`); waiting for its body (deadline: handshake timeout, from accept).
+    HttpBody,
     /// WebSocket open (deadlines: ping interval, pong timeout, idle timeout).
     Open,
     /// We sent a close frame and wait for the peer's (deadline: close timeout).
@@ -89,6 +92,8 @@ pub(crate) struct ConnExt {
     pub counted_ip: Option<IpAddr>,
     /// The tick at which its token expires, when expired tokens close connections.
     pub expires_at: Option<u32>,
+    /// The tick at which it has lived `--max-lifetime` (jittered), when that is on.
+    pub max_life_at: Option<u32>,
     pub token: Option<Token>,
 }
 

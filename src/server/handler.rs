@@ -147,6 +147,15 @@ pub trait Handler: Clone + Send + 'static {
         HttpResponse::text(200, "ok\n")
     }
 
+    /// A plain HTTP request's head (not an upgrade, not `/healthz`) is read, before its body
+    /// is: `Some` answers it now and closes the connection without reading or keeping the body
+    /// (refuse a request on its method, path or credentials before buffering up to
+    /// `--max-http-body` for it); `None` goes on to `on_http` once the body is in. Called once
+    /// per request.
+    fn on_http_head(&mut self, _req: &Request<'_>) -> Option<HttpResponse> {
+        None
+    }
+
     /// A plain HTTP request (not an upgrade) other than `GET /healthz`.
     fn on_http(&mut self, _req: &Request<'_>, _body: &[u8], _conn: &ConnInfo<'_>) -> HttpReply {
         HttpReply::NotFound

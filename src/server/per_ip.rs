@@ -90,6 +90,11 @@ impl PerIpLimiter {
         self.max_conns > 0
     }
 
+    /// Whether upgrade requests take tokens from a bucket.
+    pub fn limits_rate(&self) -> bool {
+        self.rate.is_some()
+    }
+
     fn stripe(&self, key: &IpAddr) -> &Mutex<Stripe> {
         let h = match key {
             IpAddr::V4(v4) => u32::from(*v4) as u64,
@@ -106,6 +111,47 @@ impl PerIpLimiter {
     /// A handshake from `ip`: takes a token from its bucket, then counts the connection
     /// against its cap. A refused handshake still used its token.
     pub fn admit(&self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
+        self.admit_handshake(ip, now)?;
+        self.admit_connection(ip, now)
+    }
+
+    /// A socket from `ip` was accepted: counts it against the address's cap (until
+    /// `release`), whatever it turns out to be. Counting at accept, not once a request head
+    /// is read, is what keeps one address from holding more than its share of
+    /// `--max-connections` with half-sent heads.
+    pub fn admit_connection(&self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
+        if self.max_conns == 0 {
+            return Ok(());
+        }
+        self.with_entry(ip, now, |e| {
+            if e.conns >= self.max_conns {
+                return Err(Refusal::TooManyConnections);
+            }
+            e.conns += 1;
+            Ok(())
+        })
+    }
+
+    /// An upgrade request from `ip`: takes a token from its bucket.
+    pub fn admit_handshake(&self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
+        let Some(rate) = self.rate else {
+            return Ok(());
+        };
+        self.with_entry(ip, now, |e| {
+            refill(e, rate, now);
+            if e.tokens < 1.0 {
+                let wait = (1.0 - e.tokens) / rate.per_sec;
+                return Err(Refusal::RateLimited {
+                    retry_after_secs: (wait.ceil() as u32).max(1),
+                });
+            }
+            e.tokens -= 1.0;
+            Ok(())
+        })
+    }
+
+    /// Runs `f` on the address's entry (made if needed) under its stripe's lock.
+    fn with_entry<T>(&self, ip: IpAddr, now: Instant, f: impl FnOnce(&mut Entry) -> T) -> T {
         let key = ip_key(ip);
         let mut stripe = self.stripe(&key).lock().unwrap_or_else(|p| p.into_inner());
         if stripe.map.len() >= stripe.sweep_at.max(SWEEP_MIN) {
@@ -119,23 +165,11 @@ impl PerIpLimiter {
             tokens: burst,
             refilled: now,
         });
-        if let Some(rate) = self.rate {
-            refill(e, rate, now);
-            if e.tokens < 1.0 {
-                let wait = (1.0 - e.tokens) / rate.per_sec;
-                return Err(Refusal::RateLimited {
-                    retry_after_secs: (wait.ceil() as u32).max(1),
-                });
-            }
-            e.tokens -= 1.0;
+        let r = f(e);
+        if idle(e, self.rate, now) {
+            stripe.map.remove(&key);
         }
-        if self.max_conns > 0 {
-            if e.conns >= self.max_conns {
-                return Err(Refusal::TooManyConnections);
-            }
-            e.conns += 1;
-        }
-        Ok(())
+        r
     }
 
     /// A connection counted by `admit` is gone.

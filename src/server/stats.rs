@@ -41,6 +41,7 @@ counters! {
     PerIpConnsRefused => "per_ip_connections_refused_total",
     PerIpRateRefused => "per_ip_rate_refused_total",
     TokenExpiredClosed => "closed_token_expired_total",
+    ClosedMaxLifetime => "closed_max_lifetime_total",
     Http400 => "http_400_total",
     Http401 => "http_401_total",
     Http403 => "http_403_total",
@@ -49,6 +50,7 @@ counters! {
     Http429 => "http_429_total",
     Http431 => "http_431_total",
     HttpOther4xx => "http_other_4xx_total",
+    Http5xx => "http_5xx_total",
     HttpRequests => "http_requests_total",
     MessagesIn => "messages_in_total",
     MessagesOut => "messages_out_total",
@@ -60,6 +62,7 @@ counters! {
     CloseTimeouts => "close_timeouts_total",
     Close1002 => "closed_protocol_error_total",
     Close1007 => "closed_invalid_utf8_total",
+    CloseBadCompressed => "closed_bad_compressed_data_total",
     Close1009 => "closed_message_too_big_total",
     SlowConsumerPaused => "slow_consumer_paused_total",
     SlowConsumerDisconnected => "slow_consumer_disconnected_total",
@@ -113,7 +116,7 @@ impl ShardStats {
         self.counters[c as usize].load(Relaxed)
     }
 
-    /// Counts a refused handshake by status.
+    /// Counts an HTTP error answer by status (5xx in their own series).
     pub fn http_status(&self, status: u16) {
         self.inc(match status {
             400 => Counter::Http400,
@@ -123,6 +126,7 @@ impl ShardStats {
             426 => Counter::Http426,
             429 => Counter::Http429,
             431 => Counter::Http431,
+            500..=599 => Counter::Http5xx,
             _ => Counter::HttpOther4xx,
         });
     }

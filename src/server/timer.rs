@@ -96,6 +96,31 @@ pub const fn same_slot(a: u32, b: u32) -> bool {
     a as usize % SLOTS == b as usize % SLOTS
 }
 
+/// What an owner does with an entry visited at `tick`, given the tick its live entry was armed
+/// for (`armed_at`, `NOT_ARMED` when none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visit {
+    /// Its deadline has come: fire it (and forget `armed_at`: no entry is live any more).
+    Due,
+    /// Its live entry is for a later turn of the wheel: keep it for that tick.
+    Later(u32),
+    /// A leftover of an entry that was re-armed elsewhere: drop it.
+    Stale,
+}
+
+/// Decides an entry's fate. Due is `armed_at <= tick`, not `==`: after a stall longer than a
+/// turn of the wheel, `advance` visits each slot once at a tick later than the ones its
+/// entries were armed for, and those are overdue, not stale.
+pub const fn visit(armed_at: u32, tick: u32) -> Visit {
+    if armed_at == NOT_ARMED || !same_slot(armed_at, tick) {
+        Visit::Stale
+    } else if armed_at <= tick {
+        Visit::Due
+    } else {
+        Visit::Later(armed_at)
+    }
+}
+
 /// Converts milliseconds to whole ticks, rounding up.
 pub const fn ms_to_ticks(ms: u64) -> u32 {
     ms.div_ceil(TICK_MS) as u32
@@ -153,6 +178,92 @@ mod tests {
             None
         });
         assert_eq!(n, 1);
+    }
+
+    /// An owner of connections as the shard is: each keeps the tick of its live entry and
+    /// re-arms (only) when it has none or the new deadline is earlier.
+    struct Owner {
+        armed_at: Vec<u32>,
+        fired: Vec<(u32, u32)>,
+    }
+
+    impl Owner {
+        fn arm(&mut self, w: &mut TimerWheel, key: u32, due: u32) {
+            let a = &mut self.armed_at[key as usize];
+            if *a == NOT_ARMED || due < *a {
+                *a = w.arm(Entry { key, gen: 0 }, due);
+            }
+        }
+
+        fn advance(&mut self, w: &mut TimerWheel, now: u32) {
+            let mut due = Vec::new();
+            w.advance(now, |e, tick| {
+                let a = &mut self.armed_at[e.key as usize];
+                match visit(*a, tick) {
+                    Visit::Due => {
+                        *a = NOT_ARMED;
+                        due.push(e.key);
+                        None
+                    }
+                    Visit::Later(t) => Some(t),
+                    Visit::Stale => None,
+                }
+            });
+            for k in due {
+                self.fired.push((k, now));
+            }
+        }
+    }
+
+    #[test]
+    fn deadlines_survive_a_stall_longer_than_a_turn() {
+        // Deadlines spread over the wheel, then the loop stalls for 2.5 turns (a 100 s pause
+        // of the process): every one fires once when it wakes, and can be armed again.
+        let mut w = TimerWheel::new(0);
+        let n = 300u32;
+        let mut o = Owner {
+            armed_at: vec![NOT_ARMED; n as usize],
+            fired: Vec::new(),
+        };
+        for k in 0..n {
+            o.arm(&mut w, k, 1 + k * 13);
+        }
+        // One far in the future, past the stall: it must not fire early.
+        let far = 6 * SLOTS as u32;
+        o.armed_at.push(NOT_ARMED);
+        o.arm(&mut w, n, far);
+        o.advance(&mut w, 10);
+        let early = o.fired.len();
+        assert_eq!(
+            early, 1,
+            "only the deadline at tick 1 (0 * 13 + 1) by tick 10"
+        );
+        let wake = 5 * SLOTS as u32 / 2;
+        o.advance(&mut w, wake);
+        assert_eq!(o.fired.len(), n as usize, "every overdue deadline fired");
+        assert!(o.fired[early..].iter().all(|&(_, t)| t == wake));
+        assert!(o.armed_at[..n as usize].iter().all(|&a| a == NOT_ARMED));
+        assert_eq!(w.len(), 1, "the far one is still armed");
+        // They are armed again and fire again.
+        for k in 0..n {
+            o.arm(&mut w, k, wake + 50);
+        }
+        o.advance(&mut w, wake + 50);
+        assert_eq!(o.fired.len(), 2 * n as usize);
+        o.advance(&mut w, far - 1);
+        assert_eq!(o.fired.len(), 2 * n as usize);
+        o.advance(&mut w, far);
+        assert_eq!(o.fired.last(), Some(&(n, far)));
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn a_stale_entry_is_dropped_and_a_later_turn_kept() {
+        assert_eq!(visit(NOT_ARMED, 5), Visit::Stale);
+        assert_eq!(visit(7, 5), Visit::Stale);
+        assert_eq!(visit(5, 5), Visit::Due);
+        assert_eq!(visit(5, 5 + SLOTS as u32), Visit::Due);
+        assert_eq!(visit(5 + SLOTS as u32, 5), Visit::Later(5 + SLOTS as u32));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Accepting: drain the listener up to the per-turn batch, 503 past max-connections, and a
+//! Accepting: drain the listener up to the per-turn batch, 503 past max-connections, 429 past
+//! max-conns-per-ip (counted per socket, from accept to removal), and a
 //! short back-off on EMFILE/ENFILE that keeps open connections served.
 
 use super::*;
@@ -17,7 +18,7 @@ impl<H: Handler> Shard<H> {
             let Some(listener) = c.listener.as_ref() else {
                 return;
             };
-            let (mut sock, _) = match listener.accept() {
+            let (mut sock, peer) = match listener.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -49,11 +50,20 @@ impl<H: Handler> Shard<H> {
                 let _ = sock.shutdown(Shutdown::Write);
                 continue;
             }
+            // Every socket counts against its address's cap from here until it is removed.
+            let counted_ip = match c.admit_ip(&mut sock, peer.ip()) {
+                Ok(ip) => ip,
+                Err(()) => {
+                    c.global.open.fetch_sub(1, SeqCst);
+                    continue;
+                }
+            };
             let tls = match &c.cfg.tls {
                 None => None,
                 Some(cfg) => match TlsConn::new(cfg) {
                     Ok(t) => Some(t),
                     Err(e) => {
+                        c.release_ip(counted_ip);
                         c.global.open.fetch_sub(1, SeqCst);
                         c.stats.inc(Counter::TlsErrors);
                         tracing::warn!(shard = c.index, "TLS session: {e}");
@@ -69,6 +79,7 @@ impl<H: Handler> Shard<H> {
                 .registry()
                 .register(&mut sock, Token(key), Interest::READABLE)
             {
+                c.release_ip(counted_ip);
                 c.global.open.fetch_sub(1, SeqCst);
                 c.stats.inc(Counter::AcceptErrors);
                 tracing::warn!(shard = c.index, "register: {e}");
@@ -94,6 +105,9 @@ impl<H: Handler> Shard<H> {
                 }
                 c.tls[key] = Some(t);
             }
+            if counted_ip.is_some() {
+                c.ext_mut(key).counted_ip = counted_ip;
+            }
             c.stats.open.fetch_add(1, Relaxed);
             c.schedule(key, conn);
         }
@@ -103,6 +117,59 @@ impl<H: Handler> Shard<H> {
 }
 
 impl<H: Handler> Core<H> {
+    /// `--max-conns-per-ip` at accept. `Ok(Some(ip))`: counted under `ip` (released when the
+    /// connection is removed); `Ok(None)`: no cap. `Err`: refused with 429 and closed.
+    fn admit_ip(
+        &mut self,
+        sock: &mut TcpStream,
+        ip: std::net::IpAddr,
+    ) -> Result<Option<std::net::IpAddr>, ()> {
+        let Some(limiter) = self
+            .global
+            .per_ip
+            .as_ref()
+            .filter(|l| l.counts_connections())
+        else {
+            return Ok(None);
+        };
+        if limiter.admit_connection(ip, Instant::now()).is_ok() {
+            return Ok(Some(ip));
+        }
+        self.stats.inc(Counter::PerIpConnsRefused);
+        self.stats.inc(Counter::HandshakeRejected);
+        self.stats.http_status(429);
+        if self.cfg.tls.is_none() {
+            let mut resp = Vec::new();
+            let body = "too many connections from your address\n";
+            handshake::write_response(
+                &mut resp,
+                429,
+                &[],
+                "text/plain; charset=utf-8",
+                body.as_bytes(),
+            );
+            // A fresh socket's buffer is empty: the answer fits or the client is gone.
+            let _ = sock.write(&resp);
+        }
+        let _ = sock.shutdown(Shutdown::Write);
+        // What the client sent already is read and dropped, so closing sends a FIN after the
+        // answer rather than a reset that could discard it.
+        let mut sink = [0u8; 4096];
+        for _ in 0..4 {
+            if !matches!(sock.read(&mut sink), Ok(n) if n > 0) {
+                break;
+            }
+        }
+        Err(())
+    }
+
+    /// Gives back a count taken by `admit_ip` for a socket that was not kept.
+    fn release_ip(&mut self, ip: Option<std::net::IpAddr>) {
+        if let (Some(ip), Some(limiter)) = (ip, &self.global.per_ip) {
+            limiter.release(ip, Instant::now());
+        }
+    }
+
     pub(super) fn accept_failed_emfile(&mut self, e: &io::Error) {
         self.stats.inc(Counter::AcceptEmfile);
         self.emfile_since_log += 1;

@@ -1,5 +1,7 @@
 //! Connection deadlines on the shard's timing wheel: handshake, ping and pong, idle, token
-//! expiry (`--jwt-close-on-expiry`, only for connections that carry one), close.
+//! expiry (`--jwt-close-on-expiry`, only for connections that carry one), max lifetime (only
+//! when `--max-lifetime` is on; kept in the side table), close. A connection
+//! whose reading is paused is judged by its output's progress, not by reads it may not make.
 
 use super::*;
 
@@ -17,20 +19,19 @@ impl<H: Handler> Shard<H> {
         let mut due = std::mem::take(&mut core.due);
         let now = core.now;
         core.wheel.advance(now, |e, tick| {
-            let c = conns.get(e.key as usize)?;
+            let c = conns.get_mut(e.key as usize)?;
             if c.gen != e.gen {
                 return None;
             }
-            if c.armed_at == tick {
-                due.push(e);
-                None
-            } else if c.armed_at != NOT_ARMED
-                && c.armed_at > tick
-                && timer::same_slot(c.armed_at, tick)
-            {
-                Some(c.armed_at) // a later turn of the wheel
-            } else {
-                None // stale: the connection was re-armed elsewhere
+            match timer::visit(c.armed_at, tick) {
+                Visit::Due => {
+                    // No entry is live any more (a duplicate in this pass is now stale).
+                    c.armed_at = NOT_ARMED;
+                    due.push(e);
+                    None
+                }
+                Visit::Later(t) => Some(t),
+                Visit::Stale => None,
             }
         });
         for e in due.drain(..) {
@@ -38,7 +39,6 @@ impl<H: Handler> Shard<H> {
             let Some(conn) = conns.get_mut(key) else {
                 continue;
             };
-            conn.armed_at = NOT_ARMED;
             if core.on_deadline(key, conn) {
                 core.remove(conns, key);
             }
@@ -53,7 +53,7 @@ impl<H: Handler> Core<H> {
     /// The tick of this connection's next deadline.
     pub(super) fn due_tick(&self, key: usize, conn: &Conn<H::State>) -> Option<u32> {
         match conn.phase {
-            Phase::Handshaking => Some(conn.since + self.handshake_ticks),
+            Phase::Handshaking | Phase::HttpBody => Some(conn.since + self.handshake_ticks),
             Phase::Open => {
                 let idle = (self.idle_ticks > 0).then(|| conn.since + self.idle_ticks);
                 let ping = (self.ping_ticks > 0).then(|| {
@@ -63,13 +63,23 @@ impl<H: Handler> Core<H> {
                         conn.since + self.ping_ticks
                     }
                 });
-                let expiry = self.ext(key).and_then(|e| e.expires_at);
-                [idle, ping, expiry].into_iter().flatten().min()
+                let ext = self.ext(key);
+                let expiry = ext.and_then(|e| e.expires_at);
+                let end_of_life = ext.and_then(|e| e.max_life_at);
+                [idle, ping, expiry, end_of_life]
+                    .into_iter()
+                    .flatten()
+                    .min()
             }
             Phase::HttpWait | Phase::Closing | Phase::Finishing | Phase::Draining => {
                 Some(conn.since + self.close_ticks)
             }
         }
+    }
+
+    /// `--max-lifetime` in ticks, +-10%, different for each connection.
+    pub(super) fn jittered_lifetime(&self, key: usize, gen: u32) -> u32 {
+        jittered(self.lifetime_ticks, key, gen, self.now)
     }
 
     /// Arms the connection's timer for its next deadline unless an earlier entry is live.
@@ -95,7 +105,7 @@ impl<H: Handler> Core<H> {
             return false;
         }
         match conn.phase {
-            Phase::Handshaking => {
+            Phase::Handshaking | Phase::HttpBody => {
                 self.stats.inc(Counter::HandshakeTimeouts);
                 true
             }
@@ -108,6 +118,14 @@ impl<H: Handler> Core<H> {
                     self.mark_dirty(key, conn);
                     return false;
                 }
+                let end_of_life = self.ext(key).and_then(|e| e.max_life_at);
+                if end_of_life.is_some_and(|t| self.now >= t) {
+                    self.stats.inc(Counter::ClosedMaxLifetime);
+                    self.notify_close(key, conn, close_code::GOING_AWAY, "reconnect");
+                    self.start_close(key, conn, close_code::GOING_AWAY, "reconnect");
+                    self.mark_dirty(key, conn);
+                    return false;
+                }
                 let silent = self.now - conn.since;
                 if self.idle_ticks > 0 && silent >= self.idle_ticks {
                     self.stats.inc(Counter::IdleTimeouts);
@@ -115,6 +133,20 @@ impl<H: Handler> Core<H> {
                     self.start_close(key, conn, close_code::GOING_AWAY, "idle timeout");
                     self.mark_dirty(key, conn);
                     return false;
+                }
+                if conn.flags & PING_OUTSTANDING != 0 && conn.flags & READ_PAUSED != 0 {
+                    // Paused: its pong cannot be read. Judge it by its progress instead: what
+                    // it has read since lets this write go out (and counts as activity).
+                    if !self.flush_conn(key, conn) {
+                        return true;
+                    }
+                    if conn.phase != Phase::Open {
+                        return false;
+                    }
+                    if conn.flags & PING_OUTSTANDING == 0 {
+                        self.schedule(key, conn);
+                        return false;
+                    }
                 }
                 if conn.flags & PING_OUTSTANDING != 0 {
                     self.stats.inc(Counter::PongTimeouts);
@@ -147,5 +179,38 @@ impl<H: Handler> Core<H> {
                 true
             }
         }
+    }
+}
+
+/// `base` ticks +-10%, spread by a hash of the connection's slot, generation and open tick (no
+/// randomness needed, only spread, so clients do not all come back at once). At least 1.
+fn jittered(base: u32, key: usize, gen: u32, now: u32) -> u32 {
+    let spread = base / 10;
+    if spread == 0 {
+        return base.max(1);
+    }
+    let mut h = ((key as u64) << 32 | gen as u64) ^ ((now as u64) << 17);
+    h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h = (h ^ (h >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    let offset = (h % (2 * spread as u64 + 1)) as u32;
+    (base - spread + offset).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jittered;
+
+    #[test]
+    fn lifetimes_stay_within_ten_percent_and_spread() {
+        let base = 3000; // a minute of 20 ms ticks
+        let all: Vec<u32> = (0..1000)
+            .map(|k| jittered(base, k, k as u32 + 1, 77))
+            .collect();
+        assert!(all.iter().all(|&t| (2700..=3300).contains(&t)));
+        let (lo, hi) = (all.iter().min().unwrap(), all.iter().max().unwrap());
+        assert!(*lo < 2800 && *hi > 3200, "spread {lo}..{hi}");
+        assert_eq!(jittered(5, 1, 1, 0), 5);
+        assert_eq!(jittered(0, 1, 1, 0), 1);
     }
 }

@@ -1,6 +1,7 @@
-//! The upgrade gate: per-IP limits (429), the Origin allow-list (403) and the JWT (401), checked
-//! once the request head is read and before the app sees it, so a refused client gets a status
-//! rather than a reset. With every policy off it is one branch: no syscall, lock or hash.
+//! The upgrade gate: the per-IP handshake rate (429), the Origin allow-list (403) and the JWT
+//! (401), checked once the request head is read and before the app sees it, so a refused client
+//! gets a status rather than a reset (the per-IP connection cap is counted at accept). With every
+//! policy off it is one branch: no syscall, lock or hash.
 
 use super::*;
 use crate::proto::handshake::Request;
@@ -22,7 +23,8 @@ impl<H: Handler> Core<H> {
             return Ok(());
         }
         let global = Arc::clone(g);
-        if let Some(limiter) = &global.per_ip {
+        // The connection was counted against its address's cap at accept; the rate is per request.
+        if let Some(limiter) = global.per_ip.as_ref().filter(|l| l.limits_rate()) {
             let ip = match conn.sock.peer_addr() {
                 Ok(a) => a.ip(),
                 Err(_) => {
@@ -30,35 +32,19 @@ impl<H: Handler> Core<H> {
                     return Err(self.refuse(key, conn, &e, len));
                 }
             };
-            match limiter.admit(ip, Instant::now()) {
-                Ok(()) => {
-                    if limiter.counts_connections() {
-                        self.ext_mut(key).counted_ip = Some(ip);
-                    }
-                }
-                Err(Refusal::RateLimited { retry_after_secs }) => {
-                    self.stats.inc(Counter::PerIpRateRefused);
-                    let retry = retry_after_secs.to_string();
-                    return Err(self.refuse_with(
-                        key,
-                        conn,
-                        429,
-                        "too many handshakes from your address; retry later",
-                        &[("Retry-After", &retry)],
-                        len,
-                    ));
-                }
-                Err(Refusal::TooManyConnections) => {
-                    self.stats.inc(Counter::PerIpConnsRefused);
-                    return Err(self.refuse_with(
-                        key,
-                        conn,
-                        429,
-                        "too many connections from your address",
-                        &[],
-                        len,
-                    ));
-                }
+            if let Err(Refusal::RateLimited { retry_after_secs }) =
+                limiter.admit_handshake(ip, Instant::now())
+            {
+                self.stats.inc(Counter::PerIpRateRefused);
+                let retry = retry_after_secs.to_string();
+                return Err(self.refuse_with(
+                    key,
+                    conn,
+                    429,
+                    "too many handshakes from your address; retry later",
+                    &[("Retry-After", &retry)],
+                    len,
+                ));
             }
         }
         if let Some(origins) = &global.origins {
@@ -91,18 +77,6 @@ impl<H: Handler> Core<H> {
         Ok(())
     }
 
-    /// A refused upgrade gives its per-IP slot back at once, not when the connection is
-    /// finally removed (a client that never closes would hold it for the close timeout).
-    pub(super) fn release_counted_ip(&mut self, key: usize) {
-        let ip = self
-            .exts
-            .get_mut(key)
-            .and_then(|e| e.as_mut()?.counted_ip.take());
-        if let (Some(ip), Some(limiter)) = (ip, &self.global.per_ip) {
-            limiter.release(ip, Instant::now());
-        }
-    }
-
     /// The tick at which a token with this `exp` (Unix seconds) has expired.
     fn expiry_tick(&self, exp: u64) -> u32 {
         let secs = exp.saturating_sub(crate::server::auth::unix_now());
@@ -121,7 +95,6 @@ impl<H: Handler> Core<H> {
         headers: &[(&str, &str)],
         len: usize,
     ) -> usize {
-        self.release_counted_ip(key);
         self.stats.inc(Counter::HandshakeRejected);
         self.stats.http_status(status);
         tracing::debug!(shard = self.index, status, "handshake refused: {reason}");

@@ -30,7 +30,7 @@ use crate::server::handler::{
     ConnError, ConnId, ConnInfo, Ctx, Handler, HttpReply, HttpResponse, Message,
 };
 use crate::server::stats::{render_metrics, Counter, ShardStats, METRICS_CONTENT_TYPE};
-use crate::server::timer::{self, ms_to_ticks, Entry, TimerWheel, NOT_ARMED, TICK_MS};
+use crate::server::timer::{self, ms_to_ticks, Entry, TimerWheel, Visit, NOT_ARMED, TICK_MS};
 use crate::server::tls::{Sealer, TlsConn, TlsInput};
 use crate::server::Global;
 
@@ -84,6 +84,9 @@ pub(crate) struct Core<H: Handler> {
     dirty: Vec<(usize, u32)>,
     /// Connections with input left unread (fairness cap, or reading resumed).
     pending_read: Vec<(usize, u32)>,
+    /// Connections a broadcast found full under the `disconnect` policy, closed after the
+    /// app's hooks.
+    slow: Vec<(usize, u32)>,
     due: Vec<Entry>,
     /// Per-connection extensions (token, per-IP count) by slab key; empty while every upgrade
     /// policy is off. A slot is cleared when its connection is removed.
@@ -91,6 +94,8 @@ pub(crate) struct Core<H: Handler> {
     // Deadlines in ticks.
     handshake_ticks: u32,
     idle_ticks: u32,
+    /// `--max-lifetime` in ticks; 0: off.
+    lifetime_ticks: u32,
     ping_ticks: u32,
     pong_ticks: u32,
     close_ticks: u32,
@@ -163,10 +168,12 @@ impl<H: Handler> Shard<H> {
             next_gen: 0,
             dirty: Vec::new(),
             pending_read: Vec::new(),
+            slow: Vec::new(),
             due: Vec::new(),
             exts: Vec::new(),
             handshake_ticks: to_ticks(cfg.handshake_timeout).max(1),
             idle_ticks: to_ticks(cfg.idle_timeout),
+            lifetime_ticks: to_ticks(cfg.max_lifetime),
             ping_ticks: to_ticks(cfg.ping_interval),
             pong_ticks: to_ticks(cfg.pong_timeout).max(1),
             close_ticks: to_ticks(cfg.close_timeout).max(1),
@@ -253,6 +260,7 @@ impl<H: Handler> Shard<H> {
             inbox,
             now,
             deflate,
+            slow,
             ..
         } = core;
         let mut api = ShardApi {
@@ -262,6 +270,8 @@ impl<H: Handler> Shard<H> {
             stats,
             all_stats,
             write_queue_limit: cfg.write_queue_limit,
+            policy: cfg.slow_consumer,
+            slow,
             links,
             wake,
             now: *now,
@@ -272,6 +282,12 @@ impl<H: Handler> Shard<H> {
         }
         handler.on_turn(&mut api);
         api.deflate.end_turn();
+        for (key, gen) in std::mem::take(&mut core.slow) {
+            if let Some(conn) = conns.get_mut(key).filter(|c| c.gen == gen) {
+                core.disconnect_slow(key, conn);
+                core.remove(conns, key);
+            }
+        }
     }
 
     /// Wakes the shards posted to this turn.
@@ -314,7 +330,7 @@ impl<H: Handler> Shard<H> {
             for key in keys {
                 let conn = &mut conns[key];
                 match conn.phase {
-                    Phase::Handshaking => core.remove(conns, key),
+                    Phase::Handshaking | Phase::HttpBody => core.remove(conns, key),
                     Phase::HttpWait => core.answer_late(key, conn, 503, "server shutting down\n"),
                     Phase::Open => {
                         core.start_close(key, conn, close_code::GOING_AWAY, "server shutting down");

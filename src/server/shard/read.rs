@@ -16,6 +16,14 @@ impl<H: Handler> Shard<H> {
         if conn.flags & READ_PAUSED != 0 {
             return;
         }
+        // Input left undecoded when the connection paused goes first.
+        core.process_kept(key, conn);
+        if conn.flags & READ_PAUSED != 0 {
+            if !core.flush_conn(key, conn) {
+                core.remove(conns, key);
+            }
+            return;
+        }
         if conn.flags & TLS != 0 {
             return self.read_tls(key, to_eof);
         }
@@ -44,8 +52,7 @@ impl<H: Handler> Shard<H> {
                             core.fail_io(key, conn, e);
                             core.remove(conns, key);
                         } else {
-                            let _ = core.flush_conn(key, conn);
-                            core.eof(conns, key);
+                            core.peer_eof(conns, key);
                         }
                         return;
                     }
@@ -64,9 +71,8 @@ impl<H: Handler> Shard<H> {
                 let space = rbuf.len() - kept;
                 let n = match conn.sock.read(&mut rbuf[kept..]) {
                     Ok(0) => {
-                        // The peer may still read (half-close): send what its input produced.
-                        let _ = core.flush_conn(key, conn);
-                        core.eof(conns, key);
+                        // The peer may still read (half-close): what its input produced is sent.
+                        core.peer_eof(conns, key);
                         return;
                     }
                     Ok(n) => n,
@@ -152,6 +158,34 @@ impl<H: Handler> Shard<H> {
 impl<H: Handler> Core<H> {
     // ----- processing input -----
 
+    /// Processes the input an open connection kept from earlier reads, before more is read:
+    /// what it left undecoded when its write queue reached the limit (otherwise at most an
+    /// unfinished frame head). Its replies are in the cork; the caller flushes.
+    pub(super) fn process_kept(&mut self, key: usize, conn: &mut Conn<H::State>) {
+        if !matches!(conn.phase, Phase::Open | Phase::Closing) {
+            return;
+        }
+        let tls = conn.flags & TLS != 0;
+        let kept = if tls {
+            self.tls_of(key).and_then(|t| t.plain.take())
+        } else {
+            conn.stash.take()
+        };
+        let Some(mut v) = kept else {
+            return;
+        };
+        let len = v.len();
+        let used = self.process(key, conn, &mut v[..len]);
+        v.drain(..used.min(len));
+        if tls {
+            if let Some(t) = self.tls_of(key) {
+                t.plain.set(v);
+            }
+        } else {
+            conn.stash.set(v);
+        }
+    }
+
     /// Processes input by phase; returns how many bytes were consumed (the rest is kept).
     pub(super) fn process(
         &mut self,
@@ -160,7 +194,7 @@ impl<H: Handler> Core<H> {
         data: &mut [u8],
     ) -> usize {
         match conn.phase {
-            Phase::Handshaking => self.handshake(key, conn, data),
+            Phase::Handshaking | Phase::HttpBody => self.handshake(key, conn, data),
             Phase::Open | Phase::Closing => self.frames(key, conn, data),
             Phase::HttpWait | Phase::Finishing | Phase::Draining => data.len(),
         }
@@ -218,6 +252,12 @@ impl<H: Handler> Core<H> {
         conn.phase = Phase::Open;
         conn.flags |= APP_OPEN;
         conn.since = self.now;
+        if self.lifetime_ticks > 0 {
+            let at = self
+                .now
+                .saturating_add(self.jittered_lifetime(key, conn.gen));
+            self.ext_mut(key).max_life_at = Some(at);
+        }
         self.schedule(key, conn);
         // Frames may follow the request in the same read.
         head_len + self.frames(key, conn, &mut data[head_len..])
@@ -232,28 +272,41 @@ impl<H: Handler> Core<H> {
         head_len: usize,
         data: &[u8],
     ) -> usize {
-        self.stats.inc(Counter::HttpRequests);
+        // The head is parsed again on every read of an unfinished body: act on it once.
+        let first = conn.phase == Phase::Handshaking;
+        if first {
+            self.stats.inc(Counter::HttpRequests);
+        }
         if req.header("transfer-encoding").is_some() {
             let e = HttpError::new(411, "chunked bodies are not supported; send Content-Length");
             return self.refuse(key, conn, &e, data.len());
         }
-        let body_len = match req.content_length.map(|v| v.trim().parse::<usize>()) {
-            None => 0,
-            Some(Ok(n)) => n,
-            Some(Err(_)) => {
-                let e = HttpError::new(400, "bad Content-Length");
-                return self.refuse(key, conn, &e, data.len());
-            }
+        let body_len = match req.body_length() {
+            Ok(n) => n.unwrap_or(0),
+            Err(e) => return self.refuse(key, conn, &e, data.len()),
         };
         if body_len > self.cfg.max_http_body {
             let e = HttpError::new(413, "request body too large");
             return self.refuse(key, conn, &e, data.len());
         }
+        let healthz = req.path == "/healthz" && (req.method == "GET" || req.method == "HEAD");
+        if first {
+            // The deadline stays the handshake's, from accept.
+            conn.phase = Phase::HttpBody;
+            if !healthz {
+                if let Some(resp) = self.handler.on_http_head(req) {
+                    // Refused on its head: the body is never read into memory (whatever of it
+                    // came with the head is dropped; the rest is discarded while draining).
+                    self.http_answer(key, conn, req, resp);
+                    return data.len();
+                }
+            }
+        }
         if data.len() < head_len + body_len {
             return 0; // wait for the whole body
         }
         let body = &data[head_len..head_len + body_len];
-        let reply = if req.path == "/healthz" && (req.method == "GET" || req.method == "HEAD") {
+        let reply = if healthz {
             HttpReply::Respond(self.handler.healthz())
         } else {
             let info = ConnInfo {
@@ -280,6 +333,18 @@ impl<H: Handler> Core<H> {
             }
         };
         let resp = resp.unwrap_or_else(|| HttpResponse::text(404, "not found\n"));
+        self.http_answer(key, conn, req, resp);
+        data.len()
+    }
+
+    /// Writes a plain HTTP answer and finishes the connection.
+    fn http_answer(
+        &mut self,
+        key: usize,
+        conn: &mut Conn<H::State>,
+        req: &handshake::Request<'_>,
+        resp: HttpResponse,
+    ) {
         if resp.status >= 400 {
             self.stats.http_status(resp.status);
         }
@@ -298,7 +363,6 @@ impl<H: Handler> Core<H> {
             body,
         );
         self.finish(key, conn);
-        data.len()
     }
 
     /// Answers a refused handshake with its status and closes.
@@ -309,7 +373,6 @@ impl<H: Handler> Core<H> {
         e: &HttpError,
         len: usize,
     ) -> usize {
-        self.release_counted_ip(key);
         self.stats.http_status(e.status);
         tracing::debug!(
             shard = self.index,
@@ -365,8 +428,24 @@ impl<H: Handler> Core<H> {
             self.dec_cfg
         };
         let token = self.exts.get(key).and_then(|e| e.as_ref()?.token.as_ref());
+        let limit = self.cfg.write_queue_limit;
         let mut pos = 0;
         loop {
+            // Its output is at the limit: decode nothing more until it drains (the rest of the
+            // input is kept, at most what one read brought). So the queue holds at most the
+            // limit plus the replies to one message.
+            if *phase == Phase::Open
+                && queue.as_ref().map_or(0, |q| q.len()) + self.cork.len() >= limit
+            {
+                if *flags & READ_PAUSED == 0 {
+                    *flags |= READ_PAUSED;
+                    self.stats.inc(Counter::SlowConsumerPaused);
+                }
+                self.trim_inflated();
+                return pos;
+            }
+            // A 1007 from inflating is bad compressed data, not bad UTF-8: counted apart.
+            let mut bad_deflate = false;
             let step = match decoder.next(&dec_cfg, &mut data[pos..]) {
                 Ok(Decoded::Event(n, Event::Compressed { text, payload })) => self
                     .deflate
@@ -378,6 +457,7 @@ impl<H: Handler> Core<H> {
                         dec_cfg.max_message_size,
                         &self.stats,
                     )
+                    .inspect_err(|e| bad_deflate = e.code == close_code::INVALID_DATA)
                     .and_then(|()| deflate::inflated_event(&self.inflated, text))
                     .map(|ev| Decoded::Event(n, ev)),
                 other => other,
@@ -453,6 +533,7 @@ impl<H: Handler> Core<H> {
                 }
                 Err(e) => {
                     self.stats.inc(match e.code {
+                        _ if bad_deflate => Counter::CloseBadCompressed,
                         close_code::INVALID_DATA => Counter::Close1007,
                         close_code::TOO_BIG => Counter::Close1009,
                         _ => Counter::Close1002,

@@ -34,8 +34,7 @@ impl<H: Handler> Shard<H> {
             let space = rbuf.len() - kept;
             let n = match conn.sock.read(&mut rbuf[kept..]) {
                 Ok(0) => {
-                    let _ = core.flush_conn(key, conn);
-                    core.eof(conns, key);
+                    core.peer_eof(conns, key);
                     return;
                 }
                 Ok(n) => n,
@@ -62,8 +61,7 @@ impl<H: Handler> Shard<H> {
             match input {
                 TlsInput::More => {}
                 TlsInput::PeerClosed => {
-                    let _ = core.flush_conn(key, conn);
-                    core.eof(conns, key);
+                    core.peer_eof(conns, key);
                     return;
                 }
                 TlsInput::Failed(e) => {

@@ -80,7 +80,44 @@ impl<H: Handler> Core<H> {
         self.notify_close(key, conn, close_code::ABNORMAL, "i/o error");
     }
 
-    /// The peer closed its side.
+    /// The peer shut down its side (EOF), though it may still read (half-close): what its
+    /// input produced is still sent. A connection with output queued (or a deferred HTTP
+    /// answer to come) stays, no longer read, until that is written and its write side shut
+    /// down, within the close timeout; one with nothing to send is removed now.
+    pub(super) fn peer_eof(&mut self, conns: &mut Slab<Conn<H::State>>, key: usize) {
+        let conn = &mut conns[key];
+        if !self.flush_conn(key, conn) {
+            self.remove(conns, key);
+            return;
+        }
+        let backlog = conn.queued() + self.tls_pending(key);
+        let keep = match conn.phase {
+            Phase::Open | Phase::Closing | Phase::Finishing => backlog > 0,
+            Phase::HttpWait => true,
+            Phase::Handshaking | Phase::HttpBody | Phase::Draining => false,
+        };
+        if !keep {
+            self.eof(conns, key);
+            return;
+        }
+        if matches!(conn.phase, Phase::Open | Phase::Closing) {
+            self.stats.inc(Counter::ClosedAbnormal);
+            self.notify_close(
+                key,
+                conn,
+                close_code::ABNORMAL,
+                "connection closed without a close frame",
+            );
+            conn.phase = Phase::Finishing;
+            conn.since = self.now;
+            self.schedule(key, conn);
+        }
+        // No more input: once the queue drains reading resumes, sees the EOF again and removes
+        // the connection.
+        conn.flags |= READ_PAUSED;
+    }
+
+    /// The peer closed its side and nothing is left to send.
     pub(super) fn eof(&mut self, conns: &mut Slab<Conn<H::State>>, key: usize) {
         let conn = &mut conns[key];
         if matches!(conn.phase, Phase::Open | Phase::Closing) {
@@ -134,6 +171,14 @@ impl<H: Handler> Core<H> {
     /// Writes what this connection has corked and queued. Returns false when the connection
     /// must be dropped (the caller removes it).
     pub(super) fn flush_conn(&mut self, key: usize, conn: &mut Conn<H::State>) -> bool {
+        // A paused connection's input is not read, so its liveness is judged by its output:
+        // bytes written to it (its client is reading) count as activity, like input.
+        let paused = conn.flags & READ_PAUSED != 0 && conn.phase == Phase::Open;
+        let out_before = if paused {
+            self.stats.get(Counter::BytesOut)
+        } else {
+            0
+        };
         let written = if conn.flags & TLS != 0 {
             self.write_tls(key, conn)
         } else {
@@ -141,6 +186,10 @@ impl<H: Handler> Core<H> {
         };
         if !written {
             return false;
+        }
+        if paused && self.stats.get(Counter::BytesOut) > out_before {
+            conn.since = self.now;
+            conn.flags &= !PING_OUTSTANDING;
         }
         self.after_write(key, conn)
     }
@@ -230,31 +279,43 @@ impl<H: Handler> Core<H> {
                         let n = q.drop_oldest_shared(self.cfg.write_queue_limit / 2);
                         self.stats.add(Counter::SlowConsumerDropped, n as u64);
                     }
+                    // Its own replies (owned bytes) are not dropped: stop reading its input
+                    // until they drain, as under `pause`.
+                    if conn.queued() > self.cfg.write_queue_limit && conn.flags & READ_PAUSED == 0 {
+                        conn.flags |= READ_PAUSED;
+                        self.stats.inc(Counter::SlowConsumerPaused);
+                    }
                 }
                 SlowConsumerPolicy::Disconnect => {
-                    self.stats.inc(Counter::SlowConsumerDisconnected);
-                    if conn.flags & APP_OPEN != 0 {
-                        let id = self.id(key, conn.gen);
-                        if let Some(s) = conn.state.as_mut() {
-                            self.handler.on_error(id, s, &ConnError::SlowConsumer);
-                        }
-                    }
-                    self.notify_close(key, conn, close_code::POLICY, "slow consumer");
-                    // Its queue will not drain: drop it, and try to say why.
-                    conn.queue = None;
-                    let (payload, n) =
-                        crate::proto::frame::close_payload(close_code::POLICY, "slow consumer");
-                    let mut frame = vec![0x88, n as u8];
-                    frame.extend_from_slice(&payload[..n]);
-                    // (Not over TLS: records still queued would have to go first.)
-                    if conn.flags & TLS == 0 {
-                        let _ = conn.sock.write(&frame);
-                    }
+                    self.disconnect_slow(key, conn);
                     return false;
                 }
             }
         }
         true
+    }
+}
+
+impl<H: Handler> Core<H> {
+    /// The `disconnect` policy: tells the app, drops the queue (it will not drain) and tries
+    /// to say why with a close frame (1008). The caller removes the connection.
+    pub(super) fn disconnect_slow(&mut self, key: usize, conn: &mut Conn<H::State>) {
+        self.stats.inc(Counter::SlowConsumerDisconnected);
+        if conn.flags & APP_OPEN != 0 {
+            let id = self.id(key, conn.gen);
+            if let Some(s) = conn.state.as_mut() {
+                self.handler.on_error(id, s, &ConnError::SlowConsumer);
+            }
+        }
+        self.notify_close(key, conn, close_code::POLICY, "slow consumer");
+        conn.queue = None;
+        let (payload, n) = crate::proto::frame::close_payload(close_code::POLICY, "slow consumer");
+        let mut frame = vec![0x88, n as u8];
+        frame.extend_from_slice(&payload[..n]);
+        // (Not over TLS: records still queued would have to go first.)
+        if conn.flags & TLS == 0 {
+            let _ = conn.sock.write(&frame);
+        }
     }
 }
 
