@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::common::SharedFrame;
 
 /// Bytes counted per entry on top of its frame (the entry, its slot, its global record).
-pub const ENTRY_OVERHEAD: usize = 96;
+pub const ENTRY_OVERHEAD: usize = 128;
 
 /// How much of a topic's history to keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
