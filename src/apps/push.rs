@@ -644,37 +644,9 @@ impl Handler for Push {
         let Some(topic) = req.path.strip_prefix("/publish/") else {
             return HttpReply::NotFound;
         };
-        if req.method != "POST" {
-            let mut r = HttpResponse::text(405, "use POST\n");
-            r.headers.push(("Allow", "POST".into()));
+        // Checked on the head already; again here for a body that came with it.
+        if let Some(r) = refuse_publish_head(&self.cfg, req) {
             return HttpReply::Respond(r);
-        }
-        let Some(key) = self.cfg.publish_key.as_deref() else {
-            return HttpReply::Respond(json_response(
-                403,
-                error_json(
-                    "publishing over HTTP is disabled: start the server with --publish-key",
-                    Some(topic),
-                ),
-            ));
-        };
-        let authorized = req
-            .authorization
-            .and_then(|a| a.strip_prefix("Bearer "))
-            .is_some_and(|k| constant_time_eq(k.trim().as_bytes(), key.as_bytes()));
-        if !authorized {
-            let mut r = json_response(
-                401,
-                error_json(
-                    "missing or wrong API key (Authorization: Bearer KEY)",
-                    Some(topic),
-                ),
-            );
-            r.headers.push(("WWW-Authenticate", "Bearer".into()));
-            return HttpReply::Respond(r);
-        }
-        if let Err(reason) = validate_topic(topic) {
-            return HttpReply::Respond(json_response(400, error_json(reason, Some(topic))));
         }
         let ct = req.content_type.unwrap_or("").to_ascii_lowercase();
         let text = ct.starts_with("text/") || ct.starts_with("application/json");
