@@ -642,6 +642,10 @@ impl BrokerThread {
         if ns.blocked > 0 {
             return;
         }
+        if !self.interest.contains_key(topic) {
+            self.streams.remove(topic); // nobody here wants it any more
+            return;
+        }
         for (pos, frame) in std::mem::take(&mut ns.pending) {
             self.on_positioned(topic, pos, frame);
         }
