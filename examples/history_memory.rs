@@ -64,7 +64,9 @@ fn main() {
             "{{\"topic\":\"{}\",\"seq\":1,\"offset\":1,\"epoch\":\"0123456789ab\",\"data\":\"{data}\"}}",
             names[0]
         );
-        SharedFrame::new(OpCode::Text, body.as_bytes()).bytes().len()
+        SharedFrame::new(OpCode::Text, body.as_bytes())
+            .bytes()
+            .len()
     };
     let out = serde_json::json!({
         "topics": topics,
