@@ -137,13 +137,17 @@ load() {
     local r0 r1
     r0=$( [ -n "$REDIS_PID" ] && cpu_ticks "$REDIS_PID" || echo 0)
     target/release/fanout-load fanout --url "ws://127.0.0.1:$PORT/ws?topics=bench" \
-        --connections "$subs" --processes auto \
+        --connections "$subs" --processes auto --source-ips 127.0.0.1-127.0.0.4 \
         --publish-url "http://127.0.0.1:$PORT/publish/bench" --publish-header "Authorization: Bearer $KEY" \
         --publish-count "$count" --publish-rate "$rate" --message-size 100 --grace 3s \
         "${pids[@]}" --no-progress --json "$BASE-$name.json" >"$WORK/$name.txt" 2>&1 || true
     r1=$( [ -n "$REDIS_PID" ] && cpu_ticks "$REDIS_PID" || echo 0)
     printf '{"run":"%s","redis_cpu_seconds":%s}\n' "$name" \
         "$(awk -v a="$r0" -v b="$r1" -v hz="$(getconf CLK_TCK)" 'BEGIN{print (b-a)/hz}')" >>"$FACTS"
+    if [ ! -s "$BASE-$name.json" ]; then
+        echo "fanout-load wrote no report for $name:" >&2
+        tail -20 "$WORK/$name.txt" >&2
+    fi
     grep -E "fanout:|delivery|lost|publish" "$WORK/$name.txt" | head -8 >&2 || true
 }
 

@@ -1,6 +1,13 @@
 //! `fanout-load`: a load generator for WebSocket servers on fanout's client reactor.
 //! Scenarios `connect` and `echo` against any ws:// URL; past one process's fd limit it splits
 //! the connections across child processes and merges their histograms and counts.
+//! `fanout` counts each publish as accepted or refused: only accepted publishes are expected
+//! by subscribers, so a refused one is never "lost" (a refused one delivered anyway counts as
+//! `delivered_refused`); a refusal still makes the run fail.
+//!
+//! Exit status: 0 when all went well; 2 for a usage or setup error; 3 when a connection failed
+//! or dropped, the run was interrupted, or (fanout) an accepted publish was lost or duplicated
+//! or any publish was refused.
 
 mod procinfo;
 mod publish;
@@ -44,6 +51,13 @@ enum Cmd {
     /// N connections each sending messages and timing the echoes.
     Echo(EchoArgs),
     /// N subscribers and one publisher: delivery latency, lost and duplicated messages.
+    ///
+    /// Each publish is accepted (HTTP 200, or a {"op":"published"} ack) or refused (any other
+    /// status, an error reply, a transport error, no ack). Subscribers are expected to get the
+    /// accepted publishes only: "lost" counts accepted publishes a subscriber missed, never
+    /// refused ones. Exit status 3 when a connection failed or dropped, an accepted publish was
+    /// lost or duplicated, or any publish was refused (a refusal fails the run without counting
+    /// as lost); 2 for a usage or setup error.
     Fanout(FanoutArgs),
 }
 
@@ -54,13 +68,14 @@ struct FanoutArgs {
     /// Subscribers opened per second during the ramp (0: as fast as possible).
     #[arg(long, default_value_t = 0.0)]
     connect_rate: f64,
-    /// Publish by HTTP POST to this URL (e.g. http://127.0.0.1:9001/publish/bench).
+    /// Publish by HTTP POST to this URL (e.g. http://127.0.0.1:9001/publish/bench); repeat
+    /// to publish to several (e.g. nodes on different ports) in turn.
     #[arg(
         long,
         conflicts_with = "publish_ws",
         required_unless_present = "publish_ws"
     )]
-    publish_url: Option<String>,
+    publish_url: Vec<String>,
     /// Publish over a WebSocket connection to this URL with {"op":"publish"} commands.
     #[arg(long)]
     publish_ws: Option<String>,
@@ -303,9 +318,9 @@ fn parse_headers(list: &[String], flag: &str) -> Result<Vec<(String, String)>, S
 
 fn publish_plan(f: &FanoutArgs) -> Result<publish::PublishPlan, String> {
     let headers = parse_headers(&f.publish_headers, "--publish-header")?;
-    let target = match (&f.publish_url, &f.publish_ws) {
-        (Some(u), _) => publish::Target::http(u, headers)?,
-        (None, Some(u)) => {
+    let target = match (f.publish_url.is_empty(), &f.publish_ws) {
+        (false, _) => publish::Target::http(&f.publish_url, headers)?,
+        (true, Some(u)) => {
             let url = WsUrl::parse(u).map_err(|e| e.to_string())?;
             let addr = url
                 .resolve()
@@ -320,7 +335,7 @@ fn publish_plan(f: &FanoutArgs) -> Result<publish::PublishPlan, String> {
                 topic: f.topic.clone(),
             }
         }
-        (None, None) => return Err("give --publish-url or --publish-ws".into()),
+        (true, None) => return Err("give --publish-url or --publish-ws".into()),
     };
     if f.publish_rate <= 0.0 {
         return Err("--publish-rate must be above 0".into());
@@ -344,7 +359,7 @@ fn spawn_publisher(
     std::thread::spawn(move || {
         // Let subscriptions sent on open settle before the first publish.
         std::thread::sleep(Duration::from_millis(300));
-        let r = publish::run_publisher(&plan, grace, &stop, &flags.published, &flags.done);
+        let r = publish::run_publisher(&plan, grace, &stop, &flags);
         flags.done.store(true, Relaxed);
         r
     })
@@ -430,17 +445,21 @@ fn main_inner(
         );
         plan.client.tls = tls.clone();
         if fanout.is_some() {
-            // The parent says when the publisher is done: "stop <published>" on stdin.
+            // The parent says when the publisher is done, with the refused sequence numbers:
+            // "stop <published> <seq>,<seq>,..." on stdin (see `publish::stop_line`).
             let flags = publish::Flags::default();
             plan.hold_done = Some(flags.done.clone());
             plan.published = Some(flags.published.clone());
+            plan.refused = Some(flags.refused.clone());
             std::thread::spawn(move || {
                 for line in std::io::stdin().lock().lines() {
                     let Ok(line) = line else { break };
-                    if let Some(n) = line.strip_prefix("stop ") {
-                        flags
-                            .published
-                            .store(n.trim().parse().unwrap_or(0), Relaxed);
+                    if let Some(args) = line.strip_prefix("stop ") {
+                        let (published, refused) = publish::parse_stop(args);
+                        if let Ok(mut r) = flags.refused.lock() {
+                            *r = refused;
+                        }
+                        flags.published.store(published, Relaxed);
                         flags.done.store(true, Relaxed);
                         break;
                     }
@@ -537,6 +556,7 @@ fn main_inner(
         if publisher.plan.is_some() {
             plan.hold_done = Some(publisher.flags.done.clone());
             plan.published = Some(publisher.flags.published.clone());
+            plan.refused = Some(publisher.flags.refused.clone());
         }
         let mut obs = LocalObserver {
             bar: &bar,
@@ -609,6 +629,9 @@ fn main_inner(
     })
 }
 
+/// Refusals listed one by one in the JSON report.
+const REFUSALS_CAP: usize = 10_000;
+
 /// Prints the fanout figures and returns them as JSON keys of the report.
 fn fanout_summary(
     p: &Partial,
@@ -617,28 +640,44 @@ fn fanout_summary(
 ) -> serde_json::Value {
     let subs = p.fanout_subscribers;
     let attempted = r.attempted;
-    // Children counted what each open subscriber missed of every attempted publish.
-    let unique = (subs * attempted).saturating_sub(p.fanout_lost);
-    let expected = subs * r.ok;
-    let lost = expected.saturating_sub(unique);
-    let failed_total: u64 = r.failed.values().sum();
+    let accepted = r.ok;
+    let refused: u64 = r.failed.values().sum();
+    // Subscribers expect the accepted publishes only; children counted what each open
+    // subscriber missed of those (`lost`) and saw of the refused ones (`delivered_refused`).
+    let expected = subs * accepted;
+    let lost = p.fanout_lost;
+    let delivered = expected.saturating_sub(lost);
     let pubq = report::percentiles(&r.latency);
     let _ = writeln!(
         out,
-        "\n  fanout: {subs} subscribers, {} of {attempted} publishes accepted in {:.1} s ({:.1}/s), queued for {} in all",
-        r.ok,
+        "\n  fanout: {subs} subscribers, {attempted} publishes in {:.1} s ({:.1}/s), queued for {} in all, reached {} nodes in all",
         r.seconds,
         attempted as f64 / r.seconds.max(1e-9),
-        r.queued_for
+        r.queued_for,
+        r.nodes_reached
+    );
+    let _ = writeln!(out, "  publishes accepted: {accepted}");
+    let reasons: Vec<String> = r.failed.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let _ = writeln!(
+        out,
+        "  publishes refused: {refused}{}",
+        if reasons.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", reasons.join(" "))
+        }
     );
     let _ = writeln!(
         out,
-        "  delivered {unique} / expected {expected}: lost {lost}, duplicated {}, subscribers missing any {}",
+        "  delivered {delivered} / expected {expected} (accepted publishes): duplicated {}, subscribers missing any {}",
         p.fanout_duplicated, p.fanout_lossy_subscribers
     );
-    if failed_total > 0 {
-        let _ = writeln!(out, "  publish failures: {:?}", r.failed);
-    }
+    let _ = writeln!(out, "  lost (accepted publishes only): {lost}");
+    let _ = writeln!(
+        out,
+        "  delivered_refused (refused publishes delivered anyway): {}",
+        p.fanout_delivered_refused
+    );
     if !r.latency.is_empty() {
         let _ = writeln!(
             out,
@@ -646,20 +685,48 @@ fn fanout_summary(
             pubq.p50, pubq.p99, pubq.max
         );
     }
+    let refusals: Vec<serde_json::Value> = r
+        .outcomes
+        .iter()
+        .enumerate()
+        .filter_map(|(seq, o)| {
+            o.refused.as_ref().map(|reason| {
+                serde_json::json!({
+                    "seq": seq,
+                    "sent_unix_ms": o.sent_unix_ms,
+                    "reason": reason,
+                })
+            })
+        })
+        .take(REFUSALS_CAP)
+        .collect();
+    let lost_by_seq: serde_json::Map<String, serde_json::Value> = p
+        .fanout_lost_by_seq
+        .iter()
+        .map(|(seq, n)| (seq.to_string(), (*n).into()))
+        .collect();
     serde_json::json!({
-        "delivered": unique,
+        "delivered": delivered,
         "expected": expected,
         "lost": lost,
+        "delivered_refused": p.fanout_delivered_refused,
+        "lost_by_seq": lost_by_seq,
         "duplicated": p.fanout_duplicated,
         "subscribers": subs,
         "lossy_subscribers": p.fanout_lossy_subscribers,
-        "deliveries_per_second": unique as f64 / r.seconds.max(1e-9),
+        "deliveries_per_second": delivered as f64 / r.seconds.max(1e-9),
         "publish": {
             "attempted": attempted,
-            "ok": r.ok,
+            "accepted": accepted,
+            "refused": refused,
+            "refused_by_reason": r.failed,
+            "refusals": refusals,
+            "recoveries": publish::recoveries(&r.outcomes),
+            "ok": accepted,
             "failed": r.failed,
-            "failed_total": failed_total,
+            "failed_total": refused,
             "queued_for": r.queued_for,
+            "nodes_reached": r.nodes_reached,
             "seconds": r.seconds,
             "latency_ms": pubq,
         },
@@ -735,6 +802,7 @@ fn make_plan(
         of,
         hold_done: None,
         published: None,
+        refused: None,
     }
 }
 
@@ -999,7 +1067,13 @@ fn run_children(
         publisher.on_phase(sum.phase);
         if publisher.flags.done.load(Relaxed) && !stop_sent {
             stop_sent = true;
-            let line = format!("stop {}\n", publisher.flags.published.load(Relaxed));
+            let refused = publisher
+                .flags
+                .refused
+                .lock()
+                .map(|r| r.clone())
+                .unwrap_or_default();
+            let line = publish::stop_line(publisher.flags.published.load(Relaxed), &refused);
             for ch in children.iter_mut() {
                 if let Some(stdin) = ch.stdin.as_mut() {
                     let _ = stdin.write_all(line.as_bytes());

@@ -49,7 +49,7 @@ pub struct Partial {
     pub interrupted: bool,
     /// Serialized histograms (V2 + base64).
     pub hists: BTreeMap<String, String>,
-    /// Fanout: subscribers open at the end, sequence numbers they missed or saw twice,
+    /// Fanout: subscribers open at the end, accepted sequence numbers they missed or saw twice,
     /// subscribers that missed any, and messages that were not payloads (acks).
     #[serde(default)]
     pub fanout_subscribers: u64,
@@ -61,6 +61,13 @@ pub struct Partial {
     pub fanout_lossy_subscribers: u64,
     #[serde(default)]
     pub fanout_other_messages: u64,
+    /// Fanout: refused publishes that subscribers saw anyway, summed over subscribers.
+    #[serde(default)]
+    pub fanout_delivered_refused: u64,
+    /// Fanout: accepted sequence number -> subscribers that missed it (only those with losses,
+    /// the lowest `run::LOST_BY_SEQ_CAP`).
+    #[serde(default)]
+    pub fanout_lost_by_seq: BTreeMap<u64, u64>,
     /// CPU between the end of the ramp and the start of the close (the window the server's
     /// `cpu_seconds_run` covers).
     #[serde(default)]
@@ -134,6 +141,13 @@ impl Merged {
             p.fanout_duplicated += part.fanout_duplicated;
             p.fanout_lossy_subscribers += part.fanout_lossy_subscribers;
             p.fanout_other_messages += part.fanout_other_messages;
+            p.fanout_delivered_refused += part.fanout_delivered_refused;
+            for (seq, n) in &part.fanout_lost_by_seq {
+                *p.fanout_lost_by_seq.entry(*seq).or_default() += n;
+            }
+            while p.fanout_lost_by_seq.len() > crate::run::LOST_BY_SEQ_CAP {
+                p.fanout_lost_by_seq.pop_last();
+            }
             for (name, enc) in &part.hists {
                 let h = decode_hist(enc)?;
                 match hists.get_mut(name) {

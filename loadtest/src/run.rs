@@ -1,7 +1,7 @@
 //! One process's share of a scenario on fanout's client reactor: ramp connections at a rate,
 //! hold them (connect) or exchange messages (echo), close them, and count every outcome.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{btree_map::Entry, BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -60,6 +60,70 @@ pub struct Plan {
     /// published is then in `published`.
     pub hold_done: Option<Arc<AtomicBool>>,
     pub published: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// The refused sequence numbers among them, ascending: not expected, never lost.
+    pub refused: Option<Arc<std::sync::Mutex<Vec<u64>>>>,
+}
+
+/// Entries kept in `lost_by_seq` (the lowest sequence numbers with losses).
+pub const LOST_BY_SEQ_CAP: usize = 10_000;
+
+/// The fanout figures of a process's open subscribers over the publisher's sequence numbers.
+#[derive(Debug, Default, PartialEq)]
+pub struct Tally {
+    /// Accepted sequence numbers not seen, summed over subscribers.
+    pub lost: u64,
+    /// Subscribers that missed any accepted sequence number.
+    pub lossy: u64,
+    /// Refused sequence numbers seen anyway, summed over subscribers.
+    pub delivered_refused: u64,
+    /// Sequence number -> subscribers that missed it (accepted ones only, capped).
+    pub lost_by_seq: BTreeMap<u64, u64>,
+}
+
+impl Tally {
+    /// Adds one subscriber: `seen` and `refused` are bitmaps (bit `s % 64` of word `s / 64`)
+    /// over sequence numbers, of which those below `published` count.
+    pub fn add(&mut self, seen: &[u64], refused: &[u64], published: u64) {
+        let mut missed_any = false;
+        for w in 0..published.div_ceil(64) {
+            let valid = if (w + 1) * 64 <= published {
+                u64::MAX
+            } else {
+                (1u64 << (published % 64)) - 1
+            };
+            let s = seen.get(w as usize).copied().unwrap_or(0) & valid;
+            let r = refused.get(w as usize).copied().unwrap_or(0) & valid;
+            self.delivered_refused += u64::from((s & r).count_ones());
+            let mut missing = valid & !r & !s;
+            if missing == 0 {
+                continue;
+            }
+            missed_any = true;
+            self.lost += u64::from(missing.count_ones());
+            while missing != 0 {
+                let seq = w * 64 + u64::from(missing.trailing_zeros());
+                missing &= missing - 1;
+                let full = self.lost_by_seq.len() >= LOST_BY_SEQ_CAP;
+                match self.lost_by_seq.entry(seq) {
+                    Entry::Occupied(mut n) => *n.get_mut() += 1,
+                    Entry::Vacant(v) if !full => {
+                        v.insert(1);
+                    }
+                    Entry::Vacant(_) => {}
+                }
+            }
+        }
+        self.lossy += u64::from(missed_any);
+    }
+}
+
+/// A bitmap of sorted sequence numbers, as `Tally::add` reads it.
+pub fn bitmap(seqs: &[u64]) -> Vec<u64> {
+    let mut out = vec![0u64; seqs.last().map_or(0, |&s| s / 64 + 1) as usize];
+    for &s in seqs {
+        out[(s / 64) as usize] |= 1 << (s % 64);
+    }
+    out
 }
 
 /// Microseconds on CLOCK_MONOTONIC: one clock for every process of the box, so a
@@ -628,23 +692,21 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
     // is the generator's alone; the connections are still open).
     obs.progress(&progress(&mut client, PHASE_CLOSE, started));
     let open_at_end = client.handler().open_now;
-    // Fanout: every subscriber still open should have seen every sequence number once.
-    let (mut lost, mut duplicated, mut lossy) = (0u64, 0u64, 0u64);
+    // Fanout: every subscriber still open should have seen every accepted sequence number once.
+    let mut tally = Tally::default();
+    let mut duplicated = 0u64;
     if client.handler().fanout {
         let published = plan.published.as_ref().map_or(0, |p| p.load(Relaxed));
+        let refused = plan
+            .refused
+            .as_ref()
+            .and_then(|r| r.lock().ok().map(|r| bitmap(&r)))
+            .unwrap_or_default();
         for key in client.keys() {
             client.with_conn(key, |ctx| {
                 let st = ctx.state();
-                let seen = (0..published)
-                    .filter(|&s| {
-                        st.seen
-                            .get((s / 64) as usize)
-                            .is_some_and(|w| w & (1 << (s % 64)) != 0)
-                    })
-                    .count() as u64;
-                lost += published - seen;
+                tally.add(&st.seen, &refused, published);
                 duplicated += st.dups as u64;
-                lossy += u64::from(seen < published);
             });
         }
     }
@@ -696,9 +758,11 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
         interrupted: stop.load(Relaxed),
         hists,
         fanout_subscribers: if d.fanout { open_at_end } else { 0 },
-        fanout_lost: lost,
+        fanout_lost: tally.lost,
         fanout_duplicated: duplicated,
-        fanout_lossy_subscribers: lossy,
+        fanout_lossy_subscribers: tally.lossy,
+        fanout_delivered_refused: tally.delivered_refused,
+        fanout_lost_by_seq: tally.lost_by_seq,
         fanout_other_messages: d.other_messages,
         cpu_seconds_run: cpu_run,
         batching_processes: u64::from(batching),
@@ -710,7 +774,33 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
 
 #[cfg(test)]
 mod tests {
-    use super::hex16;
+    use super::{bitmap, hex16, Tally};
+
+    #[test]
+    fn tally_counts_accepted_losses_and_refused_deliveries_apart() {
+        // 130 publishes; 3, 64 and 129 refused.
+        let refused = bitmap(&[3, 64, 129]);
+        let mut t = Tally::default();
+        // Saw everything: refused ones count as delivered anyway.
+        t.add(&bitmap(&(0..130).collect::<Vec<_>>()), &refused, 130);
+        assert_eq!((t.lost, t.lossy, t.delivered_refused), (0, 0, 3));
+        // Saw nothing but the refused 64: lost every accepted one.
+        t.add(&bitmap(&[64]), &refused, 130);
+        assert_eq!((t.lost, t.lossy, t.delivered_refused), (127, 1, 4));
+        // Missed 0 and 128, and the refused ones.
+        let seen: Vec<u64> = (1..128).filter(|s| *s != 3 && *s != 64).collect();
+        t.add(&bitmap(&seen), &refused, 130);
+        assert_eq!((t.lost, t.lossy, t.delivered_refused), (129, 2, 4));
+        assert_eq!(t.lost_by_seq[&0], 2);
+        assert_eq!(t.lost_by_seq[&128], 2);
+        assert_eq!(t.lost_by_seq[&1], 1);
+        assert!(!t.lost_by_seq.contains_key(&3) && !t.lost_by_seq.contains_key(&129));
+        // Beyond `published` nothing counts.
+        let mut t = Tally::default();
+        t.add(&[], &[], 0);
+        t.add(&bitmap(&[0, 1]), &[], 2);
+        assert_eq!(t, Tally::default());
+    }
 
     #[test]
     fn hex16_is_the_016x_format() {

@@ -401,6 +401,148 @@ fn fanout_scenario_against_the_push_app() {
     assert_eq!(v["publish"]["failed"]["http_401"], 2, "{v}");
 }
 
+/// Two publish URLs in turn, the second with nothing listening: every second publish is
+/// refused (connect_refused). Refusals fail the run but are never counted as lost, in one
+/// process or in children that learn the refused sequence numbers from the parent's `stop` line.
+#[test]
+fn refused_publishes_fail_the_run_but_are_not_lost() {
+    use fanout::apps::push::{Push, PushConfig};
+    let s = Server::start(
+        Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            shards: 2,
+            ..Config::default()
+        },
+        Push::new(PushConfig {
+            publish_key: Some("k".into()),
+            ..PushConfig::default()
+        }),
+    )
+    .unwrap();
+    let addr = s.local_addr();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    for processes in ["1", "2"] {
+        let (code, v, out) = load(&[
+            "fanout",
+            "--url",
+            &format!("ws://{addr}/ws?topics=bench"),
+            "-n",
+            "40",
+            "--processes",
+            processes,
+            "--publish-url",
+            &format!("http://{addr}/publish/bench"),
+            "--publish-url",
+            &format!("http://{dead}/publish/bench"),
+            "--publish-header",
+            "Authorization: Bearer k",
+            "--publish-rate",
+            "100",
+            "--publish-count",
+            "20",
+            "--grace",
+            "300ms",
+        ]);
+        assert_eq!(code, 3, "refusals fail the run: {out}");
+        let p = &v["publish"];
+        assert_eq!(p["attempted"], 20, "{v}");
+        assert_eq!(p["accepted"], 10, "{v}");
+        assert_eq!(p["refused"], 10, "{v}");
+        assert_eq!(p["ok"], 10, "{v}");
+        assert_eq!(p["failed_total"], 10, "{v}");
+        assert_eq!(p["refused_by_reason"]["connect_refused"], 10, "{v}");
+        assert_eq!(p["queued_for"], 400, "{v}");
+        assert_eq!(p["nodes_reached"], 0, "{v}");
+        // Only the accepted publishes are expected, and every one arrived.
+        assert_eq!(v["expected"], 400, "{v}");
+        assert_eq!(v["delivered"], 400, "{v}");
+        assert_eq!(v["lost"], 0, "processes {processes}: {v}");
+        assert_eq!(v["lossy_subscribers"], 0, "{v}");
+        assert_eq!(v["delivered_refused"], 0, "{v}");
+        assert_eq!(v["duplicated"], 0, "{v}");
+        assert_eq!(v["lost_by_seq"], serde_json::json!({}), "{v}");
+        assert_eq!(v["latency_ms"]["delivery"]["count"], 400, "{v}");
+        // Odd sequence numbers went to the dead URL.
+        let refusals = p["refusals"].as_array().unwrap();
+        assert_eq!(refusals.len(), 10, "{v}");
+        for (i, r) in refusals.iter().enumerate() {
+            assert_eq!(r["seq"], 2 * i as u64 + 1, "{r}");
+            assert_eq!(r["reason"], "connect_refused", "{r}");
+            assert!(r["sent_unix_ms"].as_f64().unwrap() > 1.6e12, "{r}");
+        }
+        // Each refusal is a run of its own, followed by an accepted publish but the last.
+        let rec = p["recoveries"].as_array().unwrap();
+        assert_eq!(rec.len(), 10, "{v}");
+        assert_eq!(rec[0]["first_refused_seq"], 1);
+        assert_eq!(rec[0]["next_accepted_seq"], 2);
+        let (first, next) = (
+            rec[0]["first_refused_sent_unix_ms"].as_f64().unwrap(),
+            rec[0]["next_accepted_sent_unix_ms"].as_f64().unwrap(),
+        );
+        assert!(next > first, "{}", rec[0]);
+        assert_eq!(rec[9]["first_refused_seq"], 19);
+        assert!(rec[9]["next_accepted_seq"].is_null(), "{}", rec[9]);
+        assert!(rec[9]["next_accepted_sent_unix_ms"].is_null(), "{}", rec[9]);
+        assert!(out.contains("publishes accepted: 10"), "{out}");
+        assert!(
+            out.contains("publishes refused: 10 (connect_refused=10)"),
+            "{out}"
+        );
+        assert!(out.contains("lost (accepted publishes only): 0"), "{out}");
+        assert!(out.contains("delivered_refused"), "{out}");
+    }
+}
+
+/// Losses of accepted publishes are reported by sequence number, summed across processes.
+#[test]
+fn lost_publishes_are_counted_by_sequence_number() {
+    use fanout::apps::push::{Push, PushConfig};
+    let s = Server::start(
+        Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            shards: 2,
+            ..Config::default()
+        },
+        Push::new(PushConfig {
+            publish_key: Some("k".into()),
+            ..PushConfig::default()
+        }),
+    )
+    .unwrap();
+    let addr = s.local_addr();
+    // Every publish is accepted, on another topic: every subscriber misses every one.
+    let (code, v, out) = load(&[
+        "fanout",
+        "--url",
+        &format!("ws://{addr}/ws?topics=bench"),
+        "-n",
+        "30",
+        "--processes",
+        "2",
+        "--publish-url",
+        &format!("http://{addr}/publish/elsewhere"),
+        "--publish-header",
+        "Authorization: Bearer k",
+        "--publish-rate",
+        "100",
+        "--publish-count",
+        "4",
+        "--grace",
+        "200ms",
+    ]);
+    assert_eq!(code, 3, "{out}");
+    assert_eq!(v["publish"]["refused"], 0, "{v}");
+    assert_eq!(v["lost"], 120, "{v}");
+    assert_eq!(
+        v["lost_by_seq"],
+        serde_json::json!({"0": 30, "1": 30, "2": 30, "3": 30}),
+        "{v}"
+    );
+}
+
 #[test]
 fn ctrl_c_stops_the_run_and_still_reports() {
     let s = server(Config::default());
