@@ -85,12 +85,15 @@ return {n, epoch, off}
 ";
 
 /// A topic's epoch, head and the entries from an offset on. KEYS: stream, meta. ARGV: first
-/// offset wanted, most entries.
+/// offset wanted, most entries, the epoch that offset belongs to ("" for any): in another
+/// epoch (the history was lost and begun again) the entries are read from the first.
 const RANGE_SCRIPT: &str = r"
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch then return {'', 0, {}} end
 local head = tonumber(redis.call('HGET', KEYS[2], 'head'))
-return {epoch, head, redis.call('XRANGE', KEYS[1], ARGV[1] .. '-0', '+', 'COUNT', ARGV[2])}
+local from = ARGV[1]
+if ARGV[3] ~= '' and ARGV[3] ~= epoch then from = '1' end
+return {epoch, head, redis.call('XRANGE', KEYS[1], from .. '-0', '+', 'COUNT', ARGV[2])}
 ";
 
 /// Entries one catch-up reads (a node behind by more loses the rest, counted).
@@ -564,10 +567,10 @@ impl BrokerThread {
     }
 
     /// Sends a read of `topic`'s stream from offset `from` on.
-    fn send_range(&mut self, topic: &str, from: u64, count: usize, expect: Expect) {
+    fn send_range(&mut self, topic: &str, from: u64, epoch: &str, count: usize, expect: Expect) {
         let Some(l) = self.publ.as_mut() else { return };
         let prefix = self.cfg.prefix.as_bytes();
-        resp::header(&mut l.out, b'*', 7);
+        resp::header(&mut l.out, b'*', 8);
         resp::bulk(&mut l.out, b"EVAL");
         resp::bulk(&mut l.out, RANGE_SCRIPT.as_bytes());
         resp::bulk(&mut l.out, b"2");
@@ -575,6 +578,7 @@ impl BrokerThread {
         resp::bulk2(&mut l.out, prefix, &[b"m:", topic.as_bytes()].concat());
         resp::bulk(&mut l.out, from.to_string().as_bytes());
         resp::bulk(&mut l.out, count.to_string().as_bytes());
+        resp::bulk(&mut l.out, epoch.as_bytes());
         l.expect.push_back((expect, Instant::now()));
     }
 
@@ -586,29 +590,34 @@ impl BrokerThread {
             ns.pending.push((pos, frame));
             return;
         }
-        match &ns.last {
-            Some((e, last)) if **e == *pos.epoch => {
-                if pos.offset <= *last {
-                    return; // already posted (read from the stream)
-                }
-                if pos.offset > last + 1 {
-                    let from = last + 1;
-                    ns.blocked += 1;
-                    ns.pending.push((pos, frame));
-                    let topic = topic.clone();
-                    self.send_range(
-                        &topic,
-                        from,
-                        MAX_CATCH_UP,
-                        Expect::CatchUp {
-                            topic: topic.clone(),
-                        },
-                    );
-                    return;
-                }
-            }
-            // The first message seen, or a new epoch (the history was lost): start there.
-            _ => {}
+        let (same_epoch, last) = match &ns.last {
+            Some((e, l)) => (**e == *pos.epoch, *l),
+            None => (false, 0),
+        };
+        if same_epoch && pos.offset <= last {
+            return; // already posted (read from the stream)
+        }
+        // Missing before this one: a gap in this epoch, or the start of a new epoch (the
+        // history was lost and begun again) that this node did not see. A topic seen for the
+        // first time starts here.
+        let missing_from = if same_epoch {
+            (pos.offset > last + 1).then_some(last + 1)
+        } else {
+            (ns.last.is_some() && pos.offset > 1).then_some(1)
+        };
+        if let Some(from) = missing_from {
+            ns.blocked += 1;
+            let epoch = pos.epoch.clone();
+            ns.pending.push((pos, frame));
+            let t = topic.clone();
+            self.send_range(
+                &t,
+                from,
+                &epoch,
+                MAX_CATCH_UP,
+                Expect::CatchUp { topic: t.clone() },
+            );
+            return;
         }
         ns.last = Some((pos.epoch.clone(), pos.offset));
         self.post_deliver(topic, Some(pos), frame);
@@ -694,16 +703,16 @@ impl BrokerThread {
                         topic: topic.clone(),
                         since,
                     };
-                    self.send_range(&topic, from, max_recovery + 1, expect);
+                    self.send_range(&topic, from, "", max_recovery + 1, expect);
                 }
                 Request::CatchUp { topic } => {
-                    let from = self
+                    let (from, epoch) = self
                         .streams
                         .get(&topic)
                         .and_then(|n| n.last.as_ref())
-                        .map_or(1, |(_, o)| o + 1);
+                        .map_or((1, "".into()), |(e, o)| (o + 1, e.clone()));
                     let t = topic.clone();
-                    self.send_range(&t, from, MAX_CATCH_UP, Expect::CatchUp { topic });
+                    self.send_range(&t, from, &epoch, MAX_CATCH_UP, Expect::CatchUp { topic });
                 }
             }
         }
