@@ -480,3 +480,43 @@ fn with_history_nothing_accepted_after_a_redis_restart_is_lost_on_a_node_that_ca
     }
     assert!(silent(&mut on_b, Duration::from_millis(100)));
 }
+
+#[test]
+fn with_history_in_redis_a_plain_subscribe_is_told_the_position_to_come_back_with() {
+    let redis = RedisServer::start();
+    let a = history_node(&redis.url());
+    let b = history_node(&redis.url());
+    wait_healthy(&a);
+    wait_healthy(&b);
+    for i in 1..=4 {
+        assert_eq!(
+            publish(a.local_addr(), "p", &format!("m{i}"), "text/plain", KEY).0,
+            200
+        );
+    }
+    // Subscribed, and nothing arrives before it leaves: the answer's position is all it has.
+    let mut ws = sub(b.local_addr(), "");
+    ws.send(Message::text(r#"{"op":"subscribe","topic":"p"}"#))
+        .unwrap();
+    let ack = json(&mut ws);
+    assert_eq!(ack["op"], "subscribed", "{ack}");
+    assert_eq!(ack["offset"], 4, "{ack}");
+    let epoch = ack["epoch"].as_str().unwrap().to_string();
+    assert_eq!(epoch.len(), 12);
+    drop(ws);
+    for i in 5..=6 {
+        assert_eq!(
+            publish(a.local_addr(), "p", &format!("m{i}"), "text/plain", KEY).0,
+            200
+        );
+    }
+    let mut ws = sub(a.local_addr(), &format!("?topics=p&since.p=4:{epoch}"));
+    let ack = json(&mut ws);
+    assert_eq!(
+        (ack["recovered"].as_bool(), ack["replayed"].as_u64()),
+        (Some(true), Some(2)),
+        "{ack}"
+    );
+    assert_eq!(json(&mut ws)["data"], "m5");
+    assert_eq!(json(&mut ws)["data"], "m6");
+}

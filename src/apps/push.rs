@@ -15,8 +15,8 @@ use serde_json::value::RawValue;
 use crate::proto::handshake::{HttpError, Request};
 use crate::proto::OpCode;
 use crate::pubsub::{
-    validate_topic, BrokerConfig, Done, Framer, HistoryConfig, Hub, HubMsg, NotRecovered, Position,
-    PublishError, Reach, Recovered, ShardPort, Subscriptions, RTT_BUCKETS_US,
+    validate_topic, Ack, BrokerConfig, Done, Framer, HistoryConfig, Hub, HubMsg, NotRecovered,
+    Position, PublishError, Reach, Recovered, ShardPort, Subscriptions, RTT_BUCKETS_US,
 };
 use crate::server::{
     Accept, ConnId, ConnInfo, Ctx, Delivery, Handler, HttpReply, HttpResponse, Message, Remote,
@@ -352,6 +352,14 @@ fn recovered_json(topic: &str, r: &Recovered) -> String {
             json_str(topic),
             position_json(Some(head))
         ),
+        Recovered::Subscribed { head } => match head {
+            Some(p) => format!(
+                "{{\"op\":\"subscribed\",\"topic\":{},{}}}",
+                json_str(topic),
+                position_json(Some(p))
+            ),
+            None => format!("{{\"op\":\"subscribed\",\"topic\":{}}}", json_str(topic)),
+        },
         Recovered::No { reason, head } => format!(
             "{{\"op\":\"subscribed\",\"topic\":{},\"recovered\":false,\"reason\":{},{}}}",
             json_str(topic),
@@ -560,13 +568,18 @@ impl Handler for Push {
                         };
                         match self.hub.subscribe_since(subs, topic, id, max, since) {
                             Ok(true) => return,
-                            r => r,
+                            Ok(false) => Ok(None),
+                            Err(e) => Err(e),
                         }
                     }
-                    None => self.hub.subscribe(subs, topic, id, max),
+                    None => match self.hub.subscribe_acked(subs, topic, id, max) {
+                        Ok(Ack::Later) => return,
+                        Ok(Ack::Now(pos)) => Ok(pos),
+                        Err(e) => Err(e),
+                    },
                 };
                 match result {
-                    Ok(_) => match self.hub.position(topic) {
+                    Ok(pos) => match pos.or_else(|| self.hub.position(topic)) {
                         Some(p) => ctx.send_text(&format!(
                             "{{\"op\":\"subscribed\",\"topic\":{},{}}}",
                             json_str(topic),

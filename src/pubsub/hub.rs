@@ -64,10 +64,12 @@ pub enum HubMsg {
         id: u64,
         result: Result<u64, PublishError>,
     },
-    /// The broker read what subscriber `id` missed of `topic`.
+    /// The broker read what subscriber `id` missed of `topic` (or, `plain`, only the
+    /// topic's position for a subscribe without one).
     Replayed {
         id: ConnId,
         topic: Arc<str>,
+        plain: bool,
         result: Replay,
     },
 }
@@ -201,7 +203,8 @@ struct Recovery {
     since: Position,
 }
 
-/// The answer to a subscribe with a position.
+/// The answer to a subscribe with a position (or, `Subscribed`, without one to a topic whose
+/// history is in Redis: its position comes from there).
 pub enum Recovered {
     Yes {
         head: Position,
@@ -211,6 +214,17 @@ pub enum Recovered {
         reason: &'static str,
         head: Option<Position>,
     },
+    Subscribed {
+        head: Option<Position>,
+    },
+}
+
+/// When a subscribe is answered.
+pub enum Ack {
+    /// Now, with the topic's position if it keeps a history.
+    Now(Option<Position>),
+    /// At the turn's end or when the broker answered (`Recovered`).
+    Later,
 }
 
 enum Outbound {
@@ -408,13 +422,39 @@ impl<R> Hub<R> {
             .unwrap_or_else(|| Arc::from(topic));
             match &self.broker {
                 Broker::Redis(h) if self.streams.contains_key(&topic) => {
-                    h.replay(id.shard, id, topic, since);
+                    h.replay(id.shard, id, topic, Some(since));
                     self.broker_told = true;
                 }
                 _ => self.recoveries.push(Recovery { id, topic, since }),
             }
         }
         Ok(new)
+    }
+
+    /// Subscribes `id` to `topic` without a position. With the history in Redis, the topic's
+    /// position is read from there and the answer comes later (no live message reaches the
+    /// subscriber before it); otherwise now.
+    pub fn subscribe_acked(
+        &mut self,
+        subs: &mut Subscriptions,
+        topic: &str,
+        id: ConnId,
+        max_per_conn: usize,
+    ) -> Result<Ack, SubscribeError> {
+        let new = self.subscribe(subs, topic, id, max_per_conn)?;
+        if let (true, Broker::Redis(h)) = (new && self.remote_history, &self.broker) {
+            if let Some((t, st)) = self.streams.get_key_value(topic) {
+                let t = t.clone();
+                let _ = st;
+                if let Some(st) = self.streams.get_mut(topic) {
+                    st.held.push((id, u64::MAX));
+                }
+                h.replay(id.shard, id, t, None);
+                self.broker_told = true;
+                return Ok(Ack::Later);
+            }
+        }
+        Ok(Ack::Now(self.position(topic)))
     }
 
     /// False if it was not subscribed.
@@ -611,11 +651,18 @@ impl<R> Hub<R> {
         ack: &dyn Fn(&str, &Recovered) -> String,
     ) {
         match msg {
-            HubMsg::Replayed { id, topic, result } => {
+            HubMsg::Replayed {
+                id,
+                topic,
+                plain,
+                result,
+            } => {
                 if let Some(h) = &self.history {
-                    h.stats.count(&result);
+                    if !plain {
+                        h.stats.count(&result);
+                    }
                 }
-                self.finish_recovery(port, id, &topic, result, ack);
+                self.finish_recovery(port, id, &topic, result, plain, ack);
             }
             HubMsg::Deliver {
                 topic,
@@ -784,7 +831,7 @@ impl<R> Hub<R> {
                 Some(h) => h.replay(&r.topic, &r.since, now),
                 None => Replay::Not(super::history::NotRecovered::HistoryOff, None),
             };
-            self.finish_recovery(port, r.id, &r.topic, replay, ack);
+            self.finish_recovery(port, r.id, &r.topic, replay, false, ack);
         }
     }
 
@@ -796,13 +843,20 @@ impl<R> Hub<R> {
         id: ConnId,
         topic: &str,
         replay: Replay,
+        plain: bool,
         ack: &dyn Fn(&str, &Recovered) -> String,
     ) {
         match replay {
             Replay::Frames(frames, head) => {
-                let outcome = Recovered::Yes {
-                    head: head.clone(),
-                    messages: frames.len(),
+                let outcome = if plain {
+                    Recovered::Subscribed {
+                        head: Some(head.clone()),
+                    }
+                } else {
+                    Recovered::Yes {
+                        head: head.clone(),
+                        messages: frames.len(),
+                    }
                 };
                 port.send_text(id, &ack(topic, &outcome));
                 for (_, f) in &frames {
@@ -831,6 +885,13 @@ impl<R> Hub<R> {
                     }
                     let last = st.last;
                     st.held.retain(|&(_, w)| w > last);
+                }
+            }
+            Replay::Not(_, head) if plain => {
+                // Redis could not be asked: subscribed all the same, without a position.
+                port.send_text(id, &ack(topic, &Recovered::Subscribed { head }));
+                if let Some(st) = self.streams.get_mut(topic) {
+                    st.held.retain(|&(c, _)| c != id);
                 }
             }
             Replay::Not(why, head) => {

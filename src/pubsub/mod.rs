@@ -12,7 +12,7 @@ mod resp;
 
 pub use history::{HistoryConfig, HistoryPolicy, NotRecovered, Position};
 pub use hub::{
-    BrokerConfig, BrokerStatus, Done, Framer, Hub, HubMsg, HubStats, PublishError, Reach,
+    Ack, BrokerConfig, BrokerStatus, Done, Framer, Hub, HubMsg, HubStats, PublishError, Reach,
     Recovered, Remote, ShardPort, RTT_BUCKETS_US,
 };
 pub use registry::{Registry, SubscribeError, Subscriptions};

@@ -193,12 +193,13 @@ enum ToBroker {
         id: u64,
         cmd: Vec<u8>,
     },
-    /// Read what a subscriber missed since `since`; answered with `HubMsg::Replayed`.
+    /// Read what a subscriber missed since `since` (None: only the topic's position, for a
+    /// plain subscribe); answered with `HubMsg::Replayed`.
     Replay {
         shard: u16,
         id: ConnId,
         topic: Arc<str>,
-        since: Position,
+        since: Option<Position>,
     },
 }
 
@@ -264,7 +265,7 @@ impl RedisHandle {
 
     /// Asks for what `id` missed of `topic` since `since` (answered to `shard` as
     /// `HubMsg::Replayed`).
-    pub fn replay(&self, shard: u16, id: ConnId, topic: Arc<str>, since: Position) {
+    pub fn replay(&self, shard: u16, id: ConnId, topic: Arc<str>, since: Option<Position>) {
         let _ = self.tx.send(ToBroker::Replay {
             shard,
             id,
@@ -350,7 +351,7 @@ enum Expect {
         shard: u16,
         id: ConnId,
         topic: Arc<str>,
-        since: Position,
+        since: Option<Position>,
     },
     /// The node catching a topic up after a gap or a resubscription.
     CatchUp {
@@ -364,7 +365,7 @@ enum Request {
         shard: u16,
         id: ConnId,
         topic: Arc<str>,
-        since: Position,
+        since: Option<Position>,
     },
     CatchUp {
         topic: Arc<str>,
@@ -536,10 +537,12 @@ impl BrokerThread {
                 since,
             } => {
                 if !self.up {
+                    let plain = since.is_none();
                     self.replayed(
                         shard,
                         id,
                         topic,
+                        plain,
                         Replay::Not(NotRecovered::Unavailable, None),
                     );
                     return;
@@ -555,11 +558,14 @@ impl BrokerThread {
         }
     }
 
-    fn replayed(&mut self, shard: u16, id: ConnId, topic: Arc<str>, result: Replay) {
-        if self
-            .remote
-            .post(shard, HubMsg::Replayed { id, topic, result })
-        {
+    fn replayed(&mut self, shard: u16, id: ConnId, topic: Arc<str>, plain: bool, result: Replay) {
+        let msg = HubMsg::Replayed {
+            id,
+            topic,
+            plain,
+            result,
+        };
+        if self.remote.post(shard, msg) {
             if let Some(w) = self.wake.get_mut(shard as usize) {
                 *w = true;
             }
@@ -695,8 +701,9 @@ impl BrokerThread {
                     topic,
                     since,
                 } => {
-                    // One more than the cap, to tell "too far behind".
-                    let from = since.offset + 1;
+                    // One more than the cap, to tell "too far behind"; only the position for a
+                    // plain subscribe (no entry has the largest id).
+                    let from = since.as_ref().map_or(u64::MAX, |s| s.offset + 1);
                     let expect = Expect::Replay {
                         shard,
                         id,
@@ -1024,7 +1031,19 @@ impl BrokerThread {
                 v,
             ) => {
                 let max_recovery = self.cfg.history.as_ref().map_or(0, |h| h.max_recovery);
+                let plain = since.is_none();
+                let since = since.unwrap_or(Position {
+                    epoch: "".into(),
+                    offset: 0,
+                });
                 let result = match parse_range(&v, &topic, &self.framer) {
+                    Ok((epoch, head, _)) if plain => Replay::Frames(
+                        Vec::new(),
+                        Position {
+                            epoch: epoch.into(),
+                            offset: head,
+                        },
+                    ),
                     Ok((epoch, head, entries)) if epoch.is_empty() => {
                         // No history yet: only "nothing seen" is up to date.
                         let _ = (head, entries);
@@ -1061,7 +1080,7 @@ impl BrokerThread {
                         Replay::Not(NotRecovered::Unavailable, None)
                     }
                 };
-                self.replayed(shard, id, topic.clone(), result);
+                self.replayed(shard, id, topic.clone(), plain, result);
                 self.unblock(&topic);
                 Ok(())
             }
@@ -1239,25 +1258,32 @@ impl BrokerThread {
                         shard, id, bytes, ..
                     } => refused.push((shard, id, bytes)),
                     Expect::Replay {
-                        shard, id, topic, ..
-                    } => replays.push((shard, id, topic)),
+                        shard,
+                        id,
+                        topic,
+                        since,
+                    } => replays.push((shard, id, topic, since.is_none())),
                     _ => {}
                 }
             }
         }
         for r in std::mem::take(&mut self.requests) {
             if let Request::Replay {
-                shard, id, topic, ..
+                shard,
+                id,
+                topic,
+                since,
             } = r
             {
-                replays.push((shard, id, topic));
+                replays.push((shard, id, topic, since.is_none()));
             }
         }
-        for (shard, id, topic) in replays {
+        for (shard, id, topic, plain) in replays {
             self.replayed(
                 shard,
                 id,
                 topic,
+                plain,
                 Replay::Not(NotRecovered::Unavailable, None),
             );
         }
