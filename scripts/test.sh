@@ -31,6 +31,13 @@ cargo build --release --workspace
 step "cargo test --workspace"
 cargo test --workspace
 
+step "tune-limits.sh: check, apply, revert on this machine (restores every sysctl)"
+if ! command -v shellcheck >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null ||
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null; }
+fi
+bash tests/tune_limits.sh
+
 step "interop: Python websockets and Node ws"
 scripts/interop.sh
 
