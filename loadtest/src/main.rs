@@ -103,7 +103,7 @@ struct FanoutArgs {
     grace: Duration,
     /// Churn: each second, this fraction of the subscribers (0 < P <= 1, spread over the
     /// second, round robin) drop their connection, half with a close (1000), half with a TCP
-    /// reset, and reconnect at once to the same URL with the last position they saw
+    /// reset, and reconnect at once (or after --churn-away) to the same URL with the last position they saw
     /// (`since.<topic>=OFFSET:EPOCH` in the URL, or "since" in the --subscribe command), each
     /// still one subscriber for lost and duplicated counts. Recovery needs a push server run
     /// with --envelope and a history (--history-size): without one, every reconnect loses what
@@ -111,6 +111,10 @@ struct FanoutArgs {
     /// not recover fails the run (exit 3). Only subscribers that saw a position are dropped.
     #[arg(long, value_name = "P")]
     churn: Option<f64>,
+    /// With --churn: how long a dropped subscriber stays away before it reconnects (what is
+    /// published meanwhile must come back from the history); recovery times count it.
+    #[arg(long, default_value = "0", value_parser = parse_duration, requires = "churn")]
+    churn_away: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -240,6 +244,7 @@ fn main() -> ExitCode {
                 Scenario::Fanout {
                     subscribe: a.subscribe.as_ref().map(|t| t.replace("{topic}", &a.topic)),
                     churn: a.churn.unwrap_or(0.0),
+                    churn_away: a.churn_away,
                 },
                 a.connect_rate,
             )

@@ -25,8 +25,10 @@ pub enum Scenario {
         /// Sent on open to subscribe (already with the topic), when topics are not in the URL.
         subscribe: Option<String>,
         /// Fraction of the subscribers dropped and reconnected each second (0: none), each
-        /// coming back with the last position it saw.
+        /// coming back with the last position it saw,
         churn: f64,
+        /// after staying away this long.
+        churn_away: Duration,
     },
     Echo {
         size: usize,
@@ -771,9 +773,11 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
         Scenario::Fanout { .. } => (None, 0.0, Duration::ZERO),
     };
     let ticking = !tick_len.is_zero();
-    let churn_rate = match plan.scenario {
-        Scenario::Fanout { churn, .. } => churn,
-        _ => 0.0,
+    let (churn_rate, churn_away) = match plan.scenario {
+        Scenario::Fanout {
+            churn, churn_away, ..
+        } => (churn, churn_away),
+        _ => (0.0, Duration::ZERO),
     };
     let hold_done = |stop: &AtomicBool| {
         stop.load(Relaxed) || plan.hold_done.as_ref().is_some_and(|f| f.load(Relaxed))
@@ -994,6 +998,18 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
         let per_second = churn_rate * client.handler().subs.len() as f64;
         let (mut churned, mut cursor) = (0u64, 0usize);
         let mut churn_start = None;
+        // Dropped subscribers by the time they come back.
+        let mut away: VecDeque<(Instant, usize)> = VecDeque::new();
+        let come_back = |client: &mut Client<Driver>, away: &mut VecDeque<_>, all: bool| {
+            while let Some(&(at, i)) = away.front() {
+                if !all && at > Instant::now() {
+                    return Some(at);
+                }
+                away.pop_front();
+                reconnect(client, plan, i);
+            }
+            None
+        };
         while run_start.elapsed() < plan.duration && !hold_done(stop) {
             let mut wait = Duration::from_millis(20);
             if per_second > 0.0 && churn_start.is_none() && client.handler().delivered_any {
@@ -1010,16 +1026,22 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
                         .find(|&i| d.subs[i].churnable(d.positioned));
                     if let Some(i) = next {
                         cursor = i + 1;
-                        churn_one(&mut client, plan, i, churned % 2 == 0);
+                        if drop_one(&mut client, i, churned % 2 == 0) {
+                            away.push_back((Instant::now() + churn_away, i));
+                        }
                     }
                 }
                 let next_at = Duration::from_secs_f64((churned + 1) as f64 / per_second);
                 wait = wait.min(next_at.saturating_sub(t0.elapsed()));
+                if let Some(at) = come_back(&mut client, &mut away, false) {
+                    wait = wait.min(at.saturating_duration_since(Instant::now()));
+                }
             }
             client.poll(Some(wait)).map_err(|e| e.to_string())?;
             tick(&mut client, PHASE_HOLD, started, obs);
         }
         // Let the last ones dropped come back and get what they missed (bounded).
+        come_back(&mut client, &mut away, true);
         let settle = Instant::now();
         let recovering = |d: &mut Driver| {
             d.subs
@@ -1156,12 +1178,11 @@ fn target_of(plan: &Plan, i: u64) -> (SocketAddr, &WsUrl, ConnectOptions) {
     (*addr, url, opts)
 }
 
-/// Drops subscriber `i`'s connection, with a close handshake (1000) or a reset, and opens
-/// another at once to the same URL with the last position it saw (`since.<topic>=OFFSET:EPOCH`
-/// in the URL, or `"since"` in its subscribe command).
-fn churn_one(client: &mut Client<Driver>, plan: &Plan, i: usize, clean: bool) {
+/// Drops subscriber `i`'s connection, with a close handshake (1000) or a reset; false when it
+/// had none.
+fn drop_one(client: &mut Client<Driver>, i: usize, clean: bool) -> bool {
     let Some(key) = client.handler().subs[i].conn else {
-        return;
+        return false;
     };
     client.with_conn(key, |ctx| ctx.state().retired = true);
     if clean {
@@ -1174,13 +1195,21 @@ fn churn_one(client: &mut Client<Driver>, plan: &Plan, i: usize, clean: bool) {
     let s = &mut d.subs[i];
     s.open = false;
     s.away = true;
-    let positions = s.positions.clone();
-    if positions.is_empty() {
+    s.conn = None;
+    if s.positions.is_empty() {
         // The server gives no positions (no history): nothing to recover with.
         *d.churn.failed.entry("no_position".into()).or_default() += 1;
     } else {
         s.dropped_at = Some(Instant::now());
     }
+    true
+}
+
+/// Opens another connection for subscriber `i` to the same URL with the last position it saw
+/// (`since.<topic>=OFFSET:EPOCH` in the URL, or `"since"` in its subscribe command).
+fn reconnect(client: &mut Client<Driver>, plan: &Plan, i: usize) {
+    let d = client.handler();
+    let positions = d.subs[i].positions.clone();
     let subscribe_by_message = d.subscribe.is_some();
     let (addr, url, opts) = target_of(plan, i as u64);
     let url = if subscribe_by_message {

@@ -672,8 +672,13 @@ fn push_server(history: usize) -> Server {
     .unwrap()
 }
 
-/// 200 subscribers, 20 publishes/s for 3 s, half of the subscribers dropped each second.
-fn churn_run(addr: std::net::SocketAddr, processes: &str) -> (i32, serde_json::Value, String) {
+/// 200 subscribers, 20 publishes/s for 3 s, half of the subscribers dropped each second, each
+/// away for `away` before it reconnects.
+fn churn_run(
+    addr: std::net::SocketAddr,
+    processes: &str,
+    away: &str,
+) -> (i32, serde_json::Value, String) {
     load(&[
         "fanout",
         "--url",
@@ -694,6 +699,8 @@ fn churn_run(addr: std::net::SocketAddr, processes: &str) -> (i32, serde_json::V
         "500ms",
         "--churn",
         "0.5",
+        "--churn-away",
+        away,
     ])
 }
 
@@ -702,8 +709,9 @@ fn churn_run(addr: std::net::SocketAddr, processes: &str) -> (i32, serde_json::V
 #[test]
 fn churn_with_history_recovers_every_reconnect() {
     let s = push_server(1000);
-    for processes in ["1", "2"] {
-        let (code, v, out) = churn_run(s.local_addr(), processes);
+    // At once, or away long enough to miss a few publishes (which come back as replays).
+    for (processes, away) in [("1", "0"), ("2", "0"), ("1", "120ms"), ("2", "120ms")] {
+        let (code, v, out) = churn_run(s.local_addr(), processes, away);
         assert_eq!(code, 0, "{out}");
         let c = &v["churn"];
         let reconnects = c["reconnects"].as_u64().unwrap();
@@ -712,7 +720,13 @@ fn churn_with_history_recovers_every_reconnect() {
         assert_eq!(c["recovered"], reconnects, "{c}");
         assert_eq!(c["recovery_failed"], 0, "{c}");
         assert_eq!(c["rate"], 0.5);
-        assert!(c["messages_recovered"].is_u64(), "{c}");
+        if away != "0" {
+            // About 2 publishes missed per reconnect.
+            assert!(
+                c["messages_recovered"].as_u64().unwrap() > reconnects / 2,
+                "{c}"
+            );
+        }
         assert!(c["recovery_ms"]["p99"].as_f64().unwrap() > 0.0, "{c}");
         assert_eq!(v["subscribers"], 200, "{v}");
         assert_eq!(v["expected"], 200 * 60, "{v}");
@@ -727,7 +741,7 @@ fn churn_with_history_recovers_every_reconnect() {
 #[test]
 fn churn_without_history_is_reported_as_lost() {
     let s = push_server(0);
-    let (code, v, out) = churn_run(s.local_addr(), "1");
+    let (code, v, out) = churn_run(s.local_addr(), "1", "120ms");
     assert_eq!(code, 3, "{out}");
     let c = &v["churn"];
     let reconnects = c["reconnects"].as_u64().unwrap();
@@ -737,6 +751,7 @@ fn churn_without_history_is_reported_as_lost() {
     let by_reason = &c["recovery_failed_by_reason"];
     assert!(by_reason["no_position"].as_u64().unwrap() > 0, "{c}");
     assert_eq!(v["subscribers"], 200, "{v}");
+    assert!(v["lost"].as_u64().unwrap() > 0, "{v}");
 }
 
 #[test]
