@@ -1044,9 +1044,9 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
         come_back(&mut client, &mut away, true);
         let settle = Instant::now();
         let recovering = |d: &mut Driver| {
-            d.subs
-                .iter()
-                .any(|s| s.conn.is_some() && (s.dropped_at.is_some() || s.replay_left > 0))
+            d.subs.iter().any(|s| {
+                s.conn.is_some() && (s.away || s.dropped_at.is_some() || s.replay_left > 0)
+            })
         };
         while per_second > 0.0
             && recovering(client.handler())
@@ -1241,7 +1241,61 @@ fn reconnect(client: &mut Client<Driver>, plan: &Plan, i: usize) {
 
 #[cfg(test)]
 mod tests {
-    use super::{bitmap, hex16, Tally};
+    use super::{
+        bitmap, command_with_since, envelope, envelope_payload, hex16, parse_fanout,
+        url_with_since, Position, Tally,
+    };
+    use fanout::client::WsUrl;
+
+    #[test]
+    fn envelopes_carry_the_payload_and_its_position() {
+        let e = envelope(
+            br#"{"topic":"bench","seq":7,"offset":17,"epoch":"9f2c61d0aa3e","data":"3:1234:xx"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (e.offset, e.epoch.as_deref()),
+            (Some(17), Some("9f2c61d0aa3e"))
+        );
+        assert_eq!(
+            parse_fanout(&envelope_payload(&e).unwrap()),
+            Some((3, 1234))
+        );
+        // Binary payloads come in base64 ("4:99:" here).
+        let e =
+            envelope(br#"{"topic":"t","seq":1,"data":"NDo5OTo=","encoding":"base64"}"#).unwrap();
+        assert_eq!(parse_fanout(&envelope_payload(&e).unwrap()), Some((4, 99)));
+        let a = envelope(br#"{"op":"subscribed","topic":"bench","recovered":false,"reason":"epoch changed","epoch":"ab","offset":3}"#).unwrap();
+        assert!(a.data.is_none());
+        assert_eq!(a.recovered, Some(false));
+        assert_eq!(a.reason.as_deref(), Some("epoch changed"));
+        // A raw payload is not an envelope.
+        assert!(envelope(b"3:1234:xx").is_none());
+    }
+
+    #[test]
+    fn positions_go_in_the_url_or_the_subscribe_command() {
+        let p = [Position {
+            topic: "bench".into(),
+            offset: 17,
+            epoch: "9f2c".into(),
+        }];
+        let u = WsUrl::parse("ws://h:1/ws?topics=bench").unwrap();
+        assert_eq!(
+            url_with_since(&u, &p).path,
+            "/ws?topics=bench&since.bench=17:9f2c"
+        );
+        let u = WsUrl::parse("ws://h:1/ws").unwrap();
+        assert_eq!(url_with_since(&u, &p).path, "/ws?since.bench=17:9f2c");
+        let cmd = command_with_since(r#"{"op":"subscribe","topic":"bench"}"#, &p);
+        let v: serde_json::Value = serde_json::from_str(&cmd).unwrap();
+        assert_eq!(
+            v["since"],
+            serde_json::json!({"offset": 17, "epoch": "9f2c"})
+        );
+        let other = r#"{"op":"subscribe","topic":"other"}"#;
+        assert_eq!(command_with_since(other, &p), other);
+    }
 
     #[test]
     fn tally_counts_accepted_losses_and_refused_deliveries_apart() {
