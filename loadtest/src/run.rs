@@ -607,7 +607,10 @@ impl ClientHandler for Driver {
 
     fn on_connected(&mut self, _key: usize, st: &mut ConnSt) {
         st.connected = Some(Instant::now());
-        let _ = self.connect.record(us_since(st.started));
+        if !st.reconnect {
+            // Like the open and handshake times: the ramp's connections only.
+            let _ = self.connect.record(us_since(st.started));
+        }
     }
 
     fn on_open(&mut self, ctx: &mut ClientCtx<'_, ConnSt>, _protocol: Option<&str>) {
