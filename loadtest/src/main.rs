@@ -108,7 +108,8 @@ struct FanoutArgs {
     /// still one subscriber for lost and duplicated counts. Recovery needs a push server run
     /// with --envelope and a history (--history-size): without one, every reconnect loses what
     /// was published meanwhile, and the report shows it as lost. A reconnect the server does
-    /// not recover fails the run (exit 3). Only subscribers that saw a position are dropped.
+    /// not recover fails the run (exit 3). Churn starts with the first delivery; when the
+    /// server gives positions, only subscribers that saw one are dropped.
     #[arg(long, value_name = "P")]
     churn: Option<f64>,
     /// With --churn: how long a dropped subscriber stays away before it reconnects (what is
