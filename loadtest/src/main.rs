@@ -101,6 +101,21 @@ struct FanoutArgs {
     /// Time to wait for the last deliveries after the last publish.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     grace: Duration,
+    /// Churn: each second, this fraction of the subscribers (0 < P <= 1, spread over the
+    /// second, round robin) drop their connection, half with a close (1000), half with a TCP
+    /// reset, and reconnect at once (or after --churn-away) to the same URL with the last position they saw
+    /// (`since.<topic>=OFFSET:EPOCH` in the URL, or "since" in the --subscribe command), each
+    /// still one subscriber for lost and duplicated counts. Recovery needs a push server run
+    /// with --envelope and a history (--history-size): without one, every reconnect loses what
+    /// was published meanwhile, and the report shows it as lost. A reconnect the server does
+    /// not recover fails the run (exit 3). Churn starts with the first delivery; when the
+    /// server gives positions, only subscribers that saw one are dropped.
+    #[arg(long, value_name = "P")]
+    churn: Option<f64>,
+    /// With --churn: how long a dropped subscriber stays away before it reconnects (what is
+    /// published meanwhile must come back from the history); recovery times count it.
+    #[arg(long, default_value = "0", value_parser = parse_duration, requires = "churn")]
+    churn_away: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -219,12 +234,18 @@ fn main() -> ExitCode {
     let mut fanout = None;
     let (scenario_name, common, scenario, connect_rate) = match &cli.cmd {
         Cmd::Fanout(a) => {
+            if let Some(p) = a.churn.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+                eprintln!("fanout-load: --churn {p}: expected a fraction per second, 0 < P <= 1");
+                return ExitCode::from(2);
+            }
             fanout = Some(a);
             (
                 "fanout",
                 &a.common,
                 Scenario::Fanout {
                     subscribe: a.subscribe.as_ref().map(|t| t.replace("{topic}", &a.topic)),
+                    churn: a.churn.unwrap_or(0.0),
+                    churn_away: a.churn_away,
                 },
                 a.connect_rate,
             )
@@ -582,9 +603,10 @@ fn main_inner(
     let server = (!c.server_pids.is_empty()).then(|| sampler.figures(&merged.p));
     let mut stdout = std::io::stdout().lock();
     report::print_table(name, &merged, server.as_ref(), &mut stdout).map_err(|e| e.to_string())?;
+    let churn = fanout.and_then(|f| f.churn);
     let fanout_json = pub_result
         .as_ref()
-        .map(|r| fanout_summary(&merged.p, r, &mut stdout));
+        .map(|r| fanout_summary(&merged, r, churn, &mut stdout));
     let params = serde_json::json!({
         "urls": c.urls,
         "connections": c.connections,
@@ -619,6 +641,7 @@ fn main_inner(
         f["lost"].as_u64().unwrap_or(0)
             + f["duplicated"].as_u64().unwrap_or(0)
             + f["publish"]["failed_total"].as_u64().unwrap_or(0)
+            + merged.p.churn_recovery_failed.values().sum::<u64>()
     });
     let bad =
         merged.p.failed.values().sum::<u64>() + merged.p.dropped.values().sum::<u64>() + fanout_bad;
@@ -634,10 +657,12 @@ const REFUSALS_CAP: usize = 10_000;
 
 /// Prints the fanout figures and returns them as JSON keys of the report.
 fn fanout_summary(
-    p: &Partial,
+    m: &Merged,
     r: &publish::PublishResult,
+    churn: Option<f64>,
     out: &mut impl Write,
 ) -> serde_json::Value {
+    let p = &m.p;
     let subs = p.fanout_subscribers;
     let attempted = r.attempted;
     let accepted = r.ok;
@@ -705,7 +730,9 @@ fn fanout_summary(
         .iter()
         .map(|(seq, n)| (seq.to_string(), (*n).into()))
         .collect();
+    let churn = churn.map(|rate| churn_summary(m, rate, out));
     serde_json::json!({
+        "churn": churn,
         "delivered": delivered,
         "expected": expected,
         "lost": lost,
@@ -730,6 +757,60 @@ fn fanout_summary(
             "seconds": r.seconds,
             "latency_ms": pubq,
         },
+    })
+}
+
+/// Prints the `--churn` figures and returns them as the report's `churn` object.
+fn churn_summary(m: &Merged, rate: f64, out: &mut impl Write) -> serde_json::Value {
+    let p = &m.p;
+    let q = |name: &str| m.hists.get(name).map(report::percentiles);
+    let failed: u64 = p.churn_recovery_failed.values().sum();
+    let reasons: Vec<String> = p
+        .churn_recovery_failed
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  churn {rate}/s: reconnects {}, recovered {}, not recovered {failed}{}, messages replayed {}",
+        p.churn_reconnects,
+        p.churn_recovered,
+        if reasons.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", reasons.join(" "))
+        },
+        p.churn_messages_recovered
+    );
+    let ms = |x: &Option<report::Percentiles>| {
+        x.as_ref()
+            .map(|x| serde_json::json!({ "p50": x.p50, "p99": x.p99, "max": x.max }))
+    };
+    let (answer, done, live) = (q("recovery"), q("recovery_done"), q("delivery_live"));
+    for (what, x) in [
+        ("drop -> recovery answer", &answer),
+        ("drop -> last replayed message", &done),
+        ("delivery latency, live only", &live),
+    ] {
+        if let Some(x) = x.as_ref().filter(|x| x.count > 0) {
+            let _ = writeln!(
+                out,
+                "  {what} (ms): p50 {:.3}  p99 {:.3}  max {:.3}",
+                x.p50, x.p99, x.max
+            );
+        }
+    }
+    serde_json::json!({
+        "rate": rate,
+        "reconnects": p.churn_reconnects,
+        "recovered": p.churn_recovered,
+        "recovery_failed": failed,
+        "recovery_failed_by_reason": p.churn_recovery_failed,
+        "messages_recovered": p.churn_messages_recovered,
+        "ignored_after_drop": p.churn_ignored_after_drop,
+        "recovery_ms": ms(&answer),
+        "recovery_done_ms": ms(&done),
+        "delivery_live_ms": ms(&live),
     })
 }
 

@@ -22,6 +22,12 @@ pub const HISTS: &[(&str, &str)] = &[
     ("open", "connect start -> open"),
     ("rtt", "echo round trip"),
     ("delivery", "publish -> delivery"),
+    (
+        "delivery_live",
+        "publish -> delivery, replays left out (--churn)",
+    ),
+    ("recovery", "churn drop -> recovery answer"),
+    ("recovery_done", "churn drop -> last replayed message"),
 ];
 
 /// What one process measured; what children send to the parent.
@@ -83,6 +89,19 @@ pub struct Partial {
     /// `--tick`: echoes that came without a kernel receive timestamp (timed by the clock).
     #[serde(default)]
     pub rtt_unstamped: u64,
+    /// Fanout `--churn`: connections dropped and opened again, the server's answers to their
+    /// positions (recovered, or not by reason; `no_answer` when none came by the end), the
+    /// messages replayed, and messages that arrived on a dropped connection (ignored).
+    #[serde(default)]
+    pub churn_reconnects: u64,
+    #[serde(default)]
+    pub churn_recovered: u64,
+    #[serde(default)]
+    pub churn_recovery_failed: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub churn_messages_recovered: u64,
+    #[serde(default)]
+    pub churn_ignored_after_drop: u64,
 }
 
 pub fn encode_hist(h: &Histogram<u64>) -> String {
@@ -135,6 +154,13 @@ impl Merged {
             p.batched_reads += part.batched_reads;
             p.batched_writes += part.batched_writes;
             p.rtt_unstamped += part.rtt_unstamped;
+            p.churn_reconnects += part.churn_reconnects;
+            p.churn_recovered += part.churn_recovered;
+            for (k, v) in &part.churn_recovery_failed {
+                *p.churn_recovery_failed.entry(k.clone()).or_default() += v;
+            }
+            p.churn_messages_recovered += part.churn_messages_recovered;
+            p.churn_ignored_after_drop += part.churn_ignored_after_drop;
             p.interrupted |= part.interrupted;
             p.fanout_subscribers += part.fanout_subscribers;
             p.fanout_lost += part.fanout_lost;
@@ -293,7 +319,7 @@ pub fn print_table(
     }
     writeln!(
         out,
-        "\n  {:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}   (ms)",
+        "\n  {:<13} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}   (ms)",
         "latency", "count", "p50", "p90", "p99", "p99.9", "max"
     )?;
     for (name, _) in HISTS {
@@ -304,7 +330,7 @@ pub fn print_table(
             let q = percentiles(h);
             writeln!(
                 out,
-                "  {:<10} {:>9} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+                "  {:<13} {:>9} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
                 name, q.count, q.p50, q.p90, q.p99, q.p999, q.max
             )?;
         }

@@ -1,6 +1,7 @@
 //! One process's share of a scenario on fanout's client reactor: ramp connections at a rate,
 //! hold them (connect) or exchange messages (echo), close them, and count every outcome.
 
+use std::borrow::Cow;
 use std::collections::{btree_map::Entry, BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -23,6 +24,11 @@ pub enum Scenario {
     Fanout {
         /// Sent on open to subscribe (already with the topic), when topics are not in the URL.
         subscribe: Option<String>,
+        /// Fraction of the subscribers dropped and reconnected each second (0: none), each
+        /// coming back with the last position it saw,
+        churn: f64,
+        /// after staying away this long.
+        churn_away: Duration,
     },
     Echo {
         size: usize,
@@ -174,9 +180,146 @@ struct ConnSt {
     opened: bool,
     errored: bool,
     seq: u64,
-    /// Fanout: the sequence numbers seen (a bit each), and how many came twice.
+    /// Fanout: the logical subscriber this connection serves (index in `Driver::subs`).
+    sub: u32,
+    /// A connection that replaces a dropped one (`--churn`): not counted among those opened.
+    reconnect: bool,
+    /// Dropped by the churn: what still arrives on it is ignored (its subscriber has moved on,
+    /// with the position it had when this one was dropped).
+    retired: bool,
+}
+
+/// The last position a subscriber saw on a topic (from the envelopes' offset and epoch).
+#[derive(Debug, Clone)]
+struct Position {
+    topic: Arc<str>,
+    offset: u64,
+    epoch: Arc<str>,
+}
+
+/// A fanout subscriber across its connections (`--churn` replaces them): what it saw, once.
+#[derive(Default)]
+struct Subscriber {
+    /// The publisher's sequence numbers seen (a bit each), and how many came twice.
     seen: Vec<u64>,
     dups: u32,
+    positions: Vec<Position>,
+    /// Its current connection (None: its reconnect could not start).
+    conn: Option<usize>,
+    /// Its current connection is open.
+    open: bool,
+    /// When the churn dropped its last connection, until the server answered its position
+    /// (and replayed what it missed).
+    dropped_at: Option<Instant>,
+    /// Replayed messages still to come.
+    replay_left: u64,
+    /// Dropped by the churn and not open again yet.
+    away: bool,
+}
+
+impl Subscriber {
+    /// Can be dropped now: open, not recovering, and knows a position if the server gives
+    /// them (`positioned`).
+    fn churnable(&self, positioned: bool) -> bool {
+        self.open
+            && self.dropped_at.is_none()
+            && self.replay_left == 0
+            && (!positioned || !self.positions.is_empty())
+    }
+
+    /// Counted at the end: open, or dropped by the churn and not back yet.
+    fn counted(&self) -> bool {
+        self.open || self.away || self.dropped_at.is_some() || self.replay_left > 0
+    }
+}
+
+/// What a push server sends a subscriber: an envelope (`data` with its position), an answer to
+/// a subscribe (`op`), or something else. Fields absent in one kind are None.
+#[derive(serde::Deserialize, Default)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    op: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    topic: Option<Cow<'a, str>>,
+    #[serde(default)]
+    offset: Option<u64>,
+    #[serde(borrow, default)]
+    epoch: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    data: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    encoding: Option<Cow<'a, str>>,
+    #[serde(default)]
+    recovered: Option<bool>,
+    #[serde(default)]
+    replayed: Option<u64>,
+    #[serde(borrow, default)]
+    reason: Option<Cow<'a, str>>,
+}
+
+/// A JSON message of the push app, if `bytes` is one.
+fn envelope(bytes: &[u8]) -> Option<Envelope<'_>> {
+    if bytes.first() != Some(&b'{') {
+        return None;
+    }
+    serde_json::from_slice(bytes).ok()
+}
+
+/// The publisher's payload carried in an envelope's `data` (base64 for binary payloads).
+fn envelope_payload<'a>(e: &'a Envelope<'_>) -> Option<Cow<'a, [u8]>> {
+    use base64::Engine;
+    let data = e.data.as_deref()?;
+    if e.encoding.as_deref() == Some("base64") {
+        base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .ok()
+            .map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(data.as_bytes()))
+    }
+}
+
+/// `url` with `since.<topic>=OFFSET:EPOCH` for each position.
+fn url_with_since(url: &WsUrl, positions: &[Position]) -> WsUrl {
+    let mut u = url.clone();
+    for p in positions {
+        u.path.push(if u.path.contains('?') { '&' } else { '?' });
+        u.path
+            .push_str(&format!("since.{}={}:{}", p.topic, p.offset, p.epoch));
+    }
+    u
+}
+
+/// The subscribe command `cmd` with the position of its topic as `since`, when one is known.
+fn command_with_since(cmd: &str, positions: &[Position]) -> String {
+    let Ok(serde_json::Value::Object(mut m)) = serde_json::from_str::<serde_json::Value>(cmd)
+    else {
+        return cmd.to_string();
+    };
+    let topic = m.get("topic").and_then(|t| t.as_str()).unwrap_or("");
+    match positions.iter().find(|p| &*p.topic == topic) {
+        Some(p) => {
+            m.insert(
+                "since".into(),
+                serde_json::json!({ "offset": p.offset, "epoch": &*p.epoch }),
+            );
+            serde_json::Value::Object(m).to_string()
+        }
+        None => cmd.to_string(),
+    }
+}
+
+/// `--churn` figures of one process.
+#[derive(Default)]
+struct Churn {
+    reconnects: u64,
+    recovered: u64,
+    failed: BTreeMap<String, u64>,
+    messages_recovered: u64,
+    ignored_after_drop: u64,
+    /// Drop to the server's answer, and to the last replayed message (µs).
+    answer: Option<Histogram<u64>>,
+    done: Option<Histogram<u64>>,
 }
 
 struct Driver {
@@ -205,7 +348,17 @@ struct Driver {
     fanout: bool,
     subscribe: Option<String>,
     delivery: Histogram<u64>,
+    /// Deliveries that were not replays.
+    delivery_live: Histogram<u64>,
     other_messages: u64,
+    /// Fanout: the logical subscribers, by ramp order.
+    subs: Vec<Subscriber>,
+    churn: Churn,
+    /// A payload arrived (the publish phase began), one with a position.
+    delivered_any: bool,
+    positioned: bool,
+    /// Topic names and epochs, shared by the subscribers' positions.
+    names: Vec<Arc<str>>,
     /// Echo stamps are CLOCK_REALTIME microseconds and round trips end at the kernel's
     /// receive timestamp (`--tick`); else microseconds since t0 and the clock at processing.
     kernel_ts: bool,
@@ -308,6 +461,137 @@ impl Driver {
         }
     }
 
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.names.iter().find(|a| &***a == s) {
+            return a.clone();
+        }
+        let a: Arc<str> = s.into();
+        self.names.push(a.clone());
+        a
+    }
+
+    /// Sets subscriber `sub`'s position on `topic`.
+    fn set_position(&mut self, sub: usize, topic: &str, offset: u64, epoch: &str) {
+        if epoch.is_empty() {
+            return; // nothing published yet: no position to come back with
+        }
+        let s = &mut self.subs[sub];
+        if let Some(p) = s.positions.iter_mut().find(|p| &*p.topic == topic) {
+            p.offset = offset;
+            if &*p.epoch != epoch {
+                let e = self.intern(epoch);
+                if let Some(p) = self.subs[sub]
+                    .positions
+                    .iter_mut()
+                    .find(|p| &*p.topic == topic)
+                {
+                    p.epoch = e;
+                }
+            }
+            return;
+        }
+        let (topic, epoch) = (self.intern(topic), self.intern(epoch));
+        self.subs[sub].positions.push(Position {
+            topic,
+            offset,
+            epoch,
+        });
+    }
+
+    /// A fanout subscriber's message: a payload (raw, or in an envelope), a subscribe answer
+    /// (with recovery figures after a churn drop), or something else.
+    fn on_fanout_message(&mut self, sub: usize, bytes: &[u8]) {
+        let env = envelope(bytes);
+        let payload = match &env {
+            Some(e) if e.data.is_some() => envelope_payload(e),
+            Some(e) => {
+                self.other_messages += 1;
+                if e.op.as_deref() == Some("subscribed") {
+                    self.on_subscribed(sub, e);
+                }
+                return;
+            }
+            None => Some(Cow::Borrowed(bytes)),
+        };
+        let Some((seq, ts)) = payload.as_deref().and_then(parse_fanout) else {
+            self.other_messages += 1;
+            return;
+        };
+        let latency = mono_us().saturating_sub(ts).max(1);
+        let _ = self.delivery.record(latency);
+        self.delivered_any = true;
+        let s = &mut self.subs[sub];
+        if s.replay_left > 0 {
+            s.replay_left -= 1;
+            if s.replay_left == 0 {
+                if let (Some(t), Some(h)) = (s.dropped_at.take(), self.churn.done.as_mut()) {
+                    let _ = h.record(us_since(t));
+                }
+            }
+        } else {
+            let _ = self.delivery_live.record(latency);
+        }
+        let (w, b) = ((seq / 64) as usize, seq % 64);
+        if s.seen.len() <= w {
+            s.seen.resize(w + 1, 0);
+        }
+        if s.seen[w] & (1 << b) != 0 {
+            s.dups += 1;
+        }
+        s.seen[w] |= 1 << b;
+        if let Some(e) = &env {
+            if let (Some(topic), Some(offset), Some(epoch)) = (&e.topic, e.offset, &e.epoch) {
+                self.positioned = true;
+                self.set_position(sub, topic, offset, epoch);
+            }
+        }
+    }
+
+    /// `{"op":"subscribed",..}`: a plain subscribe gives the topic's position; after a churn
+    /// drop, the answer to the position it came back with.
+    fn on_subscribed(&mut self, sub: usize, e: &Envelope<'_>) {
+        let topic = e.topic.as_deref().unwrap_or("");
+        let head = match (e.offset, e.epoch.as_deref()) {
+            (Some(o), Some(ep)) => Some((o, ep)),
+            _ => None,
+        };
+        let s = &mut self.subs[sub];
+        match (e.recovered, s.dropped_at) {
+            (Some(recovered), Some(t)) => {
+                if let Some(h) = self.churn.answer.as_mut() {
+                    let _ = h.record(us_since(t));
+                }
+                if recovered {
+                    let n = e.replayed.unwrap_or(0);
+                    self.churn.recovered += 1;
+                    self.churn.messages_recovered += n;
+                    s.replay_left = n;
+                    if n == 0 {
+                        s.dropped_at = None;
+                        if let Some(h) = self.churn.done.as_mut() {
+                            let _ = h.record(us_since(t));
+                        }
+                    }
+                    // The position moves with the replayed messages themselves.
+                    return;
+                }
+                s.dropped_at = None;
+                let reason = e.reason.as_deref().unwrap_or("unknown").to_string();
+                *self.churn.failed.entry(reason).or_default() += 1;
+                // Not recovered: continue from the position given.
+                if let Some((o, ep)) = head {
+                    self.set_position(sub, topic, o, ep);
+                }
+            }
+            _ => {
+                let known = s.positions.iter().any(|p| &*p.topic == topic);
+                if let (false, Some((o, ep))) = (known, head) {
+                    self.set_position(sub, topic, o, ep);
+                }
+            }
+        }
+    }
+
     fn sent_at(&self, msg: &[u8], text: bool) -> Option<u64> {
         if text {
             let hex = std::str::from_utf8(msg.get(..16)?).ok()?;
@@ -323,23 +607,36 @@ impl ClientHandler for Driver {
 
     fn on_connected(&mut self, _key: usize, st: &mut ConnSt) {
         st.connected = Some(Instant::now());
-        let _ = self.connect.record(us_since(st.started));
+        if !st.reconnect {
+            // Like the open and handshake times: the ramp's connections only.
+            let _ = self.connect.record(us_since(st.started));
+        }
     }
 
     fn on_open(&mut self, ctx: &mut ClientCtx<'_, ConnSt>, _protocol: Option<&str>) {
         let st = ctx.state();
         st.opened = true;
-        let _ = self.open.record(us_since(st.started));
-        if let Some(c) = st.connected {
-            let _ = self.handshake.record(us_since(c));
+        let (sub, reconnect) = (st.sub as usize, st.reconnect);
+        if !reconnect {
+            let _ = self.open.record(us_since(st.started));
+            if let Some(c) = st.connected {
+                let _ = self.handshake.record(us_since(c));
+            }
+            self.opened += 1;
+            self.resolved += 1;
+            self.open_keys.push(ctx.key());
         }
-        self.opened += 1;
-        self.resolved += 1;
         self.open_now += 1;
         self.established = self.established.max(self.open_now);
-        self.open_keys.push(ctx.key());
+        if let Some(s) = self.subs.get_mut(sub) {
+            s.open = true;
+            s.away = false;
+        }
         if let Some(cmd) = &self.subscribe {
-            ctx.send_text(cmd);
+            match self.subs.get(sub) {
+                Some(s) if reconnect => ctx.send_text(&command_with_since(cmd, &s.positions)),
+                _ => ctx.send_text(cmd),
+            }
         }
     }
 
@@ -351,20 +648,11 @@ impl ClientHandler for Driver {
         };
         self.bytes_received += bytes.len() as u64;
         if self.fanout {
-            match parse_fanout(bytes) {
-                Some((seq, ts)) => {
-                    let _ = self.delivery.record(mono_us().saturating_sub(ts).max(1));
-                    let st = ctx.state();
-                    let (w, b) = ((seq / 64) as usize, seq % 64);
-                    if st.seen.len() <= w {
-                        st.seen.resize(w + 1, 0);
-                    }
-                    if st.seen[w] & (1 << b) != 0 {
-                        st.dups += 1;
-                    }
-                    st.seen[w] |= 1 << b;
-                }
-                None => self.other_messages += 1,
+            let st = ctx.state();
+            if st.retired {
+                self.churn.ignored_after_drop += 1;
+            } else {
+                self.on_fanout_message(st.sub as usize, bytes);
             }
             return;
         }
@@ -395,10 +683,18 @@ impl ClientHandler for Driver {
     }
 
     fn on_error(&mut self, _key: usize, st: &mut ConnSt, err: &ClientError) {
-        let r = reason(err);
         st.errored = true;
+        if st.retired {
+            return; // dropped on purpose; how its close went does not matter
+        }
+        let r = reason(err);
         if st.opened {
             *self.dropped.entry(r).or_default() += 1;
+        } else if st.reconnect {
+            *self.failed.entry(format!("reconnect_{r}")).or_default() += 1;
+            if let Some(s) = self.subs.get_mut(st.sub as usize) {
+                s.conn = None;
+            }
         } else {
             *self.failed.entry(r).or_default() += 1;
             self.resolved += 1;
@@ -406,9 +702,14 @@ impl ClientHandler for Driver {
     }
 
     fn on_close(&mut self, _key: usize, st: ConnSt, code: u16, _reason: &str) {
+        if !st.retired {
+            if let Some(s) = self.subs.get_mut(st.sub as usize) {
+                s.open = false;
+            }
+        }
         if st.opened {
             self.open_now -= 1;
-            if !self.closing && !st.errored {
+            if !self.closing && !st.errored && !st.retired {
                 // Closed by the server while it should have stayed open (failures were
                 // counted with their cause by on_error).
                 *self.dropped.entry(format!("close_{code}")).or_default() += 1;
@@ -475,6 +776,12 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
         Scenario::Fanout { .. } => (None, 0.0, Duration::ZERO),
     };
     let ticking = !tick_len.is_zero();
+    let (churn_rate, churn_away) = match plan.scenario {
+        Scenario::Fanout {
+            churn, churn_away, ..
+        } => (churn, churn_away),
+        _ => (0.0, Duration::ZERO),
+    };
     let hold_done = |stop: &AtomicBool| {
         stop.load(Relaxed) || plan.hold_done.as_ref().is_some_and(|f| f.load(Relaxed))
     };
@@ -506,11 +813,21 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
         mismatches: 0,
         fanout: matches!(plan.scenario, Scenario::Fanout { .. }),
         subscribe: match &plan.scenario {
-            Scenario::Fanout { subscribe } => subscribe.clone(),
+            Scenario::Fanout { subscribe, .. } => subscribe.clone(),
             _ => None,
         },
         delivery: new_hist(),
+        delivery_live: new_hist(),
         other_messages: 0,
+        subs: Vec::new(),
+        churn: Churn {
+            answer: (churn_rate > 0.0).then(new_hist),
+            done: (churn_rate > 0.0).then(new_hist),
+            ..Churn::default()
+        },
+        names: Vec::new(),
+        delivered_any: false,
+        positioned: false,
         kernel_ts: ticking,
         rtt_unstamped: 0,
     };
@@ -552,26 +869,26 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
             plan.connections
         };
         while started < due && started - client.handler().resolved < plan.max_in_flight {
-            let global = plan.index + started * plan.of;
-            let (addr, url) = &plan.targets[(global % plan.targets.len() as u64) as usize];
-            let mut opts = plan.options.clone();
-            if !plan.sources.is_empty() {
-                opts.source = Some(
-                    plan.sources[((global / plan.targets.len() as u64) % plan.sources.len() as u64)
-                        as usize],
-                );
-            }
+            let (addr, url, opts) = target_of(plan, started);
             let st = ConnSt {
                 started: Instant::now(),
                 connected: None,
                 opened: false,
                 errored: false,
                 seq: 0,
-                seen: Vec::new(),
-                dups: 0,
+                sub: started as u32,
+                reconnect: false,
+                retired: false,
             };
             started += 1;
-            if let Err(e) = client.connect(*addr, url, &opts, st) {
+            let conn = client.connect(addr, url, &opts, st);
+            if client.handler().fanout {
+                client.handler().subs.push(Subscriber {
+                    conn: conn.as_ref().ok().copied(),
+                    ..Subscriber::default()
+                });
+            }
+            if let Err(e) = conn {
                 let d = client.handler();
                 *d.failed.entry(reason(&e)).or_default() += 1;
                 d.resolved += 1;
@@ -679,9 +996,68 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
                 .map_err(|e| e.to_string())?;
         }
     } else {
+        // --churn: `churn_rate` x subscribers drops a second, spread evenly, round robin,
+        // from the first delivery on (the publish phase).
+        let per_second = churn_rate * client.handler().subs.len() as f64;
+        let (mut churned, mut cursor) = (0u64, 0usize);
+        let mut churn_start = None;
+        // Dropped subscribers by the time they come back.
+        let mut away: VecDeque<(Instant, usize)> = VecDeque::new();
+        let come_back = |client: &mut Client<Driver>, away: &mut VecDeque<_>, all: bool| {
+            while let Some(&(at, i)) = away.front() {
+                if !all && at > Instant::now() {
+                    return Some(at);
+                }
+                away.pop_front();
+                reconnect(client, plan, i);
+            }
+            None
+        };
         while run_start.elapsed() < plan.duration && !hold_done(stop) {
+            let mut wait = Duration::from_millis(20);
+            if per_second > 0.0 && churn_start.is_none() && client.handler().delivered_any {
+                churn_start = Some(Instant::now());
+            }
+            if let Some(t0) = churn_start {
+                let due = (t0.elapsed().as_secs_f64() * per_second) as u64;
+                while churned < due {
+                    churned += 1;
+                    let d = client.handler();
+                    let n = d.subs.len();
+                    let next = (0..n)
+                        .map(|i| (cursor + i) % n)
+                        .find(|&i| d.subs[i].churnable(d.positioned));
+                    if let Some(i) = next {
+                        cursor = i + 1;
+                        if drop_one(&mut client, i, churned % 2 == 0) {
+                            away.push_back((Instant::now() + churn_away, i));
+                        }
+                    }
+                }
+                let next_at = Duration::from_secs_f64((churned + 1) as f64 / per_second);
+                wait = wait.min(next_at.saturating_sub(t0.elapsed()));
+                if let Some(at) = come_back(&mut client, &mut away, false) {
+                    wait = wait.min(at.saturating_duration_since(Instant::now()));
+                }
+            }
+            client.poll(Some(wait)).map_err(|e| e.to_string())?;
+            tick(&mut client, PHASE_HOLD, started, obs);
+        }
+        // Let the last ones dropped come back and get what they missed (bounded).
+        come_back(&mut client, &mut away, true);
+        let settle = Instant::now();
+        let recovering = |d: &mut Driver| {
+            d.subs.iter().any(|s| {
+                s.conn.is_some() && (s.away || s.dropped_at.is_some() || s.replay_left > 0)
+            })
+        };
+        while per_second > 0.0
+            && recovering(client.handler())
+            && settle.elapsed() < Duration::from_secs(5)
+            && !stop.load(Relaxed)
+        {
             client
-                .poll(Some(Duration::from_millis(20)))
+                .poll(Some(Duration::from_millis(5)))
                 .map_err(|e| e.to_string())?;
             tick(&mut client, PHASE_HOLD, started, obs);
         }
@@ -692,9 +1068,11 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
     // is the generator's alone; the connections are still open).
     obs.progress(&progress(&mut client, PHASE_CLOSE, started));
     let open_at_end = client.handler().open_now;
-    // Fanout: every subscriber still open should have seen every accepted sequence number once.
+    // Fanout: every subscriber still open (or dropped by the churn and not back yet) should
+    // have seen every accepted sequence number once, across its connections.
     let mut tally = Tally::default();
     let mut duplicated = 0u64;
+    let mut subscribers = 0u64;
     if client.handler().fanout {
         let published = plan.published.as_ref().map_or(0, |p| p.load(Relaxed));
         let refused = plan
@@ -702,12 +1080,19 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
             .as_ref()
             .and_then(|r| r.lock().ok().map(|r| bitmap(&r)))
             .unwrap_or_default();
-        for key in client.keys() {
-            client.with_conn(key, |ctx| {
-                let st = ctx.state();
-                tally.add(&st.seen, &refused, published);
-                duplicated += st.dups as u64;
-            });
+        let d = client.handler();
+        for s in d.subs.iter().filter(|s| s.counted()) {
+            subscribers += 1;
+            tally.add(&s.seen, &refused, published);
+            duplicated += s.dups as u64;
+        }
+        let unanswered = d
+            .subs
+            .iter()
+            .filter(|s| s.dropped_at.is_some() && s.replay_left == 0)
+            .count() as u64;
+        if unanswered > 0 {
+            *d.churn.failed.entry("no_answer".into()).or_default() += unanswered;
         }
     }
 
@@ -739,6 +1124,11 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
     if d.fanout {
         hists.insert("delivery".to_string(), encode_hist(&d.delivery));
     }
+    if let (Some(a), Some(b)) = (&d.churn.answer, &d.churn.done) {
+        hists.insert("delivery_live".to_string(), encode_hist(&d.delivery_live));
+        hists.insert("recovery".to_string(), encode_hist(a));
+        hists.insert("recovery_done".to_string(), encode_hist(b));
+    }
     Ok(Partial {
         requested: plan.connections,
         started,
@@ -757,7 +1147,7 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
         cpu_seconds: cpu,
         interrupted: stop.load(Relaxed),
         hists,
-        fanout_subscribers: if d.fanout { open_at_end } else { 0 },
+        fanout_subscribers: subscribers,
         fanout_lost: tally.lost,
         fanout_duplicated: duplicated,
         fanout_lossy_subscribers: tally.lossy,
@@ -769,12 +1159,146 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
         batched_reads,
         batched_writes,
         rtt_unstamped: d.rtt_unstamped,
+        churn_reconnects: d.churn.reconnects,
+        churn_recovered: d.churn.recovered,
+        churn_recovery_failed: d.churn.failed.clone(),
+        churn_messages_recovered: d.churn.messages_recovered,
+        churn_ignored_after_drop: d.churn.ignored_after_drop,
     })
+}
+
+/// Where connection `i` of this process goes: its target and source address.
+fn target_of(plan: &Plan, i: u64) -> (SocketAddr, &WsUrl, ConnectOptions) {
+    let global = plan.index + i * plan.of;
+    let (addr, url) = &plan.targets[(global % plan.targets.len() as u64) as usize];
+    let mut opts = plan.options.clone();
+    if !plan.sources.is_empty() {
+        opts.source = Some(
+            plan.sources
+                [((global / plan.targets.len() as u64) % plan.sources.len() as u64) as usize],
+        );
+    }
+    (*addr, url, opts)
+}
+
+/// Drops subscriber `i`'s connection, with a close handshake (1000) or a reset; false when it
+/// had none.
+fn drop_one(client: &mut Client<Driver>, i: usize, clean: bool) -> bool {
+    let Some(key) = client.handler().subs[i].conn else {
+        return false;
+    };
+    client.with_conn(key, |ctx| ctx.state().retired = true);
+    if clean {
+        client.close(key, 1000, "");
+    } else {
+        client.abort(key);
+    }
+    let d = client.handler();
+    d.churn.reconnects += 1;
+    let s = &mut d.subs[i];
+    s.open = false;
+    s.away = true;
+    s.conn = None;
+    if s.positions.is_empty() {
+        // The server gives no positions (no history): nothing to recover with.
+        *d.churn.failed.entry("no_position".into()).or_default() += 1;
+    } else {
+        s.dropped_at = Some(Instant::now());
+    }
+    true
+}
+
+/// Opens another connection for subscriber `i` to the same URL with the last position it saw
+/// (`since.<topic>=OFFSET:EPOCH` in the URL, or `"since"` in its subscribe command).
+fn reconnect(client: &mut Client<Driver>, plan: &Plan, i: usize) {
+    let d = client.handler();
+    let positions = d.subs[i].positions.clone();
+    let subscribe_by_message = d.subscribe.is_some();
+    let (addr, url, opts) = target_of(plan, i as u64);
+    let url = if subscribe_by_message {
+        url.clone()
+    } else {
+        url_with_since(url, &positions)
+    };
+    let st = ConnSt {
+        started: Instant::now(),
+        connected: None,
+        opened: false,
+        errored: false,
+        seq: 0,
+        sub: i as u32,
+        reconnect: true,
+        retired: false,
+    };
+    match client.connect(addr, &url, &opts, st) {
+        Ok(k) => client.handler().subs[i].conn = Some(k),
+        Err(e) => {
+            let d = client.handler();
+            d.subs[i].conn = None;
+            *d.failed
+                .entry(format!("reconnect_{}", reason(&e)))
+                .or_default() += 1;
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{bitmap, hex16, Tally};
+    use super::{
+        bitmap, command_with_since, envelope, envelope_payload, hex16, parse_fanout,
+        url_with_since, Position, Tally,
+    };
+    use fanout::client::WsUrl;
+
+    #[test]
+    fn envelopes_carry_the_payload_and_its_position() {
+        let e = envelope(
+            br#"{"topic":"bench","seq":7,"offset":17,"epoch":"9f2c61d0aa3e","data":"3:1234:xx"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (e.offset, e.epoch.as_deref()),
+            (Some(17), Some("9f2c61d0aa3e"))
+        );
+        assert_eq!(
+            parse_fanout(&envelope_payload(&e).unwrap()),
+            Some((3, 1234))
+        );
+        // Binary payloads come in base64 ("4:99:" here).
+        let e =
+            envelope(br#"{"topic":"t","seq":1,"data":"NDo5OTo=","encoding":"base64"}"#).unwrap();
+        assert_eq!(parse_fanout(&envelope_payload(&e).unwrap()), Some((4, 99)));
+        let a = envelope(br#"{"op":"subscribed","topic":"bench","recovered":false,"reason":"epoch changed","epoch":"ab","offset":3}"#).unwrap();
+        assert!(a.data.is_none());
+        assert_eq!(a.recovered, Some(false));
+        assert_eq!(a.reason.as_deref(), Some("epoch changed"));
+        // A raw payload is not an envelope.
+        assert!(envelope(b"3:1234:xx").is_none());
+    }
+
+    #[test]
+    fn positions_go_in_the_url_or_the_subscribe_command() {
+        let p = [Position {
+            topic: "bench".into(),
+            offset: 17,
+            epoch: "9f2c".into(),
+        }];
+        let u = WsUrl::parse("ws://h:1/ws?topics=bench").unwrap();
+        assert_eq!(
+            url_with_since(&u, &p).path,
+            "/ws?topics=bench&since.bench=17:9f2c"
+        );
+        let u = WsUrl::parse("ws://h:1/ws").unwrap();
+        assert_eq!(url_with_since(&u, &p).path, "/ws?since.bench=17:9f2c");
+        let cmd = command_with_since(r#"{"op":"subscribe","topic":"bench"}"#, &p);
+        let v: serde_json::Value = serde_json::from_str(&cmd).unwrap();
+        assert_eq!(
+            v["since"],
+            serde_json::json!({"offset": 17, "epoch": "9f2c"})
+        );
+        let other = r#"{"op":"subscribe","topic":"other"}"#;
+        assert_eq!(command_with_since(other, &p), other);
+    }
 
     #[test]
     fn tally_counts_accepted_losses_and_refused_deliveries_apart() {

@@ -645,3 +645,129 @@ fn connect_and_echo_over_wss_with_a_ca_file_or_insecure() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A push server delivering envelopes, with a history of `history` messages (0: none).
+fn push_server(history: usize) -> Server {
+    use fanout::apps::push::{Push, PushConfig};
+    use fanout::pubsub::history::{HistoryConfig, HistoryPolicy};
+    Server::start(
+        Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            shards: 2,
+            ..Config::default()
+        },
+        Push::new(PushConfig {
+            publish_key: Some("k".into()),
+            envelope: true,
+            history: HistoryConfig {
+                default: (history > 0).then_some(HistoryPolicy {
+                    size: history,
+                    ttl: None,
+                }),
+                ..HistoryConfig::default()
+            },
+            ..PushConfig::default()
+        }),
+    )
+    .unwrap()
+}
+
+/// 200 subscribers, 20 publishes/s for 3 s, half of the subscribers dropped each second, each
+/// away for `away` before it reconnects.
+fn churn_run(
+    addr: std::net::SocketAddr,
+    processes: &str,
+    away: &str,
+) -> (i32, serde_json::Value, String) {
+    load(&[
+        "fanout",
+        "--url",
+        &format!("ws://{addr}/ws?topics=bench"),
+        "-n",
+        "200",
+        "--processes",
+        processes,
+        "--publish-url",
+        &format!("http://{addr}/publish/bench"),
+        "--publish-header",
+        "Authorization: Bearer k",
+        "--publish-rate",
+        "20",
+        "--publish-count",
+        "60",
+        "--grace",
+        "500ms",
+        "--churn",
+        "0.5",
+        "--churn-away",
+        away,
+    ])
+}
+
+/// Subscribers that drop (close or reset) and come back with their last position get what
+/// they missed from the history: nothing lost, nothing twice, every reconnect recovered.
+#[test]
+fn churn_with_history_recovers_every_reconnect() {
+    let s = push_server(1000);
+    // At once, or away long enough to miss a few publishes (which come back as replays).
+    for (processes, away) in [("1", "0"), ("2", "0"), ("1", "120ms"), ("2", "120ms")] {
+        let (code, v, out) = churn_run(s.local_addr(), processes, away);
+        assert_eq!(code, 0, "{out}");
+        let c = &v["churn"];
+        let reconnects = c["reconnects"].as_u64().unwrap();
+        // 0.5 x 200 a second for about 3 s.
+        assert!(reconnects > 100, "{c}");
+        assert_eq!(c["recovered"], reconnects, "{c}");
+        assert_eq!(c["recovery_failed"], 0, "{c}");
+        assert_eq!(c["rate"], 0.5);
+        if away != "0" {
+            // About 2 publishes missed per reconnect.
+            assert!(
+                c["messages_recovered"].as_u64().unwrap() > reconnects / 2,
+                "{c}"
+            );
+        }
+        assert!(c["recovery_ms"]["p99"].as_f64().unwrap() > 0.0, "{c}");
+        assert_eq!(v["subscribers"], 200, "{v}");
+        assert_eq!(v["expected"], 200 * 60, "{v}");
+        assert_eq!(v["lost"], 0, "{v}");
+        assert_eq!(v["duplicated"], 0, "{v}");
+        assert!(out.contains("churn 0.5/s: reconnects"), "{out}");
+    }
+}
+
+/// Without a history the same churn loses what was published while subscribers were away,
+/// and the run says so.
+#[test]
+fn churn_without_history_is_reported_as_lost() {
+    let s = push_server(0);
+    let (code, v, out) = churn_run(s.local_addr(), "1", "120ms");
+    assert_eq!(code, 3, "{out}");
+    let c = &v["churn"];
+    let reconnects = c["reconnects"].as_u64().unwrap();
+    assert!(reconnects > 0, "{c}");
+    assert_eq!(c["recovered"], 0, "{c}");
+    assert_eq!(c["recovery_failed"], reconnects, "{c}");
+    let by_reason = &c["recovery_failed_by_reason"];
+    assert!(by_reason["no_position"].as_u64().unwrap() > 0, "{c}");
+    assert_eq!(v["subscribers"], 200, "{v}");
+    assert!(v["lost"].as_u64().unwrap() > 0, "{v}");
+}
+
+#[test]
+fn churn_must_be_a_fraction() {
+    for bad in ["0", "1.5", "-0.1"] {
+        let (code, _, out) = load(&[
+            "fanout",
+            "--url",
+            "ws://127.0.0.1:1/ws",
+            "-n",
+            "1",
+            "--publish-url",
+            "http://127.0.0.1:1/publish/bench",
+            &format!("--churn={bad}"),
+        ]);
+        assert_eq!(code, 2, "{out}");
+        assert!(out.contains("0 < P <= 1"), "{out}");
+    }
+}

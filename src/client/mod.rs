@@ -661,6 +661,24 @@ impl<H: ClientHandler> Client<H> {
         }
     }
 
+    /// Drops a connection at once with a TCP reset (SO_LINGER 0, then close): no close frame,
+    /// no FIN, what is queued is discarded. The handler's `on_close` gets 1006.
+    pub fn abort(&mut self, key: usize) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        self.notify_close(key, close_code::ABNORMAL, "aborted");
+        if let Some(mut conn) = self.conns.try_remove(key) {
+            let _ = self.poll.registry().deregister(&mut conn.sock);
+            let _ = socket2::SockRef::from(&conn.sock).set_linger(Some(Duration::ZERO));
+            if conn.flags & DEFLATE != 0 {
+                self.deflate.own_in.remove(&key);
+                self.deflate.out.own.remove(&key);
+            }
+            // Dropping the socket closes it: with a zero linger, a reset.
+        }
+    }
+
     /// Keys of every connection.
     pub fn keys(&self) -> Vec<usize> {
         self.conns.iter().map(|(k, _)| k).collect()
