@@ -135,6 +135,9 @@ pub struct ServeArgs {
     /// push: topics one connection may subscribe to [default: 64].
     #[arg(long)]
     pub max_topics_per_conn: Option<usize>,
+    /// push: the path WebSocket clients connect to; upgrades elsewhere get 404 [default: /ws].
+    #[arg(long, value_name = "PATH")]
+    pub ws_path: Option<String>,
     /// push: share publishes with other nodes through Redis pub/sub,
     /// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]` [default: in-process only].
     #[arg(long, value_name = "URL")]
@@ -174,6 +177,11 @@ pub struct ServeArgs {
     /// Origin (non-browser clients) is allowed [default: any origin].
     #[arg(long, value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
+    /// Origins whose pages may call the HTTP API (`/publish/...`, `/healthz`, `/metrics`) with
+    /// `fetch`: CORS preflights are answered and responses carry Access-Control-Allow-Origin.
+    /// Same syntax as --allowed-origins [default: the --allowed-origins list; without it, off].
+    #[arg(long, value_delimiter = ',')]
+    pub cors_origins: Option<Vec<String>>,
     /// Open WebSocket connections per source IP (IPv6: per /64) past which upgrades get 429
     /// [default: 0, no cap].
     #[arg(long)]
@@ -244,6 +252,8 @@ impl ServeArgs {
             max_topics_per_conn,
             broker,
             broker_prefix,
+            ws_path,
+            cors_origins,
             deflate,
             deflate_min_size,
             deflate_window_bits,
@@ -264,6 +274,17 @@ impl ServeArgs {
     /// Refuses settings that cannot work together or do not parse.
     pub fn check(&self) -> Result<(), String> {
         self.origin_policy()?;
+        self.cors_policy()?;
+        if let Some(p) = &self.ws_path {
+            if !p.starts_with('/') || p.contains(['?', '#', ' ']) {
+                return Err(format!(
+                    "--ws-path {p:?}: must start with / and hold no ?, # or space"
+                ));
+            }
+            if self.app() != AppKind::Push {
+                return Err("--ws-path needs --app push".into());
+            }
+        }
         self.broker_config()?;
         if self.broker.is_some() && self.app() != AppKind::Push {
             return Err("--broker needs --app push".into());
@@ -297,6 +318,16 @@ impl ServeArgs {
             .as_deref()
             .map(OriginPolicy::parse)
             .transpose()
+    }
+
+    /// The `--cors-origins` list, parsed; without it, the `--allowed-origins` list.
+    pub fn cors_policy(&self) -> Result<Option<OriginPolicy>, String> {
+        match &self.cors_origins {
+            Some(list) => OriginPolicy::parse(list)
+                .map(Some)
+                .map_err(|e| e.replace("--allowed-origins", "--cors-origins")),
+            None => self.origin_policy(),
+        }
     }
 
     /// The `--jwt-*` settings.
@@ -333,6 +364,10 @@ impl ServeArgs {
                 .max_topics_per_conn
                 .unwrap_or(d.max_topics_per_conn)
                 .max(1),
+            ws_path: self
+                .ws_path
+                .clone()
+                .unwrap_or_else(|| crate::apps::push::DEFAULT_WS_PATH.into()),
         }
     }
 
@@ -383,6 +418,7 @@ impl ServeArgs {
             jwt: self.jwt_config(),
             // `merged` has refused a list that does not parse.
             allowed_origins: self.origin_policy().ok().flatten(),
+            cors_origins: self.cors_policy().ok().flatten(),
             max_conns_per_ip: self.max_conns_per_ip.unwrap_or(d.max_conns_per_ip),
             handshake_rate_per_ip: self
                 .handshake_rate_per_ip
@@ -593,5 +629,37 @@ mod tests {
             .allowed_origins
             .unwrap()
             .allows(Some("https://a.example.com")));
+    }
+
+    #[test]
+    fn browser_flags() {
+        let args = |extra: &[&str]| {
+            let mut argv = vec!["fanout", "serve"];
+            argv.extend_from_slice(extra);
+            let Command::Serve(args) = Cli::parse_from(argv).command;
+            args.merged()
+        };
+        let a = args(&["--app", "push"]).unwrap();
+        assert_eq!(a.push_config().ws_path, "/ws");
+        assert!(a.config().cors_origins.is_none(), "CORS is off by default");
+        let a = args(&["--app", "push", "--ws-path", "/live"]).unwrap();
+        assert_eq!(a.push_config().ws_path, "/live");
+        assert!(args(&["--app", "push", "--ws-path", "live"]).is_err());
+        assert!(args(&["--ws-path", "/live"]).is_err(), "echo has no path");
+        // CORS follows --allowed-origins unless given its own list.
+        let a = args(&["--allowed-origins", "https://a.example"]).unwrap();
+        let cors = a.config().cors_origins.unwrap();
+        assert!(cors.allows(Some("https://a.example")));
+        let a = args(&[
+            "--allowed-origins",
+            "https://a.example",
+            "--cors-origins",
+            "https://b.example",
+        ])
+        .unwrap();
+        let cors = a.config().cors_origins.unwrap();
+        assert!(cors.allows(Some("https://b.example")) && !cors.allows(Some("https://a.example")));
+        let err = args(&["--cors-origins", "nope"]).unwrap_err();
+        assert!(err.contains("nope"), "{err}");
     }
 }

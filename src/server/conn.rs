@@ -90,6 +90,8 @@ pub(crate) struct ConnExt {
     /// The tick at which its token expires, when expired tokens close connections.
     pub expires_at: Option<u32>,
     pub token: Option<Token>,
+    /// A deferred plain HTTP request's CORS-allowed `Origin`, echoed in its answer.
+    pub cors_origin: Option<Box<str>>,
 }
 
 pub(crate) struct Conn<S> {

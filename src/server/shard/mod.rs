@@ -253,6 +253,7 @@ impl<H: Handler> Shard<H> {
             inbox,
             now,
             deflate,
+            exts,
             ..
         } = core;
         let mut api = ShardApi {
@@ -266,6 +267,7 @@ impl<H: Handler> Shard<H> {
             wake,
             now: *now,
             deflate,
+            exts,
         };
         while let Ok(msg) = inbox.try_recv() {
             handler.on_shard_msg(&mut api, msg);

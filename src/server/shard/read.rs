@@ -253,7 +253,21 @@ impl<H: Handler> Core<H> {
             return 0; // wait for the whole body
         }
         let body = &data[head_len..head_len + body_len];
-        let reply = if req.path == "/healthz" && (req.method == "GET" || req.method == "HEAD") {
+        // CORS: a page from an allowed origin may call these routes with `fetch`.
+        let cors = match (&self.cfg.cors_origins, req.origin) {
+            (Some(list), Some(origin)) if list.allows(Some(origin)) => Some(origin),
+            _ => None,
+        };
+        let reply = if let (Some(_), "OPTIONS") = (cors, req.method) {
+            // A preflight: which methods and headers the real request may use.
+            let mut r = HttpResponse::text(204, "");
+            r.headers.extend(
+                handshake::CORS_PREFLIGHT_HEADERS
+                    .iter()
+                    .map(|(n, v)| (*n, v.to_string())),
+            );
+            HttpReply::Respond(r)
+        } else if req.path == "/healthz" && (req.method == "GET" || req.method == "HEAD") {
             HttpReply::Respond(self.handler.healthz())
         } else {
             let info = ConnInfo {
@@ -273,6 +287,9 @@ impl<H: Handler> Core<H> {
             }
             HttpReply::NotFound => None,
             HttpReply::Defer => {
+                if let Some(origin) = cors {
+                    self.ext_mut(key).cors_origin = Some(origin.into());
+                }
                 conn.phase = Phase::HttpWait;
                 conn.since = self.now;
                 self.schedule(key, conn);
@@ -283,8 +300,11 @@ impl<H: Handler> Core<H> {
         if resp.status >= 400 {
             self.stats.http_status(resp.status);
         }
-        let headers: Vec<(&str, &str)> =
+        let mut headers: Vec<(&str, &str)> =
             resp.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        if let Some(origin) = cors {
+            headers.extend(handshake::cors_headers(origin));
+        }
         let body: &[u8] = if req.method == "HEAD" {
             &[]
         } else {
