@@ -1,5 +1,6 @@
 //! The push app as a browser uses it: the WebSocket path, percent-decoded query strings,
-//! unknown parameters refused, CORS on the HTTP API, form bodies as text.
+//! unknown parameters refused, CORS on the HTTP API, form bodies as text, and refused upgrades
+//! counted by reason.
 
 mod common;
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use common::push::{next_text, publish, silent, sub, KEY};
 use fanout::apps::push::{Push, PushConfig};
+use fanout::server::auth::JwtConfig;
 use fanout::server::origin::OriginPolicy;
 use fanout::server::{Config, Server, SlowConsumerPolicy};
 
@@ -67,6 +69,13 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
         let (n, v) = l.split_once(':')?;
         n.eq_ignore_ascii_case(name).then(|| v.trim())
     })
+}
+
+fn metric(addr: SocketAddr, line_start: &str) -> u64 {
+    let (_, _, body) = raw(addr, "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+    body.lines()
+        .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {line_start} in {body}"))
 }
 
 #[test]
@@ -244,4 +253,66 @@ fn cors_headers_on_publish_healthz_and_metrics() {
         &format!("GET /healthz HTTP/1.1\r\nHost: t\r\nOrigin: {PAGE}\r\n\r\n"),
     );
     assert_eq!(header(&head, "access-control-allow-origin"), None);
+}
+
+#[test]
+fn refused_upgrades_are_counted_by_reason() {
+    let s = server(
+        Config {
+            allowed_origins: Some(OriginPolicy::parse(&[PAGE]).unwrap()),
+            ..common::config()
+        },
+        push_cfg(),
+    );
+    let addr = s.local_addr();
+    assert_eq!(upgrade(addr, "/nope", "").0, 404);
+    assert_eq!(upgrade(addr, "/ws?topic=a", "").0, 400);
+    assert_eq!(upgrade(addr, "/ws?topics=bad!", "").0, 400);
+    assert_eq!(
+        upgrade(addr, "/ws", "Origin: https://evil.example\r\n").0,
+        403
+    );
+    assert_eq!(
+        raw(addr, "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").0,
+        426
+    );
+    let m = |r: &str| {
+        metric(
+            addr,
+            &format!("fanout_handshake_refused_total{{reason=\"{r}\"}} "),
+        )
+    };
+    assert_eq!(m("path"), 1);
+    assert_eq!(m("bad_request"), 2);
+    assert_eq!(m("origin"), 1);
+    assert_eq!(m("version"), 1);
+    assert_eq!(m("auth"), 0);
+}
+
+#[test]
+fn the_401_names_a_cookie_only_when_there_is_one() {
+    let secret = vec![7u8; 32];
+    for (cookie, wanted, unwanted) in [
+        (None, "?token=<jwt>", "cookie"),
+        (Some("sid"), "the sid cookie", "the token cookie"),
+    ] {
+        let s = server(
+            Config {
+                jwt: Some(JwtConfig {
+                    secret: secret.clone(),
+                    cookie: cookie.map(Into::into),
+                    close_on_expiry: false,
+                }),
+                ..common::config()
+            },
+            push_cfg(),
+        );
+        let addr = s.local_addr();
+        let (status, _, body) = upgrade(addr, "/ws", "");
+        assert_eq!(status, 401);
+        assert!(body.contains(wanted), "{body}");
+        assert!(!body.contains(unwanted), "{body}");
+        let m = metric(addr, "fanout_handshake_refused_total{reason=\"auth\"} ");
+        assert_eq!(m, 1);
+    }
 }

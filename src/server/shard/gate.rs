@@ -5,6 +5,7 @@
 use super::*;
 use crate::proto::handshake::Request;
 use crate::server::per_ip::Refusal;
+use crate::server::stats::Refusal as Why;
 
 impl<H: Handler> Core<H> {
     /// Runs the checks. `Ok(())`: go on (the token and the per-IP count, if any, are in
@@ -39,31 +40,30 @@ impl<H: Handler> Core<H> {
                 Err(Refusal::RateLimited { retry_after_secs }) => {
                     self.stats.inc(Counter::PerIpRateRefused);
                     let retry = retry_after_secs.to_string();
+                    let reason = "too many handshakes from your address; retry later";
+                    self.note_refusal(Why::PerIp, 429, reason, None, Some(&conn.sock));
                     return Err(self.refuse_with(
                         key,
                         conn,
                         429,
-                        "too many handshakes from your address; retry later",
+                        reason,
                         &[("Retry-After", &retry)],
                         len,
                     ));
                 }
                 Err(Refusal::TooManyConnections) => {
                     self.stats.inc(Counter::PerIpConnsRefused);
-                    return Err(self.refuse_with(
-                        key,
-                        conn,
-                        429,
-                        "too many connections from your address",
-                        &[],
-                        len,
-                    ));
+                    let reason = "too many connections from your address";
+                    self.note_refusal(Why::PerIp, 429, reason, None, Some(&conn.sock));
+                    return Err(self.refuse_with(key, conn, 429, reason, &[], len));
                 }
             }
         }
         if let Some(origins) = &global.origins {
             if !origins.allows(req.origin) {
                 self.stats.inc(Counter::OriginRefused);
+                let reason = "origin not allowed";
+                self.note_refusal(Why::Origin, 403, reason, req.origin, Some(&conn.sock));
                 return Err(self.refuse_with(key, conn, 403, "origin not allowed", &[], len));
             }
         }
@@ -77,11 +77,14 @@ impl<H: Handler> Core<H> {
                 }
                 Err(failure) => {
                     self.stats.inc(failure.counter());
+                    let reason = jwt.reason(failure);
+                    // The token itself is a credential: only why it failed is logged.
+                    self.note_refusal(Why::Auth, 401, reason, None, Some(&conn.sock));
                     return Err(self.refuse_with(
                         key,
                         conn,
                         401,
-                        failure.reason(),
+                        reason,
                         &[("WWW-Authenticate", failure.challenge())],
                         len,
                     ));

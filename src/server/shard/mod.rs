@@ -12,6 +12,7 @@ mod accept;
 mod deadlines;
 mod gate;
 mod read;
+mod refusals;
 mod tls;
 mod write;
 
@@ -102,6 +103,8 @@ pub(crate) struct Core<H: Handler> {
     emfile_logged_at: Option<Instant>,
     // Shutting down.
     draining_until: Option<u32>,
+    /// The rate limit of the refused-upgrade log.
+    refusals: refusals::RefusalLog,
 }
 
 /// What a shard shares with the others.
@@ -176,6 +179,7 @@ impl<H: Handler> Shard<H> {
             emfile_since_log: 0,
             emfile_logged_at: None,
             draining_until: None,
+            refusals: Default::default(),
             cfg,
         };
         // With TLS, the buffer must hold an unfinished record plus a whole one.
@@ -230,6 +234,7 @@ impl<H: Handler> Shard<H> {
             self.fire_timers();
             self.flush_dirty();
             self.wake_peers();
+            self.core.refusals.flush(self.core.index);
             if self.check_shutdown() {
                 return;
             }

@@ -2,6 +2,7 @@
 //! input through the handshake or the decoder and the app, keep only what is unfinished.
 
 use super::*;
+use crate::server::stats::Refusal;
 
 impl<H: Handler> Shard<H> {
     // ----- reading -----
@@ -175,13 +176,21 @@ impl<H: Handler> Core<H> {
         let (req, head_len) = match handshake::parse_request(data, self.cfg.max_header_bytes) {
             Ok(None) => return 0,
             Ok(Some(parsed)) => parsed,
-            Err(e) => return self.refuse(key, conn, &e, data.len()),
+            Err(e) => {
+                let why = Refusal::of_parse_status(e.status);
+                self.note_refusal(why, e.status, &e.reason, None, Some(&conn.sock));
+                return self.refuse(key, conn, &e, data.len());
+            }
         };
         let id = self.id(key, conn.gen);
         let key_ws = match req.websocket() {
             Ok(Some(k)) => k,
             Ok(None) => return self.plain_http(key, conn, &req, head_len, data),
-            Err(e) => return self.refuse(key, conn, &e, data.len()),
+            Err(e) => {
+                let why = Refusal::of_parse_status(e.status);
+                self.note_refusal(why, e.status, &e.reason, Some(req.path), Some(&conn.sock));
+                return self.refuse(key, conn, &e, data.len());
+            }
         };
         if let Err(n) = self.gate(key, conn, &req, data.len()) {
             return n;
@@ -211,6 +220,8 @@ impl<H: Handler> Core<H> {
             }
             Err(e) => {
                 self.stats.inc(Counter::HandshakeRejected);
+                let why = Refusal::of_app_status(e.status);
+                self.note_refusal(why, e.status, &e.reason, Some(req.path), Some(&conn.sock));
                 return self.refuse(key, conn, &e, data.len());
             }
         }
