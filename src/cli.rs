@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::server::auth::JwtConfig;
 use crate::server::origin::OriginPolicy;
 use crate::server::per_ip::RateLimit;
+use crate::server::status::StatusAccess;
 use crate::server::{Config, SlowConsumerPolicy};
 
 #[derive(Parser, Debug)]
@@ -199,6 +200,11 @@ pub struct ServeArgs {
     /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1) matching --tls-cert.
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// The live status page at `/` and `/status` (fed by `/status/ws`): `on`, `off`, or a key
+    /// the page and its socket then need as `?key=KEY` [default: on when listening on a
+    /// loopback address, else off].
+    #[arg(long, value_name = "on|off|KEY")]
+    pub status: Option<String>,
     /// Print a stats line this often (open, accepts/s, messages/s, RSS); 0 disables [default: 0].
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
@@ -254,6 +260,7 @@ impl ServeArgs {
             broker_prefix,
             ws_path,
             cors_origins,
+            status,
             deflate,
             deflate_min_size,
             deflate_window_bits,
@@ -275,6 +282,9 @@ impl ServeArgs {
     pub fn check(&self) -> Result<(), String> {
         self.origin_policy()?;
         self.cors_policy()?;
+        if self.status.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            return Err("--status is empty: use on, off or a key".into());
+        }
         if let Some(p) = &self.ws_path {
             if !p.starts_with('/') || p.contains(['?', '#', ' ']) {
                 return Err(format!(
@@ -327,6 +337,17 @@ impl ServeArgs {
                 .map(Some)
                 .map_err(|e| e.replace("--allowed-origins", "--cors-origins")),
             None => self.origin_policy(),
+        }
+    }
+
+    /// Who may see the status page: `--status`, else on for a loopback listener only.
+    pub fn status_access(&self, listen: SocketAddr) -> StatusAccess {
+        match self.status.as_deref().map(str::trim) {
+            Some("on") => StatusAccess::Open,
+            Some("off") => StatusAccess::Off,
+            Some(key) => StatusAccess::Key(key.to_string()),
+            None if listen.ip().is_loopback() => StatusAccess::Open,
+            None => StatusAccess::Off,
         }
     }
 
@@ -424,6 +445,7 @@ impl ServeArgs {
                 .handshake_rate_per_ip
                 .filter(|r| r.is_finite() && *r > 0.0)
                 .map(|r| RateLimit::new(r, self.handshake_burst_per_ip)),
+            status: self.status_access(self.listen.unwrap_or(d.listen)),
             // Loaded by `tls_config`, which can fail.
             tls: None,
         }
@@ -661,5 +683,15 @@ mod tests {
         assert!(cors.allows(Some("https://b.example")) && !cors.allows(Some("https://a.example")));
         let err = args(&["--cors-origins", "nope"]).unwrap_err();
         assert!(err.contains("nope"), "{err}");
+        // The status page: on for loopback, off elsewhere, or behind a key.
+        let status = |extra: &[&str]| args(extra).unwrap().config().status;
+        assert_eq!(status(&[]), StatusAccess::Open);
+        assert_eq!(status(&["--listen", "0.0.0.0:9001"]), StatusAccess::Off);
+        assert_eq!(status(&["--listen", "[::1]:9001"]), StatusAccess::Open);
+        assert_eq!(status(&["--status", "off"]), StatusAccess::Off);
+        assert_eq!(
+            status(&["--listen", "0.0.0.0:9001", "--status", "k3y"]),
+            StatusAccess::Key("k3y".into())
+        );
     }
 }

@@ -647,6 +647,12 @@ impl Handler for Push {
         self.answer(api);
     }
 
+    fn status_counters(&self, out: &mut Vec<(&'static str, u64)>) {
+        let st = self.hub.stats();
+        out.push(("publishes", st.publishes.load(Relaxed)));
+        out.push(("deliveries", st.deliveries.load(Relaxed)));
+    }
+
     fn on_shard_msg(&mut self, api: &mut ShardApi<'_, Self>, msg: HubMsg) {
         self.hub.on_msg(&mut Port(api), msg);
         self.answer(api);

@@ -131,6 +131,11 @@ impl<H: Handler> ShardApi<'_, H> {
         }
     }
 
+    /// Bytes queued for a connection of this shard and not yet written (None: gone).
+    pub fn queued(&mut self, id: ConnId) -> Option<usize> {
+        open_conn(self.conns, self.index, id).map(|c| c.queued())
+    }
+
     /// Sends a text message (owned copy) to an open connection of this shard.
     pub fn send_text(&mut self, id: ConnId, text: &str) -> bool {
         let key = id.key as usize;

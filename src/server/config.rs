@@ -66,6 +66,8 @@ pub struct Config {
     /// Upgrade requests per second per source address past which they get 429 with
     /// Retry-After. None: no limit.
     pub handshake_rate_per_ip: Option<RateLimit>,
+    /// The live status page (`GET /`, `/status`, `/status/ws`): off, open, or behind a key.
+    pub status: super::status::StatusAccess,
     /// TLS (`wss://`, `https://`) on every connection when set (see `server::tls`).
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -96,6 +98,7 @@ impl Default for Config {
             cors_origins: None,
             max_conns_per_ip: 0,
             handshake_rate_per_ip: None,
+            status: Default::default(),
             tls: None,
         }
     }

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::server::stats::Refusal;
+use crate::server::status::StatusAccess;
 
 impl<H: Handler> Shard<H> {
     // ----- reading -----
@@ -192,6 +193,14 @@ impl<H: Handler> Core<H> {
                 return self.refuse(key, conn, &e, data.len());
             }
         };
+        if req.path == crate::server::status::WS_PATH && self.cfg.status.on() {
+            // The server's own page, not the app's: its own access check, not the gate's.
+            return match self.open_viewer(key, conn, &req, &key_ws, data.len()) {
+                // Frames may follow the request in the same read.
+                Ok(()) => head_len + self.frames(key, conn, &mut data[head_len..]),
+                Err(n) => n,
+            };
+        }
         if let Err(n) = self.gate(key, conn, &req, data.len()) {
             return n;
         }
@@ -278,6 +287,11 @@ impl<H: Handler> Core<H> {
                     .map(|(n, v)| (*n, v.to_string())),
             );
             HttpReply::Respond(r)
+        } else if self.cfg.status.on()
+            && StatusAccess::is_page(req.path)
+            && (req.method == "GET" || req.method == "HEAD")
+        {
+            HttpReply::Respond(self.status_page(req))
         } else if req.path == "/healthz" && (req.method == "GET" || req.method == "HEAD") {
             HttpReply::Respond(self.handler.healthz())
         } else {
