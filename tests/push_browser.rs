@@ -316,3 +316,47 @@ fn the_401_names_a_cookie_only_when_there_is_one() {
         assert_eq!(m, 1);
     }
 }
+
+/// An app that defers every plain HTTP request and never answers it.
+#[derive(Clone)]
+struct NeverAnswers;
+
+impl fanout::server::Handler for NeverAnswers {
+    type State = ();
+    type Msg = ();
+    fn on_open<'r>(
+        &mut self,
+        _: &fanout::proto::handshake::Request<'r>,
+        _: &fanout::server::ConnInfo<'_>,
+    ) -> Result<fanout::server::Accept<'r, ()>, fanout::proto::handshake::HttpError> {
+        Ok(fanout::server::Accept::new(()))
+    }
+    fn on_message(&mut self, _: &mut fanout::server::Ctx<'_, ()>, _: fanout::server::Message<'_>) {}
+    fn on_http(
+        &mut self,
+        _: &fanout::proto::handshake::Request<'_>,
+        _: &[u8],
+        _: &fanout::server::ConnInfo<'_>,
+    ) -> fanout::server::HttpReply {
+        fanout::server::HttpReply::Defer
+    }
+}
+
+#[test]
+fn a_deferred_request_that_times_out_keeps_its_cors_headers() {
+    let s = Server::start(
+        Config {
+            cors_origins: Some(OriginPolicy::parse(&[PAGE]).unwrap()),
+            close_timeout: Duration::from_millis(200),
+            ..common::config()
+        },
+        NeverAnswers,
+    )
+    .unwrap();
+    let (status, head, _) = raw(
+        s.local_addr(),
+        &format!("GET /slow HTTP/1.1\r\nHost: t\r\nOrigin: {PAGE}\r\n\r\n"),
+    );
+    assert_eq!(status, 504, "{head}");
+    assert_eq!(header(&head, "access-control-allow-origin"), Some(PAGE));
+}
