@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command (README): formatting, lints, unit, property and integration
-# tests, interop with third-party clients (Python websockets, Node ws), and the Autobahn
+# tests, interop with third-party clients (Python websockets, Node ws, headless Chromium), and the Autobahn
 # conformance suite over ws:// and wss://. Installs what it needs itself, idempotently.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +40,9 @@ bash tests/tune_limits.sh
 
 step "interop: Python websockets and Node ws"
 scripts/interop.sh
+
+step "headless Chromium: echo, deflate, wss, push with CORS, closes, status page"
+scripts/browser-test.sh
 
 step "Autobahn|Testsuite fuzzingclient: 1.*-10.* and 12.* | 13.* (permessage-deflate), side by side"
 # Two suites and two servers at once: the Python 2 client is the limit, one core each.

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::server::auth::JwtConfig;
 use crate::server::origin::OriginPolicy;
 use crate::server::per_ip::RateLimit;
+use crate::server::status::StatusAccess;
 use crate::server::{Config, SlowConsumerPolicy};
 
 #[derive(Parser, Debug)]
@@ -149,6 +150,9 @@ pub struct ServeArgs {
     /// push: topics one connection may subscribe to [default: 64].
     #[arg(long)]
     pub max_topics_per_conn: Option<usize>,
+    /// push: the path WebSocket clients connect to; upgrades elsewhere get 404 [default: /ws].
+    #[arg(long, value_name = "PATH")]
+    pub ws_path: Option<String>,
     /// push: share publishes with other nodes through Redis pub/sub,
     /// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]` [default: in-process only].
     #[arg(long, value_name = "URL")]
@@ -208,6 +212,11 @@ pub struct ServeArgs {
     /// Origin (non-browser clients) is allowed [default: any origin].
     #[arg(long, value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
+    /// Origins whose pages may call the HTTP API (`/publish/...`, `/healthz`, `/metrics`) with
+    /// `fetch`: CORS preflights are answered and responses carry Access-Control-Allow-Origin.
+    /// Same syntax as --allowed-origins [default: the --allowed-origins list; without it, off].
+    #[arg(long, value_delimiter = ',')]
+    pub cors_origins: Option<Vec<String>>,
     /// Open WebSocket connections per source IP (IPv6: per /64) past which upgrades get 429
     /// [default: 0, no cap].
     #[arg(long)]
@@ -225,6 +234,11 @@ pub struct ServeArgs {
     /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1) matching --tls-cert.
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// The live status page at `/` and `/status` (fed by `/status/ws`): `on`, `off`, or a key
+    /// the page and its socket then need as `?key=KEY` [default: on when listening on a
+    /// loopback address, else off].
+    #[arg(long, value_name = "on|off|KEY")]
+    pub status: Option<String>,
     /// Print a stats line this often (open, accepts/s, messages/s, RSS); 0 disables [default: 0].
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
@@ -286,6 +300,9 @@ impl ServeArgs {
             history_ttl,
             history_max_bytes,
             max_recovery,
+            ws_path,
+            cors_origins,
+            status,
             deflate,
             deflate_min_size,
             deflate_window_bits,
@@ -306,6 +323,20 @@ impl ServeArgs {
     /// Refuses settings that cannot work together or do not parse.
     pub fn check(&self) -> Result<(), String> {
         self.origin_policy()?;
+        self.cors_policy()?;
+        if self.status.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            return Err("--status is empty: use on, off or a key".into());
+        }
+        if let Some(p) = &self.ws_path {
+            if !p.starts_with('/') || p.contains(['?', '#', ' ']) {
+                return Err(format!(
+                    "--ws-path {p:?}: must start with / and hold no ?, # or space"
+                ));
+            }
+            if self.app() != AppKind::Push {
+                return Err("--ws-path needs --app push".into());
+            }
+        }
         self.broker_config()?;
         if self.broker.is_some() && self.app() != AppKind::Push {
             return Err("--broker needs --app push".into());
@@ -355,6 +386,27 @@ impl ServeArgs {
             .as_deref()
             .map(OriginPolicy::parse)
             .transpose()
+    }
+
+    /// The `--cors-origins` list, parsed; without it, the `--allowed-origins` list.
+    pub fn cors_policy(&self) -> Result<Option<OriginPolicy>, String> {
+        match &self.cors_origins {
+            Some(list) => OriginPolicy::parse(list)
+                .map(Some)
+                .map_err(|e| e.replace("--allowed-origins", "--cors-origins")),
+            None => self.origin_policy(),
+        }
+    }
+
+    /// Who may see the status page: `--status`, else on for a loopback listener only.
+    pub fn status_access(&self, listen: SocketAddr) -> StatusAccess {
+        match self.status.as_deref().map(str::trim) {
+            Some("on") => StatusAccess::Open,
+            Some("off") => StatusAccess::Off,
+            Some(key) => StatusAccess::Key(key.to_string()),
+            None if listen.ip().is_loopback() => StatusAccess::Open,
+            None => StatusAccess::Off,
+        }
     }
 
     /// The `--jwt-*` settings.
@@ -408,6 +460,10 @@ impl ServeArgs {
                 .max_topics_per_conn
                 .unwrap_or(d.max_topics_per_conn)
                 .max(1),
+            ws_path: self
+                .ws_path
+                .clone()
+                .unwrap_or_else(|| crate::apps::push::DEFAULT_WS_PATH.into()),
         }
     }
 
@@ -459,11 +515,13 @@ impl ServeArgs {
             jwt: self.jwt_config(),
             // `merged` has refused a list that does not parse.
             allowed_origins: self.origin_policy().ok().flatten(),
+            cors_origins: self.cors_policy().ok().flatten(),
             max_conns_per_ip: self.max_conns_per_ip.unwrap_or(d.max_conns_per_ip),
             handshake_rate_per_ip: self
                 .handshake_rate_per_ip
                 .filter(|r| r.is_finite() && *r > 0.0)
                 .map(|r| RateLimit::new(r, self.handshake_burst_per_ip)),
+            status: self.status_access(self.listen.unwrap_or(d.listen)),
             // Loaded by `tls_config`, which can fail.
             tls: None,
         }
@@ -713,5 +771,47 @@ mod tests {
             .allowed_origins
             .unwrap()
             .allows(Some("https://a.example.com")));
+    }
+
+    #[test]
+    fn browser_flags() {
+        let args = |extra: &[&str]| {
+            let mut argv = vec!["fanout", "serve"];
+            argv.extend_from_slice(extra);
+            let Command::Serve(args) = Cli::parse_from(argv).command;
+            args.merged()
+        };
+        let a = args(&["--app", "push"]).unwrap();
+        assert_eq!(a.push_config().ws_path, "/ws");
+        assert!(a.config().cors_origins.is_none(), "CORS is off by default");
+        let a = args(&["--app", "push", "--ws-path", "/live"]).unwrap();
+        assert_eq!(a.push_config().ws_path, "/live");
+        assert!(args(&["--app", "push", "--ws-path", "live"]).is_err());
+        assert!(args(&["--ws-path", "/live"]).is_err(), "echo has no path");
+        // CORS follows --allowed-origins unless given its own list.
+        let a = args(&["--allowed-origins", "https://a.example"]).unwrap();
+        let cors = a.config().cors_origins.unwrap();
+        assert!(cors.allows(Some("https://a.example")));
+        let a = args(&[
+            "--allowed-origins",
+            "https://a.example",
+            "--cors-origins",
+            "https://b.example",
+        ])
+        .unwrap();
+        let cors = a.config().cors_origins.unwrap();
+        assert!(cors.allows(Some("https://b.example")) && !cors.allows(Some("https://a.example")));
+        let err = args(&["--cors-origins", "nope"]).unwrap_err();
+        assert!(err.contains("nope"), "{err}");
+        // The status page: on for loopback, off elsewhere, or behind a key.
+        let status = |extra: &[&str]| args(extra).unwrap().config().status;
+        assert_eq!(status(&[]), StatusAccess::Open);
+        assert_eq!(status(&["--listen", "0.0.0.0:9001"]), StatusAccess::Off);
+        assert_eq!(status(&["--listen", "[::1]:9001"]), StatusAccess::Open);
+        assert_eq!(status(&["--status", "off"]), StatusAccess::Off);
+        assert_eq!(
+            status(&["--listen", "0.0.0.0:9001", "--status", "k3y"]),
+            StatusAccess::Key("k3y".into())
+        );
     }
 }

@@ -341,7 +341,7 @@ fn fanout_scenario_against_the_push_app() {
         "--processes",
         "2",
         "--publish-ws",
-        &format!("ws://{addr}/pub"),
+        &format!("ws://{addr}/ws"),
         "--publish-rate",
         "50",
         "--publish-count",

@@ -38,6 +38,8 @@ pub struct PushConfig {
     /// Which topics keep a history that subscribers can recover from (needs `envelope`:
     /// deliveries carry their offset in it).
     pub history: HistoryConfig,
+    /// The path WebSocket clients upgrade on (`/ws`); an upgrade elsewhere gets 404.
+    pub ws_path: String,
 }
 
 impl Default for PushConfig {
@@ -49,9 +51,17 @@ impl Default for PushConfig {
             max_topics_per_conn: 64,
             broker: BrokerConfig::Local,
             history: HistoryConfig::default(),
+            ws_path: DEFAULT_WS_PATH.into(),
         }
     }
 }
+
+/// Where the push app accepts WebSocket upgrades unless `--ws-path` says otherwise.
+pub const DEFAULT_WS_PATH: &str = "/ws";
+
+/// Query parameters of an upgrade besides `topics`: `token` (the JWT, see `server::auth`)
+/// and `since.<topic>` (history, read by the subscribe handling).
+const SINCE_PREFIX: &str = "since.";
 
 /// Who waits for a publish's outcome.
 #[derive(Debug, Clone, Copy)]
@@ -464,6 +474,52 @@ fn token_allows(token: Option<&Token>, grant: Grant, topic: &str) -> Result<(), 
     }
 }
 
+/// Checks an upgrade's query string (percent-decoded, as `URLSearchParams` writes it) and
+/// returns its `topics` (several `topics=` are joined). An unknown parameter (`topic=` for
+/// `topics=`) or an empty `topics=` is a 400 naming it rather than a connection that
+/// silently subscribes to nothing.
+fn upgrade_topics(req: &Request<'_>) -> Result<Option<String>, HttpError> {
+    let mut topics: Option<String> = None;
+    for (name, value) in req.query_pairs() {
+        match name.as_ref() {
+            "topics" => {
+                if value.split(',').all(str::is_empty) {
+                    return Err(HttpError::new(
+                        400,
+                        "?topics= is empty: give a comma-separated list (topics=news,sport)",
+                    ));
+                }
+                let list = topics.get_or_insert_with(String::new);
+                if !list.is_empty() {
+                    list.push(',');
+                }
+                list.push_str(&value);
+            }
+            "token" => {}
+            n if n.starts_with(SINCE_PREFIX) => {}
+            other => {
+                return Err(HttpError::owned(
+                    400,
+                    format!(
+                        "unknown query parameter {} (known: topics, token, since.<topic>)",
+                        shown(other)
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(topics)
+}
+
+/// A peer's value as quoted in an answer or a log line: escaped, at most 64 characters.
+fn shown(value: &str) -> String {
+    let mut out: String = format!("{:?}", value.chars().take(64).collect::<String>());
+    if value.chars().nth(64).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// A connection's state: its subscriptions.
 #[derive(Default)]
 pub struct PushConn {
@@ -486,13 +542,25 @@ impl Handler for Push {
         conn: &ConnInfo<'_>,
     ) -> Result<Accept<'r, PushConn>, HttpError> {
         let mut state = PushConn::default();
-        if let Some(list) = req.query_param("topics") {
+        if req.path != self.cfg.ws_path {
+            return Err(HttpError::owned(
+                404,
+                format!(
+                    "no WebSocket endpoint at {}: connect to {}",
+                    shown(req.path),
+                    self.cfg.ws_path
+                ),
+            ));
+        }
+        let topics = upgrade_topics(req)?;
+        if let Some(list) = topics {
             let topics: Vec<&str> = list.split(',').filter(|t| !t.is_empty()).collect();
             if topics.len() > self.cfg.max_topics_per_conn {
                 return Err(HttpError::new(400, "too many topics in ?topics="));
             }
             for t in &topics {
-                validate_topic(t).map_err(|r| HttpError::new(400, r))?;
+                validate_topic(t)
+                    .map_err(|r| HttpError::owned(400, format!("topic {}: {r}", shown(t))))?;
             }
             for t in &topics {
                 token_allows(conn.token(), Grant::Subscribe, t).map_err(|r| {
@@ -508,9 +576,13 @@ impl Handler for Push {
             }
             for t in topics {
                 // Validated above; the limit was checked too.
+                // Decoded as the topics were (a browser writes `since.news%2Fuk`).
                 let since =
-                    match req.query_param(&format!("since.{t}")) {
-                        Some(v) => Some(parse_since(v).ok_or_else(|| {
+                    match req
+                        .query_pairs()
+                        .find(|(k, _)| k.strip_prefix(SINCE_PREFIX) == Some(t))
+                    {
+                        Some((_, v)) => Some(parse_since(&v).ok_or_else(|| {
                             HttpError::new(400, "since.TOPIC must be OFFSET:EPOCH")
                         })?),
                         None => None,
@@ -661,8 +733,7 @@ impl Handler for Push {
         if let Some(r) = refuse_publish_head(&self.cfg, req) {
             return HttpReply::Respond(r);
         }
-        let ct = req.content_type.unwrap_or("").to_ascii_lowercase();
-        let text = ct.starts_with("text/") || ct.starts_with("application/json");
+        let text = is_text_type(req.content_type.unwrap_or(""));
         if text && simdutf8::basic::from_utf8(body).is_err() {
             return HttpReply::Respond(json_response(
                 400,
@@ -705,6 +776,12 @@ impl Handler for Push {
         self.answer(api);
     }
 
+    fn status_counters(&self, out: &mut Vec<(&'static str, u64)>) {
+        let st = self.hub.stats();
+        out.push(("publishes", st.publishes.load(Relaxed)));
+        out.push(("deliveries", st.deliveries.load(Relaxed)));
+    }
+
     fn on_shard_msg(&mut self, api: &mut ShardApi<'_, Self>, msg: HubMsg) {
         self.hub.on_msg(&mut Port(api), msg, &recovered_json);
         self.answer(api);
@@ -739,6 +816,18 @@ fn refuse_publish_head(cfg: &PushConfig, req: &Request<'_>) -> Option<HttpRespon
         .map(|reason| json_response(400, error_json(reason, Some(topic))))
 }
 
+/// Does a publish with this `Content-Type` go out as a text frame? `text/*`,
+/// `application/json` (and `+json`) and `application/x-www-form-urlencoded` (curl's `--data`
+/// default; the body is sent as is, not decoded) do; anything else, or none, is binary.
+fn is_text_type(content_type: &str) -> bool {
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    let media = media.to_ascii_lowercase();
+    media.starts_with("text/")
+        || media == "application/json"
+        || media.ends_with("+json")
+        || media == "application/x-www-form-urlencoded"
+}
+
 /// Compares secrets without an early exit on the first differing byte.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -761,5 +850,26 @@ mod tests {
         assert!(!topic_matches("news.*", "news"));
         assert!(!topic_matches("news.*", "newsroom"));
         assert!(topic_matches("*", "anything"));
+    }
+
+    #[test]
+    fn text_content_types() {
+        for ct in [
+            "text/plain",
+            "Text/Plain; charset=utf-8",
+            "application/json",
+            "application/ld+json",
+            "application/x-www-form-urlencoded",
+        ] {
+            assert!(is_text_type(ct), "{ct}");
+        }
+        for ct in [
+            "",
+            "application/octet-stream",
+            "image/png",
+            "multipart/form-data",
+        ] {
+            assert!(!is_text_type(ct), "{ct}");
+        }
     }
 }

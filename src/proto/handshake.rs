@@ -2,6 +2,8 @@
 //! parse of the request (server) or response (client), validation, `Sec-WebSocket-Accept`,
 //! and the response and request bytes. Views borrow the caller's buffer; nothing here does I/O.
 
+use std::borrow::Cow;
+
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use sha1::{Digest, Sha1};
@@ -13,16 +15,29 @@ pub const MAX_HEADERS: usize = 64;
 
 const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
-/// A refusal before the upgrade: the HTTP status to answer with and why.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A refusal before the upgrade: the HTTP status to answer with and why (a fixed text, or one
+/// that names the offending value, e.g. an unknown query parameter).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpError {
     pub status: u16,
-    pub reason: &'static str,
+    pub reason: Cow<'static, str>,
 }
 
 impl HttpError {
     pub const fn new(status: u16, reason: &'static str) -> Self {
-        Self { status, reason }
+        Self {
+            status,
+            reason: Cow::Borrowed(reason),
+        }
+    }
+
+    /// A refusal whose reason is built at run time (keep it one line and short: it is the body
+    /// of the answer and goes to the log).
+    pub fn owned(status: u16, reason: String) -> Self {
+        Self {
+            status,
+            reason: Cow::Owned(reason),
+        }
     }
 }
 
@@ -221,6 +236,13 @@ impl<'a> Request<'a> {
             .map(|(_, v)| v)
     }
 
+    /// Every `name=value` pair of the query string, percent-decoded as a browser's
+    /// `URLSearchParams` encodes them (`%2C` is `,`, `+` is a space; invalid UTF-8 becomes
+    /// U+FFFD). Borrows the request unless a pair needed decoding.
+    pub fn query_pairs(&self) -> form_urlencoded::Parse<'a> {
+        form_urlencoded::parse(self.query.unwrap_or("").as_bytes())
+    }
+
     /// The subprotocols the client offers, in its order of preference.
     pub fn offered_protocols(&self) -> impl Iterator<Item = &'a str> {
         self.protocols
@@ -358,6 +380,23 @@ pub fn write_response(
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
 }
+
+/// The headers that let a page from `origin` read a response (CORS), for an origin the
+/// server's list allows: the origin echoed, and `Vary: Origin` for caches.
+pub fn cors_headers(origin: &str) -> [(&'static str, &str); 2] {
+    [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+}
+
+/// The extra headers of the answer (204) to a CORS preflight from an allowed origin: the
+/// methods and request headers the HTTP API takes, cached by the browser for 10 minutes.
+pub const CORS_PREFLIGHT_HEADERS: [(&str, &str); 3] = [
+    ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
+    (
+        "Access-Control-Allow-Headers",
+        "Authorization, Content-Type",
+    ),
+    ("Access-Control-Max-Age", "600"),
+];
 
 /// Appends the answer to a refused handshake: the status, its reason as the body, and for 426
 /// the version this server speaks.

@@ -8,7 +8,7 @@ use slab::Slab;
 
 use super::compress::{Recoded, ShardDeflate};
 use super::config::SlowConsumerPolicy;
-use super::conn::{Conn, Phase, CLOSE_SENT, DIRTY};
+use super::conn::{Conn, ConnExt, Phase, CLOSE_SENT, DIRTY};
 use super::handler::{ConnId, Delivery, Handler, HttpResponse, SharedFrame};
 use super::stats::{Counter, ShardStats};
 use super::write_queue::WriteQueue;
@@ -72,6 +72,8 @@ pub struct ShardApi<'a, H: Handler> {
     pub(crate) wake: &'a mut [bool],
     pub(crate) now: u32,
     pub(crate) deflate: &'a mut ShardDeflate,
+    /// Per-connection extensions (a deferred request's CORS origin).
+    pub(crate) exts: &'a [Option<Box<ConnExt>>],
 }
 
 impl<H: Handler> ShardApi<'_, H> {
@@ -209,8 +211,15 @@ impl<H: Handler> ShardApi<'_, H> {
         if conn.phase != Phase::HttpWait {
             return false;
         }
-        let headers: Vec<(&str, &str)> =
+        let mut headers: Vec<(&str, &str)> =
             resp.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let cors = self
+            .exts
+            .get(key)
+            .and_then(|e| e.as_ref()?.cors_origin.as_deref());
+        if let Some(origin) = cors {
+            headers.extend(handshake::cors_headers(origin));
+        }
         let mut out = Vec::with_capacity(128 + resp.body.len());
         handshake::write_response(
             &mut out,

@@ -80,7 +80,7 @@ impl AuthFailure {
     pub const fn reason(self) -> &'static str {
         match self {
             AuthFailure::Missing => {
-                "missing token: send Authorization: Bearer <jwt>, ?token=<jwt> or the token cookie"
+                "missing token: send Authorization: Bearer <jwt> or ?token=<jwt>"
             }
             AuthFailure::Malformed => {
                 "malformed token (not a JWT, bad base64/JSON, or no numeric exp claim)"
@@ -118,6 +118,8 @@ pub struct JwtVerifier {
     validation: Validation,
     cookie: Option<String>,
     close_on_expiry: bool,
+    /// The 401 text for a missing token, naming the cookie when there is one.
+    missing: String,
 }
 
 /// The standard claims the server reads itself.
@@ -141,6 +143,20 @@ impl JwtVerifier {
             validation,
             cookie: cfg.cookie.clone(),
             close_on_expiry: cfg.close_on_expiry,
+            missing: match &cfg.cookie {
+                Some(name) => format!(
+                    "missing token: send Authorization: Bearer <jwt>, ?token=<jwt> or the {name} cookie"
+                ),
+                None => AuthFailure::Missing.reason().into(),
+            },
+        }
+    }
+
+    /// The body of the 401 for `failure` (a missing token's names the cookie, if any).
+    pub fn reason(&self, failure: AuthFailure) -> &str {
+        match failure {
+            AuthFailure::Missing => &self.missing,
+            other => other.reason(),
         }
     }
 

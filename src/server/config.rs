@@ -60,12 +60,17 @@ pub struct Config {
     pub jwt: Option<JwtConfig>,
     /// Upgrades whose `Origin` is not in the list get 403. None: any origin.
     pub allowed_origins: Option<OriginPolicy>,
+    /// Origins whose pages may call the plain HTTP routes cross-origin (CORS: preflights
+    /// answered, `Access-Control-Allow-Origin` on responses). None: no CORS headers.
+    pub cors_origins: Option<OriginPolicy>,
     /// Open WebSocket connections per source address (IPv6: per /64) past which upgrades get
     /// 429. 0: no cap.
     pub max_conns_per_ip: u32,
     /// Upgrade requests per second per source address past which they get 429 with
     /// Retry-After. None: no limit.
     pub handshake_rate_per_ip: Option<RateLimit>,
+    /// The live status page (`GET /`, `/status`, `/status/ws`): off, open, or behind a key.
+    pub status: super::status::StatusAccess,
     /// TLS (`wss://`, `https://`) on every connection when set (see `server::tls`).
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -94,8 +99,10 @@ impl Default for Config {
             deflate: DeflateConfig::default(),
             jwt: None,
             allowed_origins: None,
+            cors_origins: None,
             max_conns_per_ip: 0,
             handshake_rate_per_ip: None,
+            status: Default::default(),
             tls: None,
         }
     }

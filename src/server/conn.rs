@@ -95,6 +95,8 @@ pub(crate) struct ConnExt {
     /// The tick at which it has lived `--max-lifetime` (jittered), when that is on.
     pub max_life_at: Option<u32>,
     pub token: Option<Token>,
+    /// A deferred plain HTTP request's CORS-allowed `Origin`, echoed in its answer.
+    pub cors_origin: Option<Box<str>>,
 }
 
 pub(crate) struct Conn<S> {

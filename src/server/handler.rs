@@ -165,6 +165,11 @@ pub trait Handler: Clone + Send + 'static {
     /// (deliver broadcasts, answer deferred requests, post to other shards).
     fn on_turn(&mut self, _api: &mut ShardApi<'_, Self>) {}
 
+    /// The app's own counters for the status page (e.g. publishes, deliveries), as totals
+    /// across shards; the page shows them per second. Called once a second, and only while
+    /// someone watches the page.
+    fn status_counters(&self, _out: &mut Vec<(&'static str, u64)>) {}
+
     /// A message another shard posted to this one.
     fn on_shard_msg(&mut self, _api: &mut ShardApi<'_, Self>, _msg: Self::Msg) {}
 }

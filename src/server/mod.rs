@@ -13,6 +13,7 @@ pub mod origin;
 pub mod per_ip;
 pub(crate) mod shard;
 pub mod stats;
+pub mod status;
 pub mod timer;
 pub mod tls;
 pub mod write_queue;

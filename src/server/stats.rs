@@ -82,10 +82,93 @@ counters! {
     Closed => "connections_closed_total",
 }
 
+/// Why an upgrade was refused: the `reason` label of `fanout_handshake_refused_total`, a fixed
+/// set so the metric's size is bounded whatever peers send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Refusal {
+    /// Past `--max-connections` (503, before the handshake is read).
+    MaxConnections,
+    /// Not HTTP, or not a valid WebSocket upgrade (400).
+    Malformed,
+    /// A WebSocket version other than 13 (426).
+    Version,
+    /// Request head past `--max-header-bytes` (431).
+    TooLarge,
+    /// `--max-conns-per-ip` or `--handshake-rate-per-ip` (429).
+    PerIp,
+    /// `Origin` not in `--allowed-origins` (403).
+    Origin,
+    /// No valid JWT (401).
+    Auth,
+    /// The app has no WebSocket endpoint at this path (404).
+    Path,
+    /// The app refused the request's parameters: unknown query parameter, bad topic (400).
+    BadRequest,
+    /// The app refused what the token allows (403).
+    Forbidden,
+    /// Any other refusal by the app.
+    Other,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 11] = [
+        Refusal::MaxConnections,
+        Refusal::Malformed,
+        Refusal::Version,
+        Refusal::TooLarge,
+        Refusal::PerIp,
+        Refusal::Origin,
+        Refusal::Auth,
+        Refusal::Path,
+        Refusal::BadRequest,
+        Refusal::Forbidden,
+        Refusal::Other,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Refusal::MaxConnections => "max_connections",
+            Refusal::Malformed => "malformed",
+            Refusal::Version => "version",
+            Refusal::TooLarge => "too_large",
+            Refusal::PerIp => "per_ip",
+            Refusal::Origin => "origin",
+            Refusal::Auth => "auth",
+            Refusal::Path => "path",
+            Refusal::BadRequest => "bad_request",
+            Refusal::Forbidden => "forbidden",
+            Refusal::Other => "other",
+        }
+    }
+
+    /// The kind of an app's refusal, by its status.
+    pub const fn of_app_status(status: u16) -> Refusal {
+        match status {
+            400 => Refusal::BadRequest,
+            401 => Refusal::Auth,
+            403 => Refusal::Forbidden,
+            404 => Refusal::Path,
+            _ => Refusal::Other,
+        }
+    }
+
+    /// The kind of a refusal by the HTTP parser or the upgrade's validation, by its status.
+    pub const fn of_parse_status(status: u16) -> Refusal {
+        match status {
+            426 => Refusal::Version,
+            431 => Refusal::TooLarge,
+            _ => Refusal::Malformed,
+        }
+    }
+}
+
 /// One shard's counters, padded so shards never share a cache line.
 #[repr(align(128))]
 pub struct ShardStats {
     counters: [AtomicU64; COUNT],
+    /// Refused upgrades by `Refusal`.
+    refused: [AtomicU64; Refusal::ALL.len()],
     /// Gauges, set by the shard.
     pub open: AtomicU64,
     pub loop_lag_us: AtomicU64,
@@ -95,6 +178,7 @@ impl Default for ShardStats {
     fn default() -> Self {
         Self {
             counters: std::array::from_fn(|_| AtomicU64::new(0)),
+            refused: std::array::from_fn(|_| AtomicU64::new(0)),
             open: AtomicU64::new(0),
             loop_lag_us: AtomicU64::new(0),
         }
@@ -114,6 +198,16 @@ impl ShardStats {
 
     pub fn get(&self, c: Counter) -> u64 {
         self.counters[c as usize].load(Relaxed)
+    }
+
+    /// Counts a refused upgrade by why.
+    #[inline]
+    pub fn refused(&self, why: Refusal) {
+        self.refused[why as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn get_refused(&self, why: Refusal) -> u64 {
+        self.refused[why as usize].load(Relaxed)
     }
 
     /// Counts an HTTP error answer by status (5xx in their own series).
@@ -156,6 +250,18 @@ pub fn render_metrics(shards: &[Arc<ShardStats>], app_lines: &str) -> String {
     for &c in Counter::ALL {
         let _ = writeln!(out, "# TYPE fanout_{} counter", c.name());
         let _ = writeln!(out, "fanout_{} {}", c.name(), total(shards, c));
+    }
+    let _ = writeln!(
+        out,
+        "# HELP fanout_handshake_refused_total upgrades refused before the 101, by reason\n# TYPE fanout_handshake_refused_total counter"
+    );
+    for why in Refusal::ALL {
+        let n: u64 = shards.iter().map(|s| s.get_refused(why)).sum();
+        let _ = writeln!(
+            out,
+            "fanout_handshake_refused_total{{reason=\"{}\"}} {n}",
+            why.label()
+        );
     }
     let _ = writeln!(out, "# TYPE fanout_open_connections gauge");
     let open: u64 = shards.iter().map(|s| s.open.load(Relaxed)).sum();

@@ -37,6 +37,13 @@ impl<H: Handler> Shard<H> {
             if c.global.open.fetch_add(1, SeqCst) >= max {
                 c.global.open.fetch_sub(1, SeqCst);
                 c.stats.inc(Counter::Rejected503);
+                c.note_refusal(
+                    crate::server::stats::Refusal::MaxConnections,
+                    503,
+                    "server at its connection limit",
+                    None,
+                    Some(&sock),
+                );
                 let mut resp = Vec::new();
                 handshake::write_error_response(
                     &mut resp,

@@ -6,6 +6,7 @@
 use super::*;
 use crate::proto::handshake::Request;
 use crate::server::per_ip::Refusal;
+use crate::server::stats::Refusal as Why;
 
 impl<H: Handler> Core<H> {
     /// Runs the checks. `Ok(())`: go on (the token and the per-IP count, if any, are in
@@ -37,11 +38,13 @@ impl<H: Handler> Core<H> {
             {
                 self.stats.inc(Counter::PerIpRateRefused);
                 let retry = retry_after_secs.to_string();
+                let reason = "too many handshakes from your address; retry later";
+                self.note_refusal(Why::PerIp, 429, reason, None, Some(&conn.sock));
                 return Err(self.refuse_with(
                     key,
                     conn,
                     429,
-                    "too many handshakes from your address; retry later",
+                    reason,
                     &[("Retry-After", &retry)],
                     len,
                 ));
@@ -50,6 +53,8 @@ impl<H: Handler> Core<H> {
         if let Some(origins) = &global.origins {
             if !origins.allows(req.origin) {
                 self.stats.inc(Counter::OriginRefused);
+                let reason = "origin not allowed";
+                self.note_refusal(Why::Origin, 403, reason, req.origin, Some(&conn.sock));
                 return Err(self.refuse_with(key, conn, 403, "origin not allowed", &[], len));
             }
         }
@@ -63,11 +68,14 @@ impl<H: Handler> Core<H> {
                 }
                 Err(failure) => {
                     self.stats.inc(failure.counter());
+                    let reason = jwt.reason(failure);
+                    // The token itself is a credential: only why it failed is logged.
+                    self.note_refusal(Why::Auth, 401, reason, None, Some(&conn.sock));
                     return Err(self.refuse_with(
                         key,
                         conn,
                         401,
-                        failure.reason(),
+                        reason,
                         &[("WWW-Authenticate", failure.challenge())],
                         len,
                     ));

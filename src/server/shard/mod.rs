@@ -12,6 +12,8 @@ mod accept;
 mod deadlines;
 mod gate;
 mod read;
+mod refusals;
+mod status;
 mod tls;
 mod write;
 
@@ -107,6 +109,10 @@ pub(crate) struct Core<H: Handler> {
     emfile_logged_at: Option<Instant>,
     // Shutting down.
     draining_until: Option<u32>,
+    /// The rate limit of the refused-upgrade log.
+    refusals: refusals::RefusalLog,
+    /// Viewers of the status page's feed, and its sampler.
+    status: crate::server::status::StatusFeed,
 }
 
 /// What a shard shares with the others.
@@ -183,6 +189,8 @@ impl<H: Handler> Shard<H> {
             emfile_since_log: 0,
             emfile_logged_at: None,
             draining_until: None,
+            refusals: Default::default(),
+            status: Default::default(),
             cfg,
         };
         // With TLS, the buffer must hold an unfinished record plus a whole one.
@@ -237,6 +245,7 @@ impl<H: Handler> Shard<H> {
             self.fire_timers();
             self.flush_dirty();
             self.wake_peers();
+            self.core.refusals.flush(self.core.index);
             if self.check_shutdown() {
                 return;
             }
@@ -261,6 +270,8 @@ impl<H: Handler> Shard<H> {
             now,
             deflate,
             slow,
+            exts,
+            status,
             ..
         } = core;
         let mut api = ShardApi {
@@ -276,11 +287,15 @@ impl<H: Handler> Shard<H> {
             wake,
             now: *now,
             deflate,
+            exts,
         };
         while let Ok(msg) = inbox.try_recv() {
             handler.on_shard_msg(&mut api, msg);
         }
         handler.on_turn(&mut api);
+        if status.next_at.is_some() {
+            status::send_samples(status, handler, &mut api);
+        }
         api.deflate.end_turn();
         for (key, gen) in std::mem::take(&mut core.slow) {
             if let Some(conn) = conns.get_mut(key).filter(|c| c.gen == gen) {
@@ -301,6 +316,21 @@ impl<H: Handler> Shard<H> {
         if !c.pending_read.is_empty() || !c.dirty.is_empty() || c.accept_more {
             return Some(Duration::ZERO);
         }
+        // The status feed's next sample, while someone watches.
+        let sample_in = c.status.next_at.map(|t| {
+            t.saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1))
+        });
+        let wheel_in = self.wheel_timeout();
+        match (sample_in, wheel_in) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// How long until the timer wheel (or an accept back-off, or a drain) needs the loop.
+    fn wheel_timeout(&self) -> Option<Duration> {
+        let c = &self.core;
         if c.wheel.is_empty()
             && c.accept_paused_until.is_none()
             && c.draining_until.is_none()

@@ -2,6 +2,8 @@
 //! input through the handshake or the decoder and the app, keep only what is unfinished.
 
 use super::*;
+use crate::server::stats::Refusal;
+use crate::server::status::StatusAccess;
 
 impl<H: Handler> Shard<H> {
     // ----- reading -----
@@ -209,14 +211,30 @@ impl<H: Handler> Core<H> {
         let (req, head_len) = match handshake::parse_request(data, self.cfg.max_header_bytes) {
             Ok(None) => return 0,
             Ok(Some(parsed)) => parsed,
-            Err(e) => return self.refuse(key, conn, &e, data.len()),
+            Err(e) => {
+                let why = Refusal::of_parse_status(e.status);
+                self.note_refusal(why, e.status, &e.reason, None, Some(&conn.sock));
+                return self.refuse(key, conn, &e, data.len());
+            }
         };
         let id = self.id(key, conn.gen);
         let key_ws = match req.websocket() {
             Ok(Some(k)) => k,
             Ok(None) => return self.plain_http(key, conn, &req, head_len, data),
-            Err(e) => return self.refuse(key, conn, &e, data.len()),
+            Err(e) => {
+                let why = Refusal::of_parse_status(e.status);
+                self.note_refusal(why, e.status, &e.reason, Some(req.path), Some(&conn.sock));
+                return self.refuse(key, conn, &e, data.len());
+            }
         };
+        if req.path == crate::server::status::WS_PATH && self.cfg.status.on() {
+            // The server's own page, not the app's: its own access check, not the gate's.
+            return match self.open_viewer(key, conn, &req, &key_ws, data.len()) {
+                // Frames may follow the request in the same read.
+                Ok(()) => head_len + self.frames(key, conn, &mut data[head_len..]),
+                Err(n) => n,
+            };
+        }
         if let Err(n) = self.gate(key, conn, &req, data.len()) {
             return n;
         }
@@ -245,6 +263,8 @@ impl<H: Handler> Core<H> {
             }
             Err(e) => {
                 self.stats.inc(Counter::HandshakeRejected);
+                let why = Refusal::of_app_status(e.status);
+                self.note_refusal(why, e.status, &e.reason, Some(req.path), Some(&conn.sock));
                 return self.refuse(key, conn, &e, data.len());
             }
         }
@@ -290,10 +310,16 @@ impl<H: Handler> Core<H> {
             return self.refuse(key, conn, &e, data.len());
         }
         let healthz = req.path == "/healthz" && (req.method == "GET" || req.method == "HEAD");
+        // CORS: a page from an allowed origin may call these routes with `fetch`.
+        let cors = self.cors_origin(req);
+        let preflight = cors.is_some() && req.method == "OPTIONS";
+        let status_page = self.cfg.status.on()
+            && StatusAccess::is_page(req.path)
+            && (req.method == "GET" || req.method == "HEAD");
         if first {
             // The deadline stays the handshake's, from accept.
             conn.phase = Phase::HttpBody;
-            if !healthz {
+            if !healthz && !preflight && !status_page {
                 if let Some(resp) = self.handler.on_http_head(req) {
                     // Refused on its head: the body is never read into memory (whatever of it
                     // came with the head is dropped; the rest is discarded while draining).
@@ -306,7 +332,18 @@ impl<H: Handler> Core<H> {
             return 0; // wait for the whole body
         }
         let body = &data[head_len..head_len + body_len];
-        let reply = if healthz {
+        let reply = if preflight {
+            // A preflight: which methods and headers the real request may use.
+            let mut r = HttpResponse::text(204, "");
+            r.headers.extend(
+                handshake::CORS_PREFLIGHT_HEADERS
+                    .iter()
+                    .map(|(n, v)| (*n, v.to_string())),
+            );
+            HttpReply::Respond(r)
+        } else if status_page {
+            HttpReply::Respond(self.status_page(req))
+        } else if healthz {
             HttpReply::Respond(self.handler.healthz())
         } else {
             let info = ConnInfo {
@@ -326,6 +363,9 @@ impl<H: Handler> Core<H> {
             }
             HttpReply::NotFound => None,
             HttpReply::Defer => {
+                if let Some(origin) = cors {
+                    self.ext_mut(key).cors_origin = Some(origin.into());
+                }
                 conn.phase = Phase::HttpWait;
                 conn.since = self.now;
                 self.schedule(key, conn);
@@ -335,6 +375,14 @@ impl<H: Handler> Core<H> {
         let resp = resp.unwrap_or_else(|| HttpResponse::text(404, "not found\n"));
         self.http_answer(key, conn, req, resp);
         data.len()
+    }
+
+    /// The request's Origin, if CORS is on and allows it.
+    fn cors_origin<'r>(&self, req: &handshake::Request<'r>) -> Option<&'r str> {
+        match (&self.cfg.cors_origins, req.origin) {
+            (Some(list), Some(origin)) if list.allows(Some(origin)) => Some(origin),
+            _ => None,
+        }
     }
 
     /// Writes a plain HTTP answer and finishes the connection.
@@ -348,8 +396,11 @@ impl<H: Handler> Core<H> {
         if resp.status >= 400 {
             self.stats.http_status(resp.status);
         }
-        let headers: Vec<(&str, &str)> =
+        let mut headers: Vec<(&str, &str)> =
             resp.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        if let Some(origin) = self.cors_origin(req) {
+            headers.extend(handshake::cors_headers(origin));
+        }
         let body: &[u8] = if req.method == "HEAD" {
             &[]
         } else {

@@ -15,10 +15,13 @@ impl<H: Handler> Core<H> {
         body: &str,
     ) {
         let mut out = Vec::new();
+        // A page that made the request (CORS) must be able to read the 503 or 504 too.
+        let cors = self.ext(key).and_then(|e| e.cors_origin.as_deref());
+        let headers = cors.map(handshake::cors_headers);
         handshake::write_response(
             &mut out,
             status,
-            &[],
+            headers.as_ref().map_or(&[][..], |h| &h[..]),
             "text/plain; charset=utf-8",
             body.as_bytes(),
         );

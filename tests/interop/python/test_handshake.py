@@ -126,9 +126,17 @@ def test_websockets_client_connects_to_a_path_with_query(server):
     asyncio.run(asyncio.wait_for(main(), 10))
 
 
-def test_plain_get_root_is_404(server):
-    """A plain GET / (no upgrade) is not a WebSocket: 404 from the echo app."""
+def test_plain_get_root_is_the_status_page_on_loopback(server):
+    """A plain GET / on a loopback listener is the status page (--status defaults to on there)."""
     r = http_exchange(server.port, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert r.status == 200, r
+    assert b"/status/ws" in r.body, r
+
+
+def test_plain_get_root_is_404_with_status_off(start):
+    """With --status off, a plain GET / (no upgrade) is not a WebSocket: 404 from the echo app."""
+    srv = start("--status", "off")
+    r = http_exchange(srv.port, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     assert r.status == 404, r
 
 
