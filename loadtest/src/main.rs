@@ -2,6 +2,7 @@
 //! Scenarios `connect` and `echo` against any ws:// URL; past one process's fd limit it splits
 //! the connections across child processes and merges their histograms and counts.
 
+mod attack;
 mod procinfo;
 mod publish;
 mod report;
@@ -45,6 +46,8 @@ enum Cmd {
     Echo(EchoArgs),
     /// N subscribers and one publisher: delivery latency, lost and duplicated messages.
     Fanout(FanoutArgs),
+    /// The hostile review as a suite: `attack KIND|all|soak|list` against servers it starts.
+    Attack(attack::AttackArgs),
 }
 
 #[derive(Args, Debug)]
@@ -201,6 +204,9 @@ struct Common {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Attack(a) = &cli.cmd {
+        return attack::run(a);
+    }
     let mut fanout = None;
     let (scenario_name, common, scenario, connect_rate) = match &cli.cmd {
         Cmd::Fanout(a) => {
@@ -215,6 +221,7 @@ fn main() -> ExitCode {
             )
         }
         Cmd::Connect(a) => ("connect", &a.common, Scenario::Connect, a.rate),
+        Cmd::Attack(_) => unreachable!("handled above"),
         Cmd::Echo(a) => {
             if let Err(e) = check_tick(a) {
                 eprintln!("fanout-load: {e}");
