@@ -261,6 +261,11 @@ fn run(
             }
         }
     }
+    // Let what is in flight come back (up to 2 s), so that sent - received is what was lost.
+    let t = Instant::now();
+    while client.handler().received < sent && t.elapsed() < Duration::from_secs(2) {
+        let _ = client.poll(Some(Duration::from_millis(5)));
+    }
     client.handler().stopping = true;
     for key in client.keys() {
         client.close(key, 1000, "done");
