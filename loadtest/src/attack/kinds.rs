@@ -928,14 +928,14 @@ fn sigterm(c: &Ctx) -> Outcome {
     for mut s in socks {
         o.saw(read_close(&mut s, t + Duration::from_secs(12), 1 << 20));
     }
-    let (st, _) = match c.server.lock() {
-        Ok(mut srv) => srv.terminate(
-            Duration::from_secs(12)
-                .saturating_sub(t.elapsed())
-                .max(Duration::from_millis(100)),
-        ),
-        Err(_) => (None, Duration::ZERO),
-    };
+    let limit = Duration::from_secs(12)
+        .saturating_sub(t.elapsed())
+        .max(Duration::from_millis(100));
+    let st = c
+        .server
+        .lock()
+        .ok()
+        .and_then(|mut srv| srv.wait_exit(limit));
     let secs = t.elapsed().as_secs_f64();
     let exit_ok = st.is_some_and(|s| s.success()) && secs <= 12.0;
     o.extra = json!({

@@ -133,6 +133,20 @@ impl ServerProc {
         (None, t.elapsed())
     }
 
+    /// Waits up to `limit` for an exit already asked for (a second SIGTERM would make the
+    /// server exit at once, not drain).
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let t = Instant::now();
+        while self.exit.is_none() && t.elapsed() < limit {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                self.exit = Some(st);
+            } else {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.exit
+    }
+
     /// SIGTERM, 5 s, then SIGKILL; removes the log unless it exited abnormally.
     pub fn stop(&mut self) {
         if self.exit.is_none() {
