@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README): formatting, lints, unit, property and integration
-# tests, interop with third-party clients (Python websockets, Node ws), and the Autobahn
-# conformance suite over ws:// and wss://. Installs what it needs itself, idempotently.
+# tests, the attack suite (short kinds and a 60 s soak), interop with third-party clients
+# (Python websockets, Node ws), and the Autobahn conformance suite over ws:// and wss://. Installs what it needs itself, idempotently.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +30,10 @@ cargo build --release --workspace
 
 step "cargo test --workspace"
 cargo test --workspace
+
+step "attack suite: every kind of the hostile review (short sizes) and a 60 s soak"
+# docs/attacks.md; about 3 minutes on 2 cores; writes bench/results/<date>-attack.json.
+scripts/attack.sh --ci
 
 step "interop: Python websockets and Node ws"
 scripts/interop.sh
