@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README): formatting, lints, unit, property and integration
 # tests, the attack suite (short kinds and a 60 s soak), interop with third-party clients
-# (Python websockets, Node ws), and the Autobahn conformance suite over ws:// and wss://. Installs what it needs itself, idempotently.
+# (Python websockets, Node ws), and the Autobahn conformance suite over ws:// and wss://.
+# Installs what it needs itself, idempotently.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
