@@ -458,7 +458,7 @@ fn print_table(reports: &[Value]) {
             r["rss_bytes"]["per_attacker"].as_f64().unwrap_or(0.0) / 1024.0,
             r["good"]["before_ms"]["p99"].as_f64().unwrap_or(0.0),
             r["good"]["during_ms"]["p99"].as_f64().unwrap_or(0.0),
-            delta,
+            delta + 0.0,
             r["attackers"],
             if r["ok"].as_bool() == Some(true) {
                 "ok"

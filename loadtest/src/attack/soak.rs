@@ -79,6 +79,8 @@ pub fn run(a: &AttackArgs, bin: &Path) -> Result<(Value, bool), String> {
     );
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
+    // Every thread's hard stop, whatever happens to the flag.
+    let cap = started + a.duration + Duration::from_secs(60);
 
     // Well-behaved: echo clients and push subscribers that publish to their own topics.
     let good_echo = GoodClient::start(GoodPlan {
@@ -109,7 +111,7 @@ pub fn run(a: &AttackArgs, bin: &Path) -> Result<(Value, bool), String> {
             let mut next = Instant::now();
             let mut i = 0u64;
             let hello = frame(0x81, b"churn", false);
-            while !stop.load(Relaxed) {
+            while !stop.load(Relaxed) && Instant::now() < cap {
                 let now = Instant::now();
                 while alive.front().is_some_and(|(_, t, _)| *t <= now) {
                     if let Some((mut s, _, rst)) = alive.pop_front() {
@@ -153,7 +155,7 @@ pub fn run(a: &AttackArgs, bin: &Path) -> Result<(Value, bool), String> {
             let mut held = Vec::new();
             let every = Duration::from_secs_f64(1.0 / SILENT_RATE);
             let mut next = Instant::now();
-            while !stop.load(Relaxed) {
+            while !stop.load(Relaxed) && Instant::now() < cap {
                 if Instant::now() >= next && held.len() < SILENT_MAX {
                     next += every;
                     let src = Ipv4Addr::new(127, 0, 5, 1 + (held.len() % 200) as u8);
@@ -182,7 +184,7 @@ pub fn run(a: &AttackArgs, bin: &Path) -> Result<(Value, bool), String> {
             let every = Duration::from_secs_f64(1.0 / PUBLISH_RATE);
             let mut next = Instant::now();
             let mut i = 0usize;
-            while !stop.load(Relaxed) {
+            while !stop.load(Relaxed) && Instant::now() < cap {
                 slow.retain(|(s, t)| {
                     let keep = t.elapsed() < Duration::from_secs(8);
                     if !keep {
