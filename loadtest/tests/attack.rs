@@ -126,3 +126,27 @@ fn an_unknown_kind_is_a_usage_error() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("no attack kind"), "{out}");
 }
+
+#[test]
+fn a_short_soak_reports_its_checks() {
+    let (code, v, out) = attack(&["soak", "--duration", "4s"]);
+    assert_eq!(code, 0, "{out}");
+    let s = &v["soak"];
+    for c in ["rss", "gauge", "no_loss", "server_up"] {
+        assert_eq!(s["checks"][c], true, "{c}: {s}");
+    }
+    assert!(s["churn"]["opened"].as_u64().unwrap() > 0, "{s}");
+    assert!(s["silent"]["opened"].as_u64().unwrap() > 0, "{s}");
+    // The silent peers were closed by the server's ping timeout, not by the soak.
+    assert!(
+        s["silent"]["pong_timeouts"].as_f64().unwrap() >= s["silent"]["opened"].as_f64().unwrap(),
+        "{s}"
+    );
+    assert_eq!(s["good_echo"]["lost"], 0);
+    assert_eq!(s["good_push"]["lost"], 0);
+    assert!(s["good_echo"]["sent"].as_u64().unwrap() > 0);
+    assert_eq!(
+        s["open_connections"]["baseline"],
+        s["open_connections"]["after"]
+    );
+}
