@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README): formatting, lints, unit, property and integration
-# tests, interop with third-party clients (Python websockets, Node ws, headless Chromium), and the Autobahn
+# tests, tune-limits.sh, the attack suite (short kinds and a 60 s soak), interop with
+# third-party clients (Python websockets, Node ws, headless Chromium), and the Autobahn
 # conformance suite over ws:// and wss://. Installs what it needs itself, idempotently.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +38,10 @@ if ! command -v shellcheck >/dev/null 2>&1; then
         { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null; }
 fi
 bash tests/tune_limits.sh
+
+step "attack suite: every kind of the hostile review (short sizes) and a 60 s soak"
+# docs/attacks.md; about 3 minutes on 2 cores; writes bench/results/<date>-attack.json.
+scripts/attack.sh --ci
 
 step "interop: Python websockets and Node ws"
 scripts/interop.sh

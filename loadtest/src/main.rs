@@ -9,6 +9,7 @@
 //! or dropped, the run was interrupted, or (fanout) an accepted publish was lost or duplicated
 //! or any publish was refused.
 
+mod attack;
 mod procinfo;
 mod publish;
 mod report;
@@ -59,6 +60,8 @@ enum Cmd {
     /// lost or duplicated, or any publish was refused (a refusal fails the run without counting
     /// as lost); 2 for a usage or setup error.
     Fanout(FanoutArgs),
+    /// The hostile review as a suite: `attack KIND|all|soak|list` against servers it starts.
+    Attack(attack::AttackArgs),
 }
 
 #[derive(Args, Debug)]
@@ -231,6 +234,9 @@ struct Common {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Attack(a) = &cli.cmd {
+        return attack::run(a);
+    }
     let mut fanout = None;
     let (scenario_name, common, scenario, connect_rate) = match &cli.cmd {
         Cmd::Fanout(a) => {
@@ -251,6 +257,7 @@ fn main() -> ExitCode {
             )
         }
         Cmd::Connect(a) => ("connect", &a.common, Scenario::Connect, a.rate),
+        Cmd::Attack(_) => unreachable!("handled above"),
         Cmd::Echo(a) => {
             if let Err(e) = check_tick(a) {
                 eprintln!("fanout-load: {e}");
