@@ -219,7 +219,7 @@ fn run(
     for i in 0..n {
         let path = match plan.app {
             App::Echo => "/".to_string(),
-            App::Push => format!("/?topics=probe-{i}"),
+            App::Push => format!("/ws?topics=probe-{i}"),
         };
         let Ok(url) = WsUrl::parse(&format!("ws://{}{path}", plan.addr)) else {
             continue;

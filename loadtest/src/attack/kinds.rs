@@ -572,7 +572,7 @@ fn slow_subscriber(c: &Ctx) -> Outcome {
             return o;
         }
     };
-    if let Err(e) = upgrade(&mut sub, "/?topics=slow", "") {
+    if let Err(e) = upgrade(&mut sub, "/ws?topics=slow", "") {
         o.saw(format!("subscriber refused: {e}"));
         return o;
     }

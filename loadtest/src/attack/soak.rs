@@ -194,7 +194,7 @@ pub fn run(a: &AttackArgs, bin: &Path) -> Result<(Value, bool), String> {
                 });
                 while slow.len() < SLOW_READERS {
                     let all: Vec<String> = (0..topics).map(|t| format!("probe-{t}")).collect();
-                    let path = format!("/?topics={}", all.join(","));
+                    let path = format!("/ws?topics={}", all.join(","));
                     match raw_ws(pa, &path, Ipv4Addr::new(127, 0, 6, 1), true) {
                         Some(s) => slow.push((s, Instant::now())),
                         None => break,
