@@ -11,7 +11,11 @@
 #
 # usage: scripts/attack.sh [--ci] [--full] [--kinds all|K1,K2] [--soak DURATION|none]
 #                          [--max-rss SIZE] [--scale F]
-#   --ci     the short kinds and a 60 s soak (what scripts/test.sh runs; about 2 minutes)
+#   --ci     the short kinds and a 60 s soak (what scripts/test.sh runs; about 2 minutes), with
+#            the good client's p99 allowed 8 ms over its baseline instead of 1 ms: in CI the
+#            attacker, the good client and the server share two cores, and a burst of 500
+#            handshakes alone moves a 0.1 ms p99 by a few ms (the review's ping flood took it
+#            to 12 ms, which still fails)
 #   --full   the review's sizes (150 x 1 MiB publish bodies, 10 x 16 MiB echo never read,
 #            20-connection ping flood, 500 half-open heads, 1,000 clients at SIGTERM...)
 #   default: the short kinds and a 10-minute soak
@@ -25,7 +29,7 @@ SOAK=10m
 EXTRA=()
 while (($#)); do
     case "$1" in
-        --ci) SOAK=60s ;;
+        --ci) SOAK=60s; EXTRA+=(--p99-slack-ms 8) ;;
         --full) EXTRA+=(--full) ;;
         --kinds) KINDS=$2; shift ;;
         --soak) SOAK=$2; shift ;;
