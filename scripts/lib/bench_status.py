@@ -2,8 +2,10 @@
 one viewer of /status/ws (README, "The status page"). CPU is utime + stime from /proc/PID/stat,
 and perf's task-clock when perf is there. --ping-interval 0: nothing else runs while idle.
 
-usage: python3 scripts/lib/bench_status.py FANOUT_BIN N WINDOW_S ROUNDS [base]
+usage: python3 scripts/lib/bench_status.py FANOUT_BIN N WINDOW_S ROUNDS [base|echo:RATE]
   base: the binary has no status page (an older build): only the windows without a viewer.
+  echo:RATE: an echo server instead, and fanout-load (beside FANOUT_BIN) echoing RATE
+  messages/s over 1,000 connections through every window, with and without the viewer.
 """
 import os, re, shutil, socket, subprocess, sys, threading, time
 
@@ -12,8 +14,11 @@ HZ = os.sysconf("SC_CLK_TCK")
 UPGRADE = ("GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
 
-srv = subprocess.Popen([BIN, "serve", "--app", "push", "--shards", "2", "--listen", "127.0.0.1:0",
-                        "--publish-key", "k", "--ping-interval", "0"], stderr=subprocess.PIPE, text=True)
+MODE = sys.argv[5] if len(sys.argv) > 5 else ""
+ECHO_RATE = float(MODE.split(":", 1)[1]) if MODE.startswith("echo:") else 0
+APP = ["--app", "echo"] if ECHO_RATE else ["--app", "push", "--publish-key", "k"]
+srv = subprocess.Popen([BIN, "serve", *APP, "--shards", "2", "--listen", "127.0.0.1:0",
+                        "--ping-interval", "0"], stderr=subprocess.PIPE, text=True)
 port = None
 for line in srv.stderr:
     m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
@@ -38,10 +43,19 @@ def upgrade(path):
     return s
 
 rss0 = rss()
-conns = [upgrade("/ws?topics=idle") for _ in range(N)]
+conns = [upgrade("/" if ECHO_RATE else "/ws?topics=idle") for _ in range(N)]
 rss1 = rss()
-print(f"{N} idle connections held; RSS {rss0} -> {rss1} ({(rss1 - rss0) / N:.0f} B per connection)")
+print(f"{N} idle connections held; RSS {rss0} -> {rss1} ({(rss1 - rss0) / max(N, 1):.0f} B per connection)")
 time.sleep(3)
+load = None
+if ECHO_RATE:
+    lg = os.path.join(os.path.dirname(BIN), "fanout-load")
+    secs = int(ROUNDS * (2 * WINDOW + 3) + 10)
+    load = subprocess.Popen([lg, "echo", "--url", f"ws://127.0.0.1:{port}/", "--connections", "1000",
+                             "--rate", str(ECHO_RATE / 1000), "--duration", f"{secs}s", "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(5)
+    print(f"echo load: {ECHO_RATE:.0f} messages/s over 1,000 connections")
 
 PERF = []
 def window():
@@ -63,7 +77,7 @@ def window():
 results = {"none": [], "viewer": []}
 for r in range(ROUNDS):
     results["none"].append(window())
-    if len(sys.argv) > 5 and sys.argv[5] == "base":
+    if MODE == "base":
         print(f"round {r + 1}: no viewer {results['none'][-1] * 1e3:.2f} ms CPU/s (perf task-clock {PERF[-1]:.2f})")
         continue
     v = upgrade("/status/ws")
@@ -92,4 +106,6 @@ for k, v in results.items():
 import urllib.request
 m = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
 print("still open at the end:", [l for l in m.splitlines() if l.startswith("fanout_open_connections")])
+if load:
+    load.terminate(); load.wait()
 srv.terminate(); srv.wait()
