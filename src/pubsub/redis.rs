@@ -327,6 +327,7 @@ pub(crate) fn spawn(
         confirms_since: None,
         held: VecDeque::new(),
         streams: HashMap::new(),
+        held_live_bytes: 0,
         requests: VecDeque::new(),
         wake: vec![false; shards],
         scratch: vec![0; 64 << 10].into_boxed_slice(),
@@ -435,6 +436,9 @@ struct BrokerThread {
     held: VecDeque<Held>,
     /// Topics with history: what was delivered, and reads in flight.
     streams: HashMap<Arc<str>, NodeStream>,
+    /// Bytes of the live messages held in every stream's `pending` (bounded by
+    /// `MAX_PENDING_BYTES`).
+    held_live_bytes: usize,
     /// Stream reads held until the subscriptions are confirmed (so nothing published between
     /// the read and the subscription is missed).
     requests: VecDeque<Request>,
@@ -588,12 +592,31 @@ impl BrokerThread {
         l.expect.push_back((expect, Instant::now()));
     }
 
+    /// Takes `n` more bytes of live messages held while a stream is read; past
+    /// `MAX_PENDING_BYTES` the connection is given up instead (what was held is read from the
+    /// stream again after reconnecting). False: not held.
+    fn hold(&mut self, n: usize) -> bool {
+        if self.held_live_bytes + n > MAX_PENDING_BYTES {
+            self.fail(format!(
+                "over {MAX_PENDING_BYTES} bytes of live messages held while reading a stream"
+            ));
+            return false;
+        }
+        self.held_live_bytes += n;
+        true
+    }
+
     /// Posts a message of a topic with history to its shards, in offset order: a gap makes
     /// the node read the stream first (the message waits).
     fn on_positioned(&mut self, topic: &Arc<str>, pos: Position, frame: SharedFrame) {
         let ns = self.streams.entry(topic.clone()).or_default();
         if ns.blocked > 0 {
-            ns.pending.push((pos, frame));
+            if !self.hold(frame.bytes().len()) {
+                return;
+            }
+            if let Some(ns) = self.streams.get_mut(topic) {
+                ns.pending.push((pos, frame));
+            }
             return;
         }
         let (same_epoch, last) = match &ns.last {
@@ -614,7 +637,12 @@ impl BrokerThread {
         if let Some(from) = missing_from {
             ns.blocked += 1;
             let epoch = pos.epoch.clone();
-            ns.pending.push((pos, frame));
+            if !self.hold(frame.bytes().len()) {
+                return;
+            }
+            if let Some(ns) = self.streams.get_mut(topic) {
+                ns.pending.push((pos, frame));
+            }
             let t = topic.clone();
             self.send_range(
                 &t,
@@ -658,10 +686,15 @@ impl BrokerThread {
             return;
         }
         if !self.interest.contains_key(topic) {
-            self.streams.remove(topic); // nobody here wants it any more
+            // Nobody here wants it any more.
+            if let Some(ns) = self.streams.remove(topic) {
+                self.held_live_bytes -= held_bytes(&ns.pending);
+            }
             return;
         }
-        for (pos, frame) in std::mem::take(&mut ns.pending) {
+        let pending = std::mem::take(&mut ns.pending);
+        self.held_live_bytes -= held_bytes(&pending);
+        for (pos, frame) in pending {
             self.on_positioned(topic, pos, frame);
         }
     }
@@ -1293,6 +1326,7 @@ impl BrokerThread {
             ns.blocked = 0;
             ns.pending.clear();
         }
+        self.held_live_bytes = 0;
         for h in std::mem::take(&mut self.held) {
             refused.push((h.shard, h.id, h.cmd.len()));
         }
@@ -1367,6 +1401,11 @@ impl BrokerThread {
             self.fail(e);
         }
     }
+}
+
+/// Bytes of live messages a stream holds (what `BrokerThread::hold` counted for them).
+fn held_bytes(pending: &[(Position, SharedFrame)]) -> usize {
+    pending.iter().map(|(_, f)| f.bytes().len()).sum()
 }
 
 /// `<epoch>:<offset>:` at the start of a positioned message, and the rest.
