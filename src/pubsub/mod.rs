@@ -8,7 +8,7 @@ pub mod history;
 mod hub;
 pub mod redis;
 mod registry;
-mod resp;
+pub mod resp;
 
 pub use history::{HistoryConfig, HistoryPolicy, NotRecovered, Position};
 pub use hub::{

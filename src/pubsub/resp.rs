@@ -232,6 +232,29 @@ mod tests {
     }
 
     #[test]
+    fn any_bytes_parse_or_fail_without_panicking() {
+        // A cheap deterministic sweep (the fuzz target `resp` goes further): every prefix of
+        // replies with garbage spliced in.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let parts: [&[u8]; 8] = [b"*", b"$", b":", b"+", b"-", b"\r\n", b"-1", b"12"];
+        for _ in 0..20_000 {
+            let mut buf = Vec::new();
+            for _ in 0..(seed % 12) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                buf.extend_from_slice(parts[(seed % 8) as usize]);
+                if seed % 5 == 0 {
+                    buf.push((seed >> 8) as u8);
+                }
+            }
+            if let Ok(Some((_, n))) = parse(&buf, 64) {
+                assert!(n <= buf.len());
+            }
+        }
+    }
+
+    #[test]
     fn commands() {
         let mut out = Vec::new();
         command(&mut out, &[b"PUBLISH", b"ch", b""]);
