@@ -47,13 +47,9 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-if ! command -v redis-server >/dev/null 2>&1; then
-    echo "== installing redis-server" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-fi
 # shellcheck source=scripts/lib/bench.sh
 . scripts/lib/bench.sh
+bench_need_redis
 bench_binaries missing
 OUT=bench/results
 mkdir -p "$OUT"
@@ -77,16 +73,8 @@ now_ms() { date +%s%3N; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
 redis_start() {
-    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-        --protected-mode no >"$WORK/redis.log" 2>&1 &
-    REDIS_PID=$!
-    for _ in $(seq 200); do
-        [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] && return 0
-        sleep 0.02
-    done
-    echo "redis-server did not start:" >&2
-    cat "$WORK/redis.log" >&2
-    return 1
+    bench_redis_start "$REDIS_PORT" "$WORK/redis.log"
+    REDIS_PID=$BENCH_REDIS_PID
 }
 
 redis_stop() {
@@ -97,26 +85,11 @@ redis_stop() {
 # nodes_start N SHARDS [--broker]: N fanout processes on one port.
 nodes_start() {
     local n=$1 shards=$2 broker=${3:-}
-    local args=(serve --app push --listen "127.0.0.1:$PORT" --shards "$shards" --publish-key "$KEY"
+    local args=(--app push --listen "127.0.0.1:$PORT" --shards "$shards" --publish-key "$KEY"
         --write-queue-limit 4MiB)
     [ -n "$broker" ] && args+=(--broker "$REDIS_URL")
-    NODE_PIDS=()
-    for i in $(seq "$n"); do
-        target/release/fanout "${args[@]}" 2>"$WORK/node$i.log" &
-        NODE_PIDS+=($!)
-        bench_wait_listening "$WORK/node$i.log" "$!"
-    done
-    if [ -n "$broker" ]; then
-        # Each node connected to Redis (its /healthz says ok).
-        for _ in $(seq 100); do
-            local ok=0
-            for _ in $(seq "$n"); do
-                curl -s "http://127.0.0.1:$PORT/healthz" | grep -qx ok && ok=$((ok + 1))
-            done
-            [ "$ok" -eq "$n" ] && break
-            sleep 0.05
-        done
-    fi
+    bench_nodes_start "$n" "$WORK" "${args[@]}"
+    NODE_PIDS=("${BENCH_NODE_PIDS[@]}")
 }
 
 nodes_stop() {

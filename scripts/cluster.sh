@@ -26,13 +26,9 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-if ! command -v redis-server >/dev/null 2>&1; then
-    echo "== installing redis-server" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-fi
 # shellcheck source=scripts/lib/bench.sh
 . scripts/lib/bench.sh
+bench_need_redis
 bench_binaries missing
 WORK=$(mktemp -d)
 PIDS=()
