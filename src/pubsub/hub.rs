@@ -411,21 +411,18 @@ impl<R> Hub<R> {
     ) -> Result<bool, SubscribeError> {
         let new = self.subscribe(subs, topic, id, max_per_conn)?;
         if new {
-            let topic = match self.streams.get_mut(topic) {
-                Some(st) => {
-                    st.held.push((id, u64::MAX));
-                    self.streams.get_key_value(topic).map(|(t, _)| t.clone())
-                }
-                None => None,
-            }
-            // No history for this topic: answered at the turn's end too, in order.
-            .unwrap_or_else(|| Arc::from(topic));
-            match &self.broker {
-                Broker::Redis(h) if self.streams.contains_key(&topic) => {
-                    h.replay(id.shard, id, topic, Some(since));
+            match (self.hold_for_replay(topic, id), &self.broker) {
+                (Some(t), Broker::Redis(h)) => {
+                    h.replay(id.shard, id, t, Some(since));
                     self.broker_told = true;
                 }
-                _ => self.recoveries.push(Recovery { id, topic, since }),
+                // In-process, or no history for this topic (answered "history off"): at the
+                // turn's end, in order.
+                (t, _) => self.recoveries.push(Recovery {
+                    id,
+                    topic: t.unwrap_or_else(|| Arc::from(topic)),
+                    since,
+                }),
             }
         }
         Ok(new)
@@ -442,19 +439,24 @@ impl<R> Hub<R> {
         max_per_conn: usize,
     ) -> Result<Ack, SubscribeError> {
         let new = self.subscribe(subs, topic, id, max_per_conn)?;
-        if let (true, Broker::Redis(h)) = (new && self.remote_history, &self.broker) {
-            if let Some((t, st)) = self.streams.get_key_value(topic) {
-                let t = t.clone();
-                let _ = st;
-                if let Some(st) = self.streams.get_mut(topic) {
-                    st.held.push((id, u64::MAX));
+        if new && self.remote_history {
+            if let Some(t) = self.hold_for_replay(topic, id) {
+                if let Broker::Redis(h) = &self.broker {
+                    h.replay(id.shard, id, t, None);
+                    self.broker_told = true;
+                    return Ok(Ack::Later);
                 }
-                h.replay(id.shard, id, t, None);
-                self.broker_told = true;
-                return Ok(Ack::Later);
             }
         }
         Ok(Ack::Now(self.position(topic)))
+    }
+
+    /// Keeps live messages of `topic` (one with history) from subscriber `id` until its
+    /// replay is queued; the topic's shared name, or None if it keeps no history.
+    fn hold_for_replay(&mut self, topic: &str, id: ConnId) -> Option<Arc<str>> {
+        let t = self.streams.get_key_value(topic)?.0.clone();
+        self.streams.get_mut(topic)?.held.push((id, u64::MAX));
+        Some(t)
     }
 
     /// False if it was not subscribed.
