@@ -53,6 +53,11 @@ pub struct AttackArgs {
     /// See --p99-factor: absorbs sub-millisecond noise on a shared box.
     #[arg(long, default_value_t = 1.0)]
     pub p99_slack_ms: f64,
+    /// Report the good client's p99 against its bound but do not fail on it: a latency is a
+    /// figure of the box as much as of the server, and CI's shared cores are not a place to
+    /// judge one (`scripts/attack.sh --ci`).
+    #[arg(long)]
+    pub p99_report_only: bool,
     /// The good client's connections.
     #[arg(long, default_value_t = 10)]
     pub good_connections: usize,
@@ -204,8 +209,9 @@ fn run_inner(a: &AttackArgs) -> Result<bool, String> {
         "bounds": {
             "max_rss_bytes": a.max_rss,
             "p99": format!(
-                "during <= max({} x baseline, baseline + {} ms): the slack absorbs sub-millisecond noise",
-                a.p99_factor, a.p99_slack_ms
+                "during <= max({} x baseline, baseline + {} ms): the slack absorbs sub-millisecond noise{}",
+                a.p99_factor, a.p99_slack_ms,
+                if a.p99_report_only { " (reported only, not judged)" } else { "" }
             ),
             "server_up": "GET /healthz answers 200 after the attack",
             "refusal": "every attacker saw an allowed outcome and the kind's counter moved",
@@ -309,11 +315,10 @@ fn run_kind(a: &AttackArgs, bin: &std::path::Path, kind: &kinds::Kind) -> Result
     let counter_ok = exits || kind.counters.is_empty() || moved > 0.0;
     let (p99_before, p99_during) = (g.before.p99, g.during.p99);
     let p99_limit = (a.p99_factor * p99_before).max(p99_before + a.p99_slack_ms);
-    let p99_ok = if exits {
-        true
-    } else {
-        g.during.count > 0 && p99_during <= p99_limit
-    };
+    let p99_within = g.during.count > 0 && p99_during <= p99_limit;
+    // With --p99-report-only the bound is printed and written, but only a good client that
+    // saw no answer at all during the attack fails the kind.
+    let p99_ok = exits || p99_within || (a.p99_report_only && g.during.count > 0);
     let good_ok = exits || (g.errors == 0 && opened);
     let rss_ok = peak as usize <= a.max_rss;
     let refusal_ok = outcome.refusal_ok && counter_ok;
@@ -338,8 +343,10 @@ fn run_kind(a: &AttackArgs, bin: &std::path::Path, kind: &kinds::Kind) -> Result
             mib(a.max_rss as u64)
         ));
     }
-    if !p99_ok {
-        broken.push(format!(
+    let mut over = Vec::new();
+    if !exits && !p99_within {
+        let b = if p99_ok { &mut over } else { &mut broken };
+        b.push(format!(
             "good p99 {p99_during:.3} ms > limit {p99_limit:.3} ms (baseline {p99_before:.3})"
         ));
     }
@@ -403,6 +410,7 @@ fn run_kind(a: &AttackArgs, bin: &std::path::Path, kind: &kinds::Kind) -> Result
             "good_client": good_ok,
         },
         "broken": broken,
+        "over_reported_only": over,
         "ok": ok,
     }))
 }
@@ -470,6 +478,15 @@ fn print_table(reports: &[Value]) {
         if let Some(b) = r["broken"].as_array() {
             for x in b {
                 println!("{:16}   broken: {}", "", x.as_str().unwrap_or(""));
+            }
+        }
+        if let Some(b) = r["over_reported_only"].as_array() {
+            for x in b {
+                println!(
+                    "{:16}   over (reported only): {}",
+                    "",
+                    x.as_str().unwrap_or("")
+                );
             }
         }
     }
