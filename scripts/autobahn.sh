@@ -355,7 +355,8 @@ start_server() {
       fi
     fi
     [[ -x $bin ]] || die "fanout binary not found: $bin"
-    printf -v cmd '%q serve --app echo --listen 127.0.0.1:%s' "$bin" "$PORT"
+    # Section 9 sends messages of up to 16 MiB; the default limit is 1 MiB.
+    printf -v cmd '%q serve --app echo --listen 127.0.0.1:%s --max-message-size 16MiB' "$bin" "$PORT"
     # Sections 12 and 13 need the extension; every message is compressed back.
     [[ $deflate == none ]] || cmd+=" --deflate --deflate-min-size 0"
     if ((tls)); then

@@ -83,7 +83,7 @@ pub struct ServeArgs {
     /// Open connections past which new clients get 503 [default: what RLIMIT_NOFILE allows].
     #[arg(long)]
     pub max_connections: Option<usize>,
-    /// Largest message, e.g. 16MiB [default: 16MiB]; larger closes with 1009.
+    /// Largest message, e.g. 16MiB [default: 1MiB]; larger closes with 1009.
     #[arg(long, value_parser = parse_size)]
     #[serde(default, deserialize_with = "de_size")]
     pub max_message_size: Option<usize>,
@@ -688,7 +688,7 @@ mod tests {
         let path = dir.join("fanout.toml");
         std::fs::write(
             &path,
-            "listen = \"127.0.0.1:7000\"\nshards = 3\nmax-message-size = \"1MiB\"\nping-interval = 5\nmax-lifetime = \"1h\"\nslow-consumer = \"disconnect\"\n",
+            "listen = \"127.0.0.1:7000\"\nshards = 3\nmax-message-size = \"2MiB\"\nping-interval = 5\nmax-lifetime = \"1h\"\nslow-consumer = \"disconnect\"\n",
         )
         .unwrap();
         let cli = Cli::parse_from([
@@ -703,7 +703,7 @@ mod tests {
         let cfg = args.merged().unwrap().config();
         assert_eq!(cfg.shards, 2);
         assert_eq!(cfg.listen.port(), 7000);
-        assert_eq!(cfg.max_message_size, 1 << 20);
+        assert_eq!(cfg.max_message_size, 2 << 20);
         assert_eq!(cfg.ping_interval, Duration::from_secs(5));
         assert_eq!(cfg.max_lifetime, Duration::from_secs(3600));
         assert_eq!(cfg.slow_consumer, SlowConsumerPolicy::Disconnect);

@@ -91,7 +91,11 @@ fn echoes_fragmented_messages_with_interleaved_ping() {
 
 #[test]
 fn echoes_10_mib_messages() {
-    let server = echo_server(config());
+    // Past the 1 MiB default, as a user with large messages would run it.
+    let server = echo_server(Config {
+        max_message_size: 16 << 20,
+        ..config()
+    });
     let cfg = WebSocketConfig::default()
         .max_message_size(Some(32 << 20))
         .max_frame_size(Some(32 << 20));

@@ -125,7 +125,11 @@ fn tls_stream(
 #[test]
 fn wss_echoes_text_binary_and_large_messages() {
     let cert = TestCert::new("echo");
-    let server = echo_server(tls_config(&cert));
+    // 3 MB crosses the 1 MiB default limit: raised as a user with large messages would.
+    let server = echo_server(Config {
+        max_message_size: 16 << 20,
+        ..tls_config(&cert)
+    });
     let mut ws = wss(&cert, server.local_addr(), "/");
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     for msg in [

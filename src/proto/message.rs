@@ -22,7 +22,10 @@ pub struct DecoderConfig {
 }
 
 impl DecoderConfig {
-    pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
+    /// 1 MiB, as Python's websockets: for a server the limit counts twice per connection that
+    /// does not read (the message arriving and its reply queued), so the default is what
+    /// bounds an attacker (docs/limits.md). Raise it for larger messages.
+    pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
 
     pub const fn new(role: Role) -> Self {
         Self {

@@ -82,7 +82,7 @@ impl Default for Config {
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             backlog: 4096,
             max_connections: 0,
-            max_message_size: 16 << 20,
+            max_message_size: crate::proto::DecoderConfig::DEFAULT_MAX_MESSAGE_SIZE,
             max_header_bytes: crate::proto::handshake::DEFAULT_MAX_HEADER_BYTES,
             max_http_body: 1 << 20,
             read_buffer_size: 64 << 10,

@@ -11,7 +11,8 @@ const TEN_MIB = 10 << 20;
 describe('fanout with ws', () => {
   let server;
   before(async () => {
-    server = await startServer();
+    // The 10 MiB echo is past the server's 1 MiB default --max-message-size.
+    server = await startServer(['--max-message-size', '16MiB']);
   });
   after(async () => {
     const code = await server.stop();

@@ -14,6 +14,8 @@ from typing import Callable
 
 import pytest
 
+from wsraw import LARGE
+
 REPO = Path(__file__).resolve().parents[3]
 BIN = Path(os.environ.get("FANOUT_BIN", REPO / "target" / "release" / "fanout"))
 LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
@@ -157,6 +159,12 @@ def start():
 def server(start) -> Server:
     """A fanout echo server with default flags."""
     return start()
+
+
+@pytest.fixture
+def large_server(start) -> Server:
+    """A fanout echo server that takes messages of up to 16 MiB."""
+    return start(*LARGE)
 
 
 def wait_for(pred: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:

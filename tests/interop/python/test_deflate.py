@@ -14,6 +14,8 @@ import socket
 from websockets.asyncio.client import connect
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
+from wsraw import LARGE
+
 TEN_MIB = 10 << 20
 
 
@@ -117,7 +119,7 @@ def test_fragmented_compressed_message(start):
 
 
 def test_large_compressed_messages_both_ways(start):
-    srv = start("--deflate")
+    srv = start("--deflate", *LARGE)
 
     async def main():
         async with connect(srv.url, max_size=TEN_MIB + 1024) as ws:

@@ -62,7 +62,9 @@ def test_echo_fragmented_messages(server):
     run(main())
 
 
-def test_echo_10mib_text_and_binary(server):
+def test_echo_10mib_text_and_binary(large_server):
+    server = large_server
+
     async def main():
         async with connect(server.url, compression=None, max_size=TEN_MIB + 1024) as ws:
             text = ("0123456789abcdef" * (TEN_MIB // 16))

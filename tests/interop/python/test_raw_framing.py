@@ -59,8 +59,9 @@ def test_many_frames_in_one_segment(server):
         sock.close()
 
 
-def test_large_frame_across_many_reads(server):
+def test_large_frame_across_many_reads(large_server):
     """A 3 MiB frame (bigger than the shard's 64 KiB read buffer) sent in uneven pieces."""
+    server = large_server
     sock, _, rest = wsraw.handshake(server.port)
     try:
         reader = FrameReader(sock, rest)

@@ -17,6 +17,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from conftest import BIN
+from wsraw import LARGE
 
 
 def run(coro):
@@ -39,7 +40,9 @@ def cert_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tls_server(start, cert_dir):
-    return start("--tls-cert", str(cert_dir / "cert.pem"), "--tls-key", str(cert_dir / "key.pem"))
+    # The echo test sends 2 MiB: past the 1 MiB default.
+    return start("--tls-cert", str(cert_dir / "cert.pem"), "--tls-key", str(cert_dir / "key.pem"),
+                 *LARGE)
 
 
 def client_ctx(cert_dir: Path) -> ssl.SSLContext:

@@ -9,6 +9,10 @@ import socket
 import struct
 import time
 
+
+# Server flags past the 1 MiB default --max-message-size: what a user with large messages runs.
+LARGE = ("--max-message-size", "16MiB")
+
 GOOD_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
 
