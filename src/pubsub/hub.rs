@@ -259,6 +259,8 @@ pub struct Hub<R> {
     remote_history: bool,
     framer: Framer,
     streams: HashMap<Arc<str>, Stream>,
+    /// Scratch for `deliver_to`: the held subscribers an offset skips, sorted.
+    skip: Vec<ConnId>,
     recoveries: Vec<Recovery>,
     last_sweep: Option<Instant>,
     /// Interest was sent to the broker this turn: wake it at the turn's end.
@@ -284,6 +286,7 @@ impl<R> Clone for Hub<R> {
             remote_history: self.remote_history,
             framer: self.framer.clone(),
             streams: HashMap::new(),
+            skip: Vec::new(),
             recoveries: Vec::new(),
             last_sweep: None,
         }
@@ -323,6 +326,7 @@ impl<R> Hub<R> {
             remote_history,
             framer,
             streams: HashMap::new(),
+            skip: Vec::new(),
             recoveries: Vec::new(),
             last_sweep: None,
         }
@@ -795,17 +799,19 @@ impl<R> Hub<R> {
         frame: &SharedFrame,
         offset: Option<u64>,
     ) -> u64 {
-        let held: &[(ConnId, u64)] = match (offset, self.streams.get(topic)) {
-            (Some(_), Some(st)) => &st.held,
-            _ => &[],
-        };
+        // The subscribers being recovered whose replay covers this offset, sorted: with a
+        // few hundred recoveries in flight (a reconnect wave) a linear look-up per subscriber
+        // cost subscribers x recoveries per delivery.
+        let skip = &mut self.skip;
+        skip.clear();
+        if let (Some(o), Some(st)) = (offset, self.streams.get(topic)) {
+            skip.extend(st.held.iter().filter(|&&(_, w)| o <= w).map(|&(c, _)| c));
+            skip.sort_unstable();
+        }
         let (mut queued, mut dropped, mut closed) = (0, 0, 0);
         for id in self.registry.subscribers(topic) {
-            if !held.is_empty() {
-                let o = offset.unwrap_or(0);
-                if held.iter().any(|&(c, w)| c == id && o <= w) {
-                    continue;
-                }
+            if !skip.is_empty() && skip.binary_search(&id).is_ok() {
+                continue;
             }
             match port.deliver(id, frame) {
                 Delivery::Queued => queued += 1,
