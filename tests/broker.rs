@@ -7,43 +7,24 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::push::{http, next_text, publish, silent, sub, Ws, KEY};
+use common::push::{
+    http, json, next_text, publish, push_config, push_server, silent, sub, wait_healthy, Ws, KEY,
+};
 use common::redis::RedisServer;
-use fanout::apps::push::{Push, PushConfig};
+use fanout::apps::push::PushConfig;
 use fanout::pubsub::redis::RedisConfig;
 use fanout::pubsub::{BrokerConfig, HistoryConfig, HistoryPolicy};
-use fanout::server::{Config, Server, SlowConsumerPolicy};
+use fanout::server::{Config, Server};
 use tungstenite::Message;
 
 fn node(redis_url: &str) -> Server {
-    Server::start(
-        Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            shards: 2,
-            slow_consumer: SlowConsumerPolicy::Disconnect,
-            ..Config::default()
-        },
-        Push::new(PushConfig {
-            publish_key: Some(KEY.into()),
-            allow_ws_publish: true,
+    push_server(
+        Config::default(),
+        PushConfig {
             broker: BrokerConfig::Redis(RedisConfig::parse(redis_url).unwrap()),
-            ..PushConfig::default()
-        }),
+            ..push_config()
+        },
     )
-    .unwrap()
-}
-
-/// Waits until `/healthz` on `node` says `ok` (the broker connected).
-fn wait_healthy(s: &Server) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (_, body) = http(s.local_addr(), "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
-        if body == "ok\n" {
-            return;
-        }
-        assert!(Instant::now() < deadline, "broker never connected: {body}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]
@@ -277,15 +258,10 @@ fn redis_down_at_start_the_server_starts_degraded_and_heals() {
 }
 
 fn history_node(redis_url: &str) -> Server {
-    Server::start(
-        Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            shards: 2,
-            slow_consumer: SlowConsumerPolicy::Disconnect,
-            ..Config::default()
-        },
-        Push::new(PushConfig {
-            publish_key: Some(KEY.into()),
+    push_server(
+        Config::default(),
+        PushConfig {
+            allow_ws_publish: false,
             envelope: true,
             broker: BrokerConfig::Redis(RedisConfig::parse(redis_url).unwrap()),
             history: HistoryConfig {
@@ -295,14 +271,9 @@ fn history_node(redis_url: &str) -> Server {
                 }),
                 ..HistoryConfig::default()
             },
-            ..PushConfig::default()
-        }),
+            ..push_config()
+        },
     )
-    .unwrap()
-}
-
-fn json(ws: &mut Ws) -> serde_json::Value {
-    serde_json::from_str(&next_text(ws)).unwrap()
 }
 
 #[test]

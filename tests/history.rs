@@ -7,38 +7,26 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::push::{http, next_text, publish, silent, sub, Ws, KEY};
-use fanout::apps::push::{Push, PushConfig};
+use common::push::{http, json, publish, push_config, push_server, silent, sub, Ws, KEY};
+use fanout::apps::push::PushConfig;
 use fanout::pubsub::{HistoryConfig, HistoryPolicy};
-use fanout::server::{Config, Server, SlowConsumerPolicy};
+use fanout::server::{Config, Server};
 use serde_json::Value;
 use tungstenite::Message;
 
 fn server(size: usize, max_recovery: usize) -> Server {
-    Server::start(
-        Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            shards: 2,
-            slow_consumer: SlowConsumerPolicy::Disconnect,
-            ..Config::default()
-        },
-        Push::new(PushConfig {
-            publish_key: Some(KEY.into()),
-            allow_ws_publish: true,
+    push_server(
+        Config::default(),
+        PushConfig {
             envelope: true,
             history: HistoryConfig {
                 default: Some(HistoryPolicy { size, ttl: None }),
                 max_recovery,
                 ..HistoryConfig::default()
             },
-            ..PushConfig::default()
-        }),
+            ..push_config()
+        },
     )
-    .unwrap()
-}
-
-fn json(ws: &mut Ws) -> Value {
-    serde_json::from_str(&next_text(ws)).unwrap()
 }
 
 fn subscribe(ws: &mut Ws, topic: &str, since: Option<(u64, &str)>) {

@@ -7,37 +7,16 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::push::{http, next_text, publish, silent, sub, Ws};
-use fanout::apps::push::{Push, PushConfig};
-use fanout::server::{Config, Server, SlowConsumerPolicy};
+use common::push::{http, next_text, publish, push_config, push_server, silent, sub, Ws};
+use fanout::apps::push::PushConfig;
+use fanout::server::Config;
 use tungstenite::{connect, Message};
 
 const KEY: &str = common::push::KEY;
 
-fn push_server(cfg: Config, push: PushConfig) -> Server {
-    Server::start(
-        Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            shards: 2,
-            slow_consumer: SlowConsumerPolicy::Disconnect,
-            ..cfg
-        },
-        Push::new(push),
-    )
-    .unwrap()
-}
-
-fn default_push() -> PushConfig {
-    PushConfig {
-        publish_key: Some(KEY.into()),
-        allow_ws_publish: true,
-        ..PushConfig::default()
-    }
-}
-
 #[test]
 fn publish_reaches_exactly_the_subscribers_once_in_order() {
-    let s = push_server(Config::default(), default_push());
+    let s = push_server(Config::default(), push_config());
     let addr = s.local_addr();
     // Subscribers spread over both shards: by URL and by message.
     let mut by_url: Vec<Ws> = (0..6).map(|_| sub(addr, "?topics=news,misc")).collect();
@@ -71,7 +50,7 @@ fn publish_reaches_exactly_the_subscribers_once_in_order() {
 
 #[test]
 fn websocket_publish_and_unsubscribe() {
-    let s = push_server(Config::default(), default_push());
+    let s = push_server(Config::default(), push_config());
     let addr = s.local_addr();
     let mut a = sub(addr, "?topics=room");
     let mut b = sub(addr, "?topics=room");
@@ -109,7 +88,7 @@ fn bad_commands_get_clear_errors_and_the_connection_stays_usable() {
         Config::default(),
         PushConfig {
             max_topics_per_conn: 2,
-            ..default_push()
+            ..push_config()
         },
     );
     let addr = s.local_addr();
@@ -159,7 +138,7 @@ fn bad_commands_get_clear_errors_and_the_connection_stays_usable() {
 
 #[test]
 fn publish_api_refusals() {
-    let s = push_server(Config::default(), default_push());
+    let s = push_server(Config::default(), push_config());
     let addr = s.local_addr();
     assert_eq!(publish(addr, "a", "x", "text/plain", "wrong").0, 401);
     let (status, _) = http(
@@ -194,7 +173,7 @@ fn a_non_reading_subscriber_is_cut_off_while_others_keep_receiving() {
             write_queue_limit: 64 << 10,
             ..Config::default()
         },
-        default_push(),
+        push_config(),
     );
     let addr = s.local_addr();
     let mut good = sub(addr, "?topics=firehose");
@@ -259,7 +238,7 @@ fn a_subscriber_that_reads_late_gets_every_frame_whole_and_in_order() {
             write_queue_limit: 64 << 20,
             ..Config::default()
         },
-        default_push(),
+        push_config(),
     );
     let addr = s.local_addr();
     let mut late = sub(addr, "?topics=big");
@@ -282,7 +261,7 @@ fn a_subscriber_that_reads_late_gets_every_frame_whole_and_in_order() {
 
 #[test]
 fn metrics_reflect_connections_and_publishes() {
-    let s = push_server(Config::default(), default_push());
+    let s = push_server(Config::default(), push_config());
     let addr = s.local_addr();
     let _subs: Vec<Ws> = (0..4).map(|_| sub(addr, "?topics=m")).collect();
     publish(addr, "m", "x", "text/plain", KEY);

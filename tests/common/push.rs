@@ -1,14 +1,58 @@
-//! Helpers for the push app's tests: tungstenite subscribers and plain HTTP requests.
+//! Helpers for the push app's tests: servers, tungstenite subscribers and plain HTTP requests.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use fanout::apps::push::{Push, PushConfig};
+use fanout::server::{Config, Server, SlowConsumerPolicy};
 use tungstenite::{connect, Message};
 
 pub type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
 
 pub const KEY: &str = "test-key";
+
+/// A push server on a free loopback port with 2 shards, whose slow subscribers are closed
+/// (the tests want to see it): `cfg` for the rest of the server's settings, `push` for the app.
+pub fn push_server(cfg: Config, push: PushConfig) -> Server {
+    Server::start(
+        Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            shards: 2,
+            slow_consumer: SlowConsumerPolicy::Disconnect,
+            ..cfg
+        },
+        Push::new(push),
+    )
+    .unwrap()
+}
+
+/// The push app as most tests run it: publishes need `KEY`, WebSocket publishes allowed.
+pub fn push_config() -> PushConfig {
+    PushConfig {
+        publish_key: Some(KEY.into()),
+        allow_ws_publish: true,
+        ..PushConfig::default()
+    }
+}
+
+/// The next text message, parsed as JSON.
+pub fn json(ws: &mut Ws) -> serde_json::Value {
+    serde_json::from_str(&next_text(ws)).unwrap()
+}
+
+/// Waits until `/healthz` says `ok` (with a broker: connected).
+pub fn wait_healthy(s: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, body) = http(s.local_addr(), "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+        if body == "ok\n" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "broker never connected: {body}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
 
 pub fn sub(addr: SocketAddr, query: &str) -> Ws {
     let (ws, _) = connect(format!("ws://{addr}/ws{query}")).unwrap();
