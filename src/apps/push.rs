@@ -234,62 +234,86 @@ impl Push {
     fn app_metrics(&self) -> String {
         let mut out = String::new();
         let st = self.hub.stats();
-        let counters = [
+        for (name, help, v) in [
             (
                 "fanout_push_publishes_total",
                 "publishes accepted (in-process: fanned out; with a broker: answered by it)",
-                st.publishes.load(Relaxed),
+                &st.publishes,
             ),
             (
                 "fanout_push_publishes_refused_total",
                 "publishes answered 502/503 because the broker was unavailable, refused them or was overloaded",
-                st.publishes_refused.load(Relaxed),
+                &st.publishes_refused,
             ),
             (
                 "fanout_push_deliveries_total",
                 "frames queued on subscribers",
-                st.deliveries.load(Relaxed),
+                &st.deliveries,
             ),
             (
                 "fanout_push_deliveries_dropped_total",
                 "deliveries not queued because they did not fit under --write-queue-limit (pause, drop-oldest)",
-                st.dropped.load(Relaxed),
+                &st.dropped,
             ),
             (
                 "fanout_push_slow_consumers_closed_total",
                 "subscribers closed (1008) because a delivery did not fit under --write-queue-limit (disconnect)",
-                st.slow_closed.load(Relaxed),
+                &st.slow_closed,
             ),
-        ];
-        for (name, help, v) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
+        ] {
+            metric(&mut out, name, "counter", help, v.load(Relaxed));
         }
         if let Some(h) = self.hub.history() {
             let st = &h.stats;
-            for (name, kind, v) in [
-                ("fanout_history_entries", "gauge", &st.entries),
-                ("fanout_history_bytes", "gauge", &st.bytes),
-                ("fanout_history_topics", "gauge", &st.topics),
+            for (name, kind, help, v) in [
+                (
+                    "fanout_history_entries",
+                    "gauge",
+                    "messages kept in this process's history",
+                    &st.entries,
+                ),
+                (
+                    "fanout_history_bytes",
+                    "gauge",
+                    "bytes of the messages kept, with their overhead",
+                    &st.bytes,
+                ),
+                (
+                    "fanout_history_topics",
+                    "gauge",
+                    "topics with a history in this process",
+                    &st.topics,
+                ),
                 (
                     "fanout_history_evicted_by_cap_total",
                     "counter",
+                    "messages evicted before their time by --history-max-bytes",
                     &st.evicted_by_cap,
                 ),
-                ("fanout_history_gaps_total", "counter", &st.gaps),
+                (
+                    "fanout_history_gaps_total",
+                    "counter",
+                    "offsets a shard could not deliver in order (neither live nor in the history)",
+                    &st.gaps,
+                ),
                 (
                     "fanout_recovered_messages_total",
                     "counter",
+                    "messages replayed to subscribers that came back with a position",
                     &st.recovered_messages,
                 ),
             ] {
-                let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {}", v.load(Relaxed));
+                metric(&mut out, name, kind, help, v.load(Relaxed));
             }
+            head(
+                &mut out,
+                "fanout_recoveries_total",
+                "counter",
+                "subscribes with a position, by result (recovered, or why not)",
+            );
             let _ = writeln!(
                 out,
-                "# TYPE fanout_recoveries_total counter\nfanout_recoveries_total{{result=\"recovered\"}} {}",
+                "fanout_recoveries_total{{result=\"recovered\"}} {}",
                 st.recoveries_ok.load(Relaxed)
             );
             for (i, why) in NotRecovered::ALL.iter().enumerate() {
@@ -302,26 +326,58 @@ impl Push {
             }
         }
         if let Some(b) = self.hub.broker_status() {
-            let up = u8::from(b.up.load(Relaxed));
-            let _ = writeln!(out, "# HELP fanout_broker_up 1 while the broker (Redis) is connected\n# TYPE fanout_broker_up gauge\nfanout_broker_up {up}");
-            let _ = writeln!(
-                out,
-                "# TYPE fanout_broker_subscribed_topics gauge\nfanout_broker_subscribed_topics {}",
-                b.subscribed_topics.load(Relaxed)
-            );
-            for (name, v) in [
-                ("fanout_broker_reconnects_total", &b.reconnects),
-                ("fanout_broker_publishes_sent_total", &b.publishes_sent),
-                ("fanout_broker_publishes_failed_total", &b.publishes_failed),
+            for (name, kind, help, v) in [
+                (
+                    "fanout_broker_up",
+                    "gauge",
+                    "1 while the broker (Redis) is connected",
+                    u64::from(b.up.load(Relaxed)),
+                ),
+                (
+                    "fanout_broker_subscribed_topics",
+                    "gauge",
+                    "topics this node is subscribed to in the broker",
+                    b.subscribed_topics.load(Relaxed),
+                ),
+                (
+                    "fanout_broker_reconnects_total",
+                    "counter",
+                    "connections to the broker made again after one was lost",
+                    b.reconnects.load(Relaxed),
+                ),
+                (
+                    "fanout_broker_publishes_sent_total",
+                    "counter",
+                    "publishes written to the broker",
+                    b.publishes_sent.load(Relaxed),
+                ),
+                (
+                    "fanout_broker_publishes_failed_total",
+                    "counter",
+                    "publishes the broker refused or that were lost with its connection",
+                    b.publishes_failed.load(Relaxed),
+                ),
                 (
                     "fanout_broker_messages_received_total",
-                    &b.messages_received,
+                    "counter",
+                    "messages received from the broker for this node's subscribers",
+                    b.messages_received.load(Relaxed),
                 ),
-                ("fanout_broker_messages_dropped_total", &b.messages_dropped),
+                (
+                    "fanout_broker_messages_dropped_total",
+                    "counter",
+                    "messages from the broker dropped as malformed",
+                    b.messages_dropped.load(Relaxed),
+                ),
             ] {
-                let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", v.load(Relaxed));
+                metric(&mut out, name, kind, help, v);
             }
-            let _ = writeln!(out, "# HELP fanout_broker_rtt_seconds PUBLISH round trip to the broker\n# TYPE fanout_broker_rtt_seconds histogram");
+            head(
+                &mut out,
+                "fanout_broker_rtt_seconds",
+                "histogram",
+                "PUBLISH round trip to the broker",
+            );
             let mut cum = 0;
             for (i, le) in RTT_BUCKETS_US.iter().enumerate() {
                 cum += b.rtt_buckets[i].load(Relaxed);
@@ -334,16 +390,23 @@ impl Push {
             let count = b.rtt_count.load(Relaxed);
             let _ = writeln!(
                 out,
-                "fanout_broker_rtt_seconds_bucket{{le=\"+Inf\"}} {count}"
-            );
-            let _ = writeln!(
-                out,
-                "fanout_broker_rtt_seconds_sum {}\nfanout_broker_rtt_seconds_count {count}",
+                "fanout_broker_rtt_seconds_bucket{{le=\"+Inf\"}} {count}\nfanout_broker_rtt_seconds_sum {}\nfanout_broker_rtt_seconds_count {count}",
                 b.rtt_sum_us.load(Relaxed) as f64 / 1e6
             );
         }
         out
     }
+}
+
+/// The HELP and TYPE lines of a series.
+fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A series without labels: its HELP, TYPE and value.
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, v: u64) {
+    head(out, name, kind, help);
+    let _ = writeln!(out, "{name} {v}");
 }
 
 /// `"epoch":..,"offset":..` of a position (nulls without one).
