@@ -154,9 +154,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PATH")]
     pub ws_path: Option<String>,
     /// push: share publishes with other nodes through Redis pub/sub,
-    /// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]` [default: in-process only].
+    /// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`, or `rediss://` for TLS [default:
+    /// in-process only].
     #[arg(long, value_name = "URL")]
     pub broker: Option<String>,
+    /// push: with a `rediss://` broker, trust the certificates of this PEM file instead of
+    /// the system's CA bundle (e.g. Redis' own CA).
+    #[arg(long, value_name = "FILE")]
+    pub broker_ca: Option<std::path::PathBuf>,
     /// push: prefix of the Redis channels (channel = prefix + topic) [default: fanout:].
     #[arg(long, value_name = "PREFIX")]
     pub broker_prefix: Option<String>,
@@ -295,6 +300,7 @@ impl ServeArgs {
             envelope,
             max_topics_per_conn,
             broker,
+            broker_ca,
             broker_prefix,
             history_size,
             history_ttl,
@@ -343,6 +349,9 @@ impl ServeArgs {
         }
         if self.broker.is_none() && self.broker_prefix.is_some() {
             return Err("--broker-prefix needs --broker".into());
+        }
+        if self.broker.is_none() && self.broker_ca.is_some() {
+            return Err("--broker-ca needs a rediss:// --broker (TLS)".into());
         }
         let history = self.history_config();
         if history.enabled() {
@@ -428,6 +437,15 @@ impl ServeArgs {
         if let Some(p) = &self.broker_prefix {
             cfg.prefix.clone_from(p);
         }
+        if let Some(ca) = &self.broker_ca {
+            if cfg.tls.is_none() {
+                return Err("--broker-ca needs a rediss:// --broker (TLS)".into());
+            }
+            cfg.tls = Some(crate::client::Trust::CaFile(ca.clone()));
+        }
+        // A CA file that does not load is a start-up error, not a broker forever down.
+        cfg.tls_config()
+            .map_err(|e| format!("--broker {url}: {e}"))?;
         Ok(crate::pubsub::BrokerConfig::Redis(cfg))
     }
 
@@ -666,6 +684,14 @@ mod tests {
             crate::pubsub::BrokerConfig::Redis(_) => assert!(both.history.enabled()),
             other => panic!("{other:?}"),
         }
+        // TLS to Redis: the CA file is read at start-up, and only with rediss://.
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        let ca = ca.to_str().unwrap();
+        let e = parse(&["--broker-ca", ca]).unwrap_err();
+        assert!(e.contains("needs a rediss://"), "{e}");
+        let e = parse(&["--broker", "rediss://h", "--broker-ca", ca]).unwrap_err();
+        assert!(e.contains("rediss://h") && e.contains("ca.pem"), "{e}");
         std::fs::write(&path, "app = \"push\"\nbroker = \"redis://h:7/2\"\n").unwrap();
         let p = parse(&["--broker-prefix", "x:"]).unwrap().push_config();
         match p.broker {

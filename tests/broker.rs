@@ -491,3 +491,63 @@ fn with_history_in_redis_a_plain_subscribe_is_told_the_position_to_come_back_wit
     assert_eq!(json(&mut ws)["data"], "m5");
     assert_eq!(json(&mut ws)["data"], "m6");
 }
+
+/// A self-signed certificate for 127.0.0.1 in a fresh directory: (cert.pem, key.pem).
+fn self_signed(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("fanout-redis-tls-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+#[test]
+fn rediss_publishes_cross_nodes_over_tls_and_an_untrusted_redis_is_refused() {
+    let (cert, key) = self_signed("ok");
+    let redis = RedisServer::start_tls(cert.clone(), key);
+    let tls_node = |ca: Option<&std::path::Path>| {
+        let mut cfg = RedisConfig::parse(&redis.tls_url()).unwrap();
+        if let Some(ca) = ca {
+            cfg.tls = Some(fanout::client::Trust::CaFile(ca.to_path_buf()));
+        }
+        push_server(
+            Config::default(),
+            PushConfig {
+                broker: BrokerConfig::Redis(cfg),
+                ..push_config()
+            },
+        )
+    };
+    // Two nodes on Redis' TLS port (the only thing it speaks there), trusting its CA.
+    let (a, b) = (tls_node(Some(&cert)), tls_node(Some(&cert)));
+    wait_healthy(&a);
+    wait_healthy(&b);
+    let mut s = sub(b.local_addr(), "?topics=secure");
+    assert!(redis.wait_numsub("fanout:secure", 1));
+    let (status, body) = publish(a.local_addr(), "secure", "sealed", "text/plain", KEY);
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "{\"topic\":\"secure\",\"nodes\":1}\n")
+    );
+    assert_eq!(next_text(&mut s), "sealed");
+    // A node trusting only the system's CAs refuses the self-signed certificate: degraded,
+    // saying why, and publishes answer 503.
+    let c = tls_node(None);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let health = loop {
+        let (_, h) = http(c.local_addr(), "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+        if h.contains("certificate") || Instant::now() > deadline {
+            break h;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        health.starts_with("degraded: broker rediss://127.0.0.1:")
+            && health.contains("certificate"),
+        "{health}"
+    );
+    let (status, _) = publish(c.local_addr(), "secure", "x", "text/plain", KEY);
+    assert_eq!(status, 503);
+}

@@ -18,7 +18,7 @@ const SYSTEM_CA_FILES: &[&str] = &[
 ];
 
 /// Trust for `wss://` servers.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Trust {
     /// The system's CA bundle.
     #[default]

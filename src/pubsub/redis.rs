@@ -62,6 +62,8 @@ pub struct RedisConfig {
     pub prefix: String,
     /// Topics with a history keep it in Redis Streams.
     pub history: Option<HistoryConfig>,
+    /// `rediss://`: TLS to Redis, trusting these roots.
+    pub tls: Option<crate::client::Trust>,
 }
 
 /// Numbers a message of a topic with history, appends it to the topic's stream and publishes
@@ -100,16 +102,18 @@ return {epoch, head, redis.call('XRANGE', KEYS[1], from .. '-0', '+', 'COUNT', A
 const MAX_CATCH_UP: usize = 100_000;
 
 impl RedisConfig {
-    /// Parses `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`.
+    /// Parses `redis[s]://[[USER]:PASSWORD@]HOST[:PORT][/DB]`; `rediss://` is TLS, trusting
+    /// the system's CA bundle until `trust` says otherwise.
     pub fn parse(url: &str) -> Result<RedisConfig, String> {
-        if url.starts_with("rediss://") {
-            return Err(format!(
-                "{url}: TLS to Redis (rediss://) is not supported; use redis:// on a trusted network or a TLS tunnel"
-            ));
-        }
-        let rest = url
-            .strip_prefix("redis://")
-            .ok_or_else(|| format!("{url}: expected redis://HOST[:PORT][/DB]"))?;
+        let (rest, tls) = match url.strip_prefix("rediss://") {
+            Some(r) => (r, Some(crate::client::Trust::System)),
+            None => (
+                url.strip_prefix("redis://").ok_or_else(|| {
+                    format!("{url}: expected redis://HOST[:PORT][/DB] or rediss:// (TLS)")
+                })?,
+                None,
+            ),
+        };
         let (auth, rest) = match rest.rsplit_once('@') {
             Some((a, r)) => (Some(a), r),
             None => (None, rest),
@@ -164,7 +168,20 @@ impl RedisConfig {
             password,
             prefix: "fanout:".into(),
             history: None,
+            tls,
         })
+    }
+
+    /// The rustls settings of a `rediss://` connection (no ALPN: Redis speaks RESP), or an
+    /// error naming what is wrong with the trust (a CA file that does not load).
+    pub fn tls_config(&self) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+        let Some(trust) = &self.tls else {
+            return Ok(None);
+        };
+        let cfg = crate::client::tls_client_config(trust)?;
+        let mut cfg = (*cfg).clone();
+        cfg.alpn_protocols.clear();
+        Ok(Some(Arc::new(cfg)))
     }
 
     /// The address without the password, for logs.
@@ -179,7 +196,12 @@ impl RedisConfig {
         } else {
             self.host.clone()
         };
-        format!("redis://{auth}{host}:{}/{}", self.port, self.db)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://{auth}{host}:{}/{}", self.port, self.db)
     }
 }
 
@@ -291,6 +313,7 @@ pub(crate) fn spawn(
     status: Arc<BrokerStatus>,
     framer: Framer,
 ) -> io::Result<RedisHandle> {
+    let tls = cfg.tls_config().map_err(io::Error::other)?;
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let (tx, rx) = mpsc::channel();
@@ -306,6 +329,7 @@ pub(crate) fn spawn(
     let shards = remote.shards();
     let thread = BrokerThread {
         framer,
+        tls,
         poll,
         inbox: rx,
         remote,
@@ -385,6 +409,8 @@ struct NodeStream {
 
 struct Link {
     sock: TcpStream,
+    /// `rediss://`: the TLS session the bytes go through (`inbuf` and `out` stay plaintext).
+    tls: Option<Box<rustls::ClientConnection>>,
     started: Instant,
     connected: bool,
     inbuf: Vec<u8>,
@@ -401,6 +427,100 @@ impl Link {
     fn ready(&self) -> bool {
         self.connected && !matches!(self.expect.front(), Some((Expect::Handshake, _)))
     }
+
+    /// Reads what the socket has into `inbuf` (decrypted first with TLS). `Ok(true)`: Redis
+    /// closed the connection. Fails once `inbuf` would pass `limit`.
+    fn read_in(&mut self, scratch: &mut [u8], limit: usize) -> Result<bool, String> {
+        loop {
+            let n = match &mut self.tls {
+                None => match self.sock.read(scratch) {
+                    Ok(0) => return Ok(true),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(format!("read: {e}")),
+                },
+                Some(tls) => match tls.reader().read(scratch) {
+                    // close_notify
+                    Ok(0) => return Ok(true),
+                    Ok(n) => n,
+                    // No plaintext left: decrypt the next records, if the socket has any.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        match tls.read_tls(&mut self.sock) {
+                            Ok(0) => return Ok(true),
+                            Ok(_) => {
+                                tls.process_new_packets().map_err(|e| format!("TLS: {e}"))?;
+                                continue;
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                            Err(e) => return Err(format!("read: {e}")),
+                        }
+                    }
+                    Err(e) => return Err(format!("TLS read: {e}")),
+                },
+            };
+            if self.inbuf.len() + n > limit {
+                return Err("a reply from Redis passed the size limit".into());
+            }
+            self.inbuf.extend_from_slice(&scratch[..n]);
+        }
+    }
+
+    /// Writes `out` (through TLS when on: its handshake too) until the socket would block.
+    fn write_out(&mut self) -> Result<(), String> {
+        let mut written = 0;
+        let r = match &mut self.tls {
+            None => loop {
+                if written == self.out.len() {
+                    break Ok(());
+                }
+                match self.sock.write(&self.out[written..]) {
+                    Ok(0) => break Err("write: wrote nothing".to_string()),
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => break Err(format!("write: {e}")),
+                }
+            },
+            // rustls takes plaintext up to its buffer limit (64 KiB by default, so the
+            // records waiting in it stay bounded) and holds it until the handshake is done.
+            Some(tls) => loop {
+                let mut progress = false;
+                if written < self.out.len() {
+                    match tls.writer().write(&self.out[written..]) {
+                        Ok(n) => {
+                            written += n;
+                            progress |= n > 0;
+                        }
+                        Err(e) => break Err(format!("TLS write: {e}")),
+                    }
+                }
+                if tls.wants_write() {
+                    match tls.write_tls(&mut self.sock) {
+                        Ok(0) => break Err("write: wrote nothing".to_string()),
+                        Ok(_) => progress = true,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => break Err(format!("write: {e}")),
+                    }
+                }
+                if !progress {
+                    break Ok(());
+                }
+            },
+        };
+        self.out.drain(..written);
+        if self.out.capacity() > (1 << 20) && self.out.len() < (64 << 10) {
+            self.out.shrink_to(64 << 10);
+        }
+        r
+    }
+
+    /// Something to write: commands, or TLS records (the handshake's included).
+    fn wants_write(&self) -> bool {
+        !self.out.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
 }
 
 struct Held {
@@ -412,6 +532,8 @@ struct Held {
 struct BrokerThread {
     /// Makes the frame subscribers get (the app's envelope) once per message on this node.
     framer: Framer,
+    /// `rediss://`: each link is a TLS client of these settings.
+    tls: Option<Arc<rustls::ClientConfig>>,
     poll: Poll,
     inbox: mpsc::Receiver<ToBroker>,
     remote: Box<dyn Remote>,
@@ -896,8 +1018,19 @@ impl BrokerThread {
         self.poll
             .registry()
             .register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)?;
+        let tls = match &self.tls {
+            None => None,
+            Some(cfg) => {
+                let name = rustls::pki_types::ServerName::try_from(self.cfg.host.clone())
+                    .map_err(|e| io::Error::other(format!("TLS: {}: {e}", self.cfg.host)))?;
+                Some(Box::new(
+                    rustls::ClientConnection::new(cfg.clone(), name).map_err(io::Error::other)?,
+                ))
+            }
+        };
         let mut l = Link {
             sock,
+            tls,
             started: now,
             connected: false,
             inbuf: Vec::new(),
@@ -947,29 +1080,15 @@ impl BrokerThread {
             }
         }
         // Read what there is.
-        let mut eof = false;
-        loop {
-            let l = match which {
-                Which::Sub => self.sub.as_mut(),
-                Which::Pub => self.publ.as_mut(),
-            };
-            let Some(l) = l else { return };
-            match l.sock.read(&mut self.scratch) {
-                Ok(0) => {
-                    eof = true;
-                    break;
-                }
-                Ok(n) => {
-                    if l.inbuf.len() + n > MAX_REPLY_BULK + (64 << 10) {
-                        return self.fail("a reply from Redis passed the size limit".into());
-                    }
-                    l.inbuf.extend_from_slice(&self.scratch[..n]);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.fail(format!("read: {e}")),
-            }
-        }
+        let l = match which {
+            Which::Sub => self.sub.as_mut(),
+            Which::Pub => self.publ.as_mut(),
+        };
+        let Some(l) = l else { return };
+        let eof = match l.read_in(&mut self.scratch, MAX_REPLY_BULK + (64 << 10)) {
+            Ok(eof) => eof,
+            Err(e) => return self.fail(e),
+        };
         self.parse(&which);
         if eof && self.link(&which).is_some() {
             self.fail("Redis closed the connection".into());
@@ -1393,31 +1512,10 @@ impl BrokerThread {
         let Some(l) = self.link_mut(&which) else {
             return;
         };
-        if !l.connected || l.out.is_empty() {
+        if !l.connected || !l.wants_write() {
             return;
         }
-        let mut written = 0;
-        let mut err = None;
-        while written < l.out.len() {
-            match l.sock.write(&l.out[written..]) {
-                Ok(0) => {
-                    err = Some("write: wrote nothing".to_string());
-                    break;
-                }
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    err = Some(format!("write: {e}"));
-                    break;
-                }
-            }
-        }
-        l.out.drain(..written);
-        if l.out.capacity() > (1 << 20) && l.out.len() < (64 << 10) {
-            l.out.shrink_to(64 << 10);
-        }
-        if let Some(e) = err {
+        if let Err(e) = l.write_out() {
             self.fail(e);
         }
     }
@@ -1544,10 +1642,20 @@ mod tests {
             "redis://h:port",
             "redis://h/db",
             "redis://ann@h",
-            "rediss://h",
+            "rediss://",
+            "rediss://h:port",
         ] {
             assert!(RedisConfig::parse(bad).is_err(), "{bad}");
         }
+        let c = RedisConfig::parse("rediss://:pw@cache.example:6380").unwrap();
+        assert_eq!(c.tls, Some(crate::client::Trust::System));
+        assert_eq!(c.display(), "rediss://:***@cache.example:6380/0");
+        assert_eq!(RedisConfig::parse("redis://h").unwrap().tls, None);
+        let c = RedisConfig {
+            tls: Some(crate::client::Trust::CaFile("/nonexistent/ca.pem".into())),
+            ..c
+        };
+        assert!(c.tls_config().unwrap_err().contains("/nonexistent/ca.pem"));
     }
 
     #[test]

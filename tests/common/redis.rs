@@ -4,24 +4,46 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct RedisServer {
     pub port: u16,
+    /// Also listening with TLS: the port, the certificate and the key (PEM files).
+    tls: Option<(u16, PathBuf, PathBuf)>,
     child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl RedisServer {
     /// Starts `redis-server` (Debian's package; `scripts/test.sh` installs it) and waits until
     /// it answers PING.
     pub fn start() -> RedisServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut r = RedisServer { port, child: None };
+        let mut r = RedisServer {
+            port: free_port(),
+            tls: None,
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    /// Like `start`, also listening with TLS (Debian's redis-server is built with it) with
+    /// this certificate and key; the plain port stays for the test's own questions.
+    pub fn start_tls(cert: PathBuf, key: PathBuf) -> RedisServer {
+        let mut r = RedisServer {
+            port: free_port(),
+            tls: Some((free_port(), cert, key)),
+            child: None,
+        };
         r.restart();
         r
     }
@@ -30,22 +52,41 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// `rediss://` to the TLS port.
+    pub fn tls_url(&self) -> String {
+        let (port, _, _) = self.tls.as_ref().expect("started with start_tls");
+        format!("rediss://127.0.0.1:{port}")
+    }
+
     /// Starts it again on the same port (after `kill`).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "no",
-            ])
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ]);
+        if let Some((port, cert, key)) = &self.tls {
+            cmd.arg("--tls-port")
+                .arg(port.to_string())
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                // Self-signed: its own CA. Clients need no certificate.
+                .arg("--tls-ca-cert-file")
+                .arg(cert)
+                .args(["--tls-auth-clients", "no"]);
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
