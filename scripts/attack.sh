@@ -60,19 +60,7 @@ if [ "$SOAK" != none ]; then
         --server-bin target/release/fanout --json "$TMP/soak.json" || rs=$?
 fi
 # One file: the kinds' report with the soak's section.
-python3 - "$TMP" "$OUT" <<'PY'
-import json, os, sys
-tmp, out = sys.argv[1], sys.argv[2]
-def load(name):
-    p = os.path.join(tmp, name)
-    return json.load(open(p)) if os.path.exists(p) else None
-kinds, soak = load("kinds.json"), load("soak.json")
-v = kinds or {"suite": "attack", "kinds": []}
-v["soak"] = soak["soak"] if soak else None
-v["ok"] = (kinds is None or kinds["ok"]) and (soak is None or soak["ok"])
-json.dump(v, open(out, "w"), indent=2)
-print(f"wrote {out}")
-PY
+python3 scripts/lib/bench_attack.py "$TMP" "$OUT"
 if ((rc != 0 || rs != 0)); then
     echo "attack suite: a bound was broken (kinds exit $rc, soak exit $rs); see $OUT" >&2
     exit 1

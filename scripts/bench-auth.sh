@@ -53,16 +53,7 @@ fi
 
 SECRET="bench-secret-$RANDOM$RANDOM-0123456789abcdef0123"
 # An HS256 token built with the standard library, as an issuer would.
-TOKEN=$(python3 - "$SECRET" <<'PY'
-import base64, hashlib, hmac, json, sys, time
-b = lambda d: base64.urlsafe_b64encode(d).rstrip(b"=").decode()
-h = b(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-p = b(json.dumps({"exp": int(time.time()) + 86400, "sub": "bench-user-12345",
-                  "sub_topics": ["news.*"]}).encode())
-s = b(hmac.new(sys.argv[1].encode(), f"{h}.{p}".encode(), hashlib.sha256).digest())
-print(f"{h}.{p}.{s}")
-PY
-)
+TOKEN=$(python3 scripts/lib/bench_auth.py token "$SECRET")
 
 declare -A FLAGS=(
     [plain]=""
@@ -92,46 +83,4 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 
-python3 - "$WORK" "$OUT/$STAMP-auth.json" "$N" "$ROUNDS" "$SHARDS" "$MODES" <<'PY'
-import json, os, re, statistics, sys
-work, out_path, n, rounds, shards, modes = sys.argv[1:]
-out = {"connections": int(n), "rounds": int(rounds), "shards": int(shards),
-       "cpu": os.cpu_count(), "end_to_end": {}, "criterion_ns": {}}
-for mode in modes.split():
-    cpu, rate, rss, failed = [], [], [], 0
-    for r in range(1, int(rounds) + 1):
-        try:
-            with open(f"{work}/{mode}-{r}.json") as f:
-                d = json.load(f)
-        except (OSError, ValueError):
-            continue
-        failed += d["failed_total"]
-        if d.get("server_cpu_us_per_handshake") is not None:
-            cpu.append(d["server_cpu_us_per_handshake"])
-        if d.get("server_rss_bytes_per_connection") is not None:
-            rss.append(d["server_rss_bytes_per_connection"])
-        if d.get("ramp_seconds"):
-            rate.append(d["established"] / d["ramp_seconds"])
-    out["end_to_end"][mode] = {
-        "server_cpu_us_per_handshake_median": statistics.median(cpu) if cpu else None,
-        "server_cpu_us_per_handshake_runs": cpu,
-        "handshakes_per_second_median": statistics.median(rate) if rate else None,
-        "server_rss_bytes_per_connection_median": statistics.median(rss) if rss else None,
-        "failed_total": failed,
-    }
-base = out["end_to_end"].get("plain", {}).get("server_cpu_us_per_handshake_median")
-for mode, v in out["end_to_end"].items():
-    m = v["server_cpu_us_per_handshake_median"]
-    if base is not None and m is not None:
-        v["extra_us_vs_plain"] = round(m - base, 2)
-crit = f"{work}/criterion.txt"
-if os.path.exists(crit):
-    text = open(crit).read()
-    unit = {"ps": 1e-3, "ns": 1.0, "µs": 1e3, "us": 1e3, "ms": 1e6}
-    for m in re.finditer(r"^(\S+)\s+time:\s+\[\S+ \S+ (\S+) (\S+) \S+ \S+\]", text, re.M):
-        out["criterion_ns"][m.group(1)] = round(float(m.group(2)) * unit.get(m.group(3), float("nan")), 1)
-with open(out_path, "w") as f:
-    json.dump(out, f, indent=2)
-print(json.dumps(out, indent=2))
-print(f"wrote {out_path}", file=sys.stderr)
-PY
+python3 scripts/lib/bench_auth.py report "$WORK" "$OUT/$STAMP-auth.json" "$N" "$ROUNDS" "$SHARDS" "$MODES"

@@ -86,12 +86,7 @@ stop_server() {
 }
 # A counter from the server's /metrics.
 metric() {
-    python3 - "$PORT" "$1" <<'PY'
-import sys, urllib.request
-port, name = sys.argv[1], sys.argv[2]
-text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-print(next(l.split()[1] for l in text.splitlines() if l.startswith(name + " ")))
-PY
+    python3 scripts/lib/bench_deflate.py metric "$PORT" "$1"
 }
 
 declare -A MODE_FLAGS=(
@@ -108,9 +103,9 @@ declare -A LOAD_FLAGS=(
 MODES=(off shared takeover)
 
 for mode in "${MODES[@]}"; do
-    # shellcheck disable=SC2086 # flags are words
     # ----- 2. idle -----
     log "idle: $N connections, deflate $mode"
+    # shellcheck disable=SC2086 # flags are words
     start_server ${MODE_FLAGS[$mode]}
     # shellcheck disable=SC2086
     "$LOAD" connect --url "ws://127.0.0.1:$PORT/" -n "$N" --duration 5s ${LOAD_FLAGS[$mode]} \
@@ -119,6 +114,7 @@ for mode in "${MODES[@]}"; do
 
     # ----- 3. after messages -----
     log "active: $ECHO_N x 10 connections that each sent messages, deflate $mode"
+    # shellcheck disable=SC2086
     start_server ${MODE_FLAGS[$mode]}
     # shellcheck disable=SC2086
     "$LOAD" echo --url "ws://127.0.0.1:$PORT/" -n $((ECHO_N * 10)) --duration 5s --rate 1 \
@@ -141,59 +137,4 @@ for mode in off shared; do
     stop_server
 done
 
-python3 - "$WORK" "$OUT/$STAMP-deflate.json" "$N" "$ECHO_N" "$SIZE" <<'PY'
-import json, sys
-work, out, n, echo_n, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-load = lambda p: json.load(open(f"{work}/{p}"))
-codec = [json.loads(l) for l in open(f"{work}/codec.jsonl") if l.strip()]
-res = {"codec": codec, "message_bytes": size, "idle": {}, "active": {}, "echo": {}}
-for mode in ("off", "shared", "takeover"):
-    i, a = load(f"idle-{mode}.json"), load(f"active-{mode}.json")
-    res["idle"][mode] = {
-        "connections": i["opened"], "failed": i["failed_total"],
-        "rss_bytes_per_connection": i.get("server_rss_bytes_per_connection"),
-    }
-    res["active"][mode] = {
-        "connections": a["opened"], "failed": a["failed_total"],
-        "messages_received": a["messages"]["received"],
-        "rss_bytes_per_connection": a.get("server_rss_bytes_per_connection"),
-    }
-for mode in ("off", "shared"):
-    e = load(f"echo-{mode}.json")
-    wrote = int(open(f"{work}/echo-{mode}.wchar").read())
-    got = e["messages"]["received"]
-    srv = e.get("server", {})
-    res["echo"][mode] = {
-        "messages_per_second": e["messages"]["received_per_second"],
-        "messages": got, "mismatched": e["messages"]["mismatched"],
-        "failed": e["failed_total"],
-        "rtt_ms": e["latency_ms"].get("rtt"),
-        "server_cpu_cores": srv.get("cpu_cores_run"),
-        "server_cpu_us_per_message": (srv.get("cpu_seconds_run") or 0) * 1e6 / max(got, 1),
-        "server_bytes_written_per_message": wrote / max(got, 1),
-    }
-off, on = res["echo"]["off"], res["echo"]["shared"]
-res["echo"]["throughput_ratio_on_over_off"] = on["messages_per_second"] / max(off["messages_per_second"], 1e-9)
-res["echo"]["server_cpu_ratio_on_over_off"] = on["server_cpu_us_per_message"] / max(off["server_cpu_us_per_message"], 1e-9)
-res["echo"]["wire_ratio"] = off["server_bytes_written_per_message"] / max(on["server_bytes_written_per_message"], 1e-9)
-json.dump(res, open(out, "w"), indent=2)
-print(f"\ncodec ({size}-byte JSON messages):")
-for c in codec:
-    print(f"  {c['backend']:<12} level {c['level']}: ratio {c['ratio']:.2f}, compress {c['compress_mb_per_s']:.0f} MB/s, inflate {c['inflate_mb_per_s']:.0f} MB/s")
-print(f"memory per connection (server RSS delta / N):")
-for mode in ("off", "shared", "takeover"):
-    i, a = res["idle"][mode], res["active"][mode]
-    fmt = lambda v: "n/a" if v is None else f"{v:,.0f} B"
-    print(f"  deflate {mode:<8}: idle {fmt(i['rss_bytes_per_connection'])} ({i['connections']} conns), "
-          f"after messages {fmt(a['rss_bytes_per_connection'])} ({a['connections']} conns)")
-print(f"echo, {echo_n} connections, {size}-byte JSON text:")
-for mode in ("off", "shared"):
-    e = res["echo"][mode]
-    print(f"  deflate {mode:<8}: {e['messages_per_second']:,.0f} msg/s, server {e['server_cpu_cores'] or 0:.2f} cores "
-          f"({e['server_cpu_us_per_message']:.1f} us per message), "
-          f"{e['server_bytes_written_per_message']:,.0f} B written per message")
-print(f"  throughput on/off {res['echo']['throughput_ratio_on_over_off']:.2f} (the load generator compresses and "
-      f"inflates too, on the same cores), server CPU per message on/off {res['echo']['server_cpu_ratio_on_over_off']:.2f}, "
-      f"wire bytes off/on {res['echo']['wire_ratio']:.2f}")
-print(f"\nwrote {out}")
-PY
+python3 scripts/lib/bench_deflate.py report "$WORK" "$OUT/$STAMP-deflate.json" "$N" "$ECHO_N" "$SIZE"

@@ -135,39 +135,4 @@ if [[ ",$PHASES," == *,memory,* ]]; then
     cargo run --release --quiet --example history_memory -- 10000 100 100 "$BASE-memory.json" >&2
 fi
 
-python3 - "$BASE" <<'PY'
-import json, os, sys
-base = sys.argv[1]
-out = {}
-for name in ("local", "redis", "restart"):
-    p = f"{base}-{name}.json"
-    if not os.path.exists(p):
-        continue
-    r = json.load(open(p))
-    c = r.get("churn") or {}
-    pub = r.get("publish") or {}
-    d = (r.get("latency_ms") or {}).get("delivery") or {}
-    out[name] = {
-        "subscribers": r.get("established"), "accepted": pub.get("accepted"), "refused": pub.get("refused"),
-        "delivered": r.get("delivered"), "expected": r.get("expected"),
-        "lost": r.get("lost"), "duplicated": r.get("duplicated"),
-        "reconnects": c.get("reconnects"), "recovered": c.get("recovered"),
-        "recovery_failed_by_reason": c.get("recovery_failed_by_reason"),
-        "messages_recovered": c.get("messages_recovered"), "recovery_ms": c.get("recovery_ms"),
-        "delivery_ms": {k: d.get(k) for k in ("p50", "p99", "max")},
-    }
-if os.path.exists(base + "-memory.json"):
-    out["memory"] = json.load(open(base + "-memory.json"))
-json.dump(out, open(base + ".json", "w"), indent=2)
-for name, r in out.items():
-    if name == "memory":
-        print(f"memory: {r['entries']} entries, {r['rss_bytes_per_entry']:.0f} B RSS per entry "
-              f"({r['frame_bytes']}-byte frames)")
-        continue
-    rec = r["recovery_ms"] or {}
-    print(f"{name}: {r['subscribers']} subscribers, {r['accepted']} accepted ({r['refused']} refused), "
-          f"lost {r['lost']}, duplicated {r['duplicated']}; {r['reconnects']} reconnects, {r['recovered']} recovered "
-          f"({r['messages_recovered']} messages), failed {r['recovery_failed_by_reason']}; recovery p50 {rec.get('p50')} "
-          f"p99 {rec.get('p99')} ms")
-print(f"wrote {base}.json")
-PY
+python3 scripts/lib/bench_history.py "$BASE"

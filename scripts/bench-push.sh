@@ -60,28 +60,4 @@ run burst 1 1
 echo "== sustained: $RATE publishes/s for $SECONDS_RUN s to $N subscribers" >&2
 run sustained $((RATE * SECONDS_RUN)) "$RATE"
 
-python3 - "$BASE" <<'PY'
-import json, sys
-base = sys.argv[1]
-out = {}
-for name in ("burst", "sustained"):
-    with open(f"{base}-{name}.json") as f:
-        r = json.load(f)
-    out[name] = {
-        "subscribers": r.get("subscribers"), "established": r["established"], "failed_total": r["failed_total"],
-        "published": r["publish"]["ok"], "delivered": r["delivered"], "expected": r["expected"],
-        "lost": r["lost"], "duplicated": r["duplicated"],
-        "delivery_ms": r["latency_ms"].get("delivery"),
-        "deliveries_per_second": r.get("deliveries_per_second"),
-        "server_cpu_cores_during_publishing": (r.get("server") or {}).get("cpu_cores_run"),
-        "server_rss_bytes_per_connection": r.get("server_rss_bytes_per_connection"),
-    }
-with open(base + ".json", "w") as f:
-    json.dump(out, f, indent=2)
-for name, r in out.items():
-    d = r["delivery_ms"] or {}
-    print(f"{name}: {r['established']} subscribers, {r['published']} published, delivered {r['delivered']}/{r['expected']} "
-          f"(lost {r['lost']}, duplicated {r['duplicated']}), delivery p50 {d.get('p50')} p99 {d.get('p99')} max {d.get('max')} ms, "
-          f"{(r['deliveries_per_second'] or 0):.0f} deliveries/s, server {r['server_cpu_cores_during_publishing']} cores")
-print(f"wrote {base}.json")
-PY
+python3 scripts/lib/bench_push.py "$BASE"

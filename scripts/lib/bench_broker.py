@@ -7,13 +7,9 @@ usage: bench_broker.py BASE RATE NODES
 import glob
 import json
 import os
-import statistics
 import sys
 
-
-def load(path):
-    with open(path) as f:
-        return json.load(f)
+from benchlib import fmt, load_json as load, median, ratio, write_json
 
 
 def facts(base):
@@ -57,15 +53,6 @@ def figures(r, redis_cpu=None):
             redis_cpu * 1e6 / out["published_accepted"] if out["published_accepted"] else None
         )
     return out
-
-
-def median(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-
-
-def ratio(a, b):
-    return a / b if a is not None and b else None
 
 
 def compare(base, runs):
@@ -148,8 +135,11 @@ def restart_report(base, rate, restart):
     return fig
 
 
-def main():
-    base, rate, nodes = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+def main(argv):
+    if len(argv) != 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    base, rate, nodes = argv[0], float(argv[1]), int(argv[2])
     runs, restart = facts(base)
     out = {"nodes": nodes, "rate": rate}
     cmp = compare(base, runs)
@@ -162,11 +152,7 @@ def main():
     rs = restart_report(base, rate, restart)
     if rs:
         out["restart"] = rs
-    with open(base + ".json", "w") as f:
-        json.dump(out, f, indent=2)
-
-    def fmt(x, spec=".2f"):
-        return "-" if x is None else format(x, spec)
+    write_json(base + ".json", out)
 
     for kind, c in cmp.items():
         lo, br, q = c.get("local", {}), c.get("broker", {}), c.get("broker_over_local", {})
@@ -198,7 +184,8 @@ def main():
             f"duplicated {rs['duplicated']}, delivered despite a refusal {rs['delivered_refused']}"
         )
     print(f"wrote {base}.json")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(sys.argv[1:]))
