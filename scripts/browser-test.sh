@@ -11,7 +11,7 @@
 #   FANOUT_BIN=path scripts/browser-test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=lib/bench.sh
+# shellcheck source=scripts/lib/bench.sh
 . scripts/lib/bench.sh
 
 BIN=${FANOUT_BIN:-target/release/fanout}
@@ -85,6 +85,7 @@ for _ in $(seq 50); do
     sleep 0.1
 done
 
+# shellcheck disable=SC2054 # the comma is inside --window-size=W,H
 CHROMIUM_FLAGS=(--headless --no-sandbox --disable-gpu --disable-quic --no-first-run
     --disable-background-networking --disable-component-update --disable-sync
     --ignore-certificate-errors --window-size=1200,900 "--user-data-dir=$WORK/profile")
