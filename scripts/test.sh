@@ -39,6 +39,9 @@ if ! command -v shellcheck >/dev/null 2>&1; then
 fi
 bash tests/tune_limits.sh
 
+step "shellcheck: every script"
+shellcheck -x scripts/*.sh tests/*.sh fuzz/*.sh
+
 step "attack suite: every kind of the hostile review (short sizes) and a 60 s soak"
 # docs/attacks.md; about 3 minutes on 2 cores; writes bench/results/<date>-attack.json.
 scripts/attack.sh --ci
