@@ -17,8 +17,9 @@ Figures per server and round, then medians over rounds:
            about 1/1000 of a 10 s run);
   fanout:  deliveries (counted by the subscribers), lost, duplicated, server CPU per delivery
            (user+system over the driver's run window: publishing and the grace after it).
-Cost ratios are fanout / peer (< 1 favours fanout); the older rate ratios are fanout / peer
-for rates and peer / fanout for costs (> 1 favours fanout).
+Cost ratios are fanout / peer (< 1 favours fanout), as a ratio of medians and as the median of
+each round's own ratio; the older rate ratios are fanout / peer for rates and peer / fanout for
+costs (> 1 favours fanout).
 """
 
 import glob
@@ -181,6 +182,23 @@ COSTS = (
 )
 
 
+PAIRED = (
+    ("echo_cpu_per_message", "echo", "server_cpu_us_per_message"),
+    ("echo_user_cpu_per_message", "echo", "server_user_us_per_message"),
+    ("cpu_per_handshake", "connect", "server_cpu_us_per_handshake"),
+    ("rss_per_idle_connection", "connect", "server_rss_bytes_per_connection"),
+    ("fanout_cpu_per_delivery", "fanout", "server_cpu_us_per_delivery"),
+)
+
+
+def paired(mine, theirs, phase, key):
+    """Median over rounds that both ran of mine/theirs, with the per-round ratios."""
+    other = {x["round"]: x[key] for x in theirs[phase]}
+    each = [ratio(x[key], other.get(x["round"])) for x in mine[phase]]
+    each = [r for r in each if r is not None]
+    return {"median": median(each), "rounds": each}
+
+
 def ratios(res):
     out = {}
     f = res.get("fanout")
@@ -199,6 +217,12 @@ def ratios(res):
             ),
             "echo_throughput_fanout_over_peer": ratio(f["echo_messages_per_second"], p["echo_messages_per_second"]),
             "cost_fanout_over_peer": {name: ratio(f[key], p[key]) for name, key in COSTS},
+            # The same costs as the median of each round's own ratio (rounds run back to back,
+            # so a box whose load drifts over the run moves both sides of a round together).
+            "cost_fanout_over_peer_paired": {
+                name: paired(f["rounds"], p["rounds"], phase, per_round)
+                for name, phase, per_round in PAIRED
+            },
         }
     return out
 
@@ -240,11 +264,17 @@ def main():
         )
     for s, r in rat.items():
         c = r["cost_fanout_over_peer"]
+        q = {k: v["median"] for k, v in r["cost_fanout_over_peer_paired"].items()}
         print(
             f"fanout / {s} (cost, < 1 favours fanout): CPU/echo msg {fmt(c['echo_cpu_per_message'], 2)}x, "
             f"user CPU/echo msg {fmt(c['echo_user_cpu_per_message'], 2)}x, CPU/handshake {fmt(c['cpu_per_handshake'], 2)}x, "
             f"memory/idle conn {fmt(c['rss_per_idle_connection'], 2)}x, CPU/fan-out delivery {fmt(c['fanout_cpu_per_delivery'], 2)}x; "
             f"handshake rate x{fmt(r['handshake_rate_fanout_over_peer'], 2)}, echo throughput x{fmt(r['echo_throughput_fanout_over_peer'], 2)}"
+        )
+        print(
+            f"  median of per-round ratios: CPU/echo msg {fmt(q['echo_cpu_per_message'], 2)}x, "
+            f"user CPU/echo msg {fmt(q['echo_user_cpu_per_message'], 2)}x, CPU/handshake {fmt(q['cpu_per_handshake'], 2)}x, "
+            f"memory/idle conn {fmt(q['rss_per_idle_connection'], 2)}x, CPU/fan-out delivery {fmt(q['fanout_cpu_per_delivery'], 2)}x"
         )
     print(f"\nwrote {out}")
 
