@@ -8,9 +8,10 @@
 #   - echo: 1,000 connections, pipelined echo for a few seconds; messages/s, server CPU per
 #     echoed message (user+system, and user only);
 #   - fanout (fanout and uws only): S subscribers (default 10,000) on one topic, a 100-byte
-#     publish at a fixed rate for a fixed time (`fanout serve --app push` with THREADS shards vs
-#     uws-pubsub, one thread); server CPU per delivery (/proc/<pid>/stat utime+stime over the
-#     run), deliveries counted by the subscribers, lost and duplicated.
+#     publish at a fixed rate for a fixed time (default 5/s for 30 s: slow enough that the
+#     subscribers' one core keeps up, so no server queue grows) (`fanout serve --app push` with
+#     THREADS shards vs uws-pubsub, one thread); server CPU per delivery (/proc/<pid>/stat
+#     utime+stime over the run), deliveries counted by the subscribers, lost and duplicated.
 # Each server runs with the same thread count (uWS's are one thread: use --threads 1, the
 # default with --pin). Rounds alternate servers; medians are kept, every round is in the JSON.
 # Prints a table with ratios and writes bench/results/<date>-compare.json (scripts/lib/bench_compare.py).
@@ -38,7 +39,7 @@ UWS_PUBSUB=target/uws/uws-pubsub
 if [ -x "$UWS_ECHO" ] && [ -x "$UWS_PUBSUB" ]; then SERVERS="$SERVERS uws"; fi
 ONLY=""
 SUBSCRIBERS=10000
-PUBLISH_RATE=10
+PUBLISH_RATE=5
 PUBLISH_SECONDS=30
 PIN_SERVER=()
 PIN_LOAD=()
@@ -56,7 +57,7 @@ while [ $# -gt 0 ]; do
         --publish-rate) PUBLISH_RATE=$2; shift 2 ;;
         --publish-seconds) PUBLISH_SECONDS=$2; shift 2 ;;
         --pin) PIN_SERVER=(taskset -c 0); PIN_LOAD=(taskset -c 1); shift ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
