@@ -4,7 +4,7 @@
 #                              build target/release/{fanout,fanout-load} when missing, or always
 #   bench_stop PID...          SIGTERM, up to 5 s to exit each, then SIGKILL
 #   bench_wait_listening LOG PID
-#                              up to 10 s for the server to log "listening on"; if it exits or
+#                              up to 10 s for the server to log "listening on" (any case); if it exits or
 #                              never does, prints its log and returns 1
 
 bench_binaries() {
@@ -30,7 +30,7 @@ bench_stop() {
 bench_wait_listening() {
     local log=$1 pid=$2
     for _ in $(seq 200); do
-        grep -q "listening on" "$log" 2>/dev/null && return 0
+        grep -qi "listening on" "$log" 2>/dev/null && return 0
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.05
     done
