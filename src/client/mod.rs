@@ -25,12 +25,10 @@ use crate::proto::frame::{close_payload, encode_header, MAX_HEADER_LEN};
 use crate::proto::handshake::{self, ClientHandshakeError};
 use crate::proto::mask::apply_mask;
 use crate::proto::{
-    close_code, Decoded, Decoder, DecoderConfig, Event, OpCode, ProtocolError, Role,
+    close_code, Decoded, Decoder, DecoderConfig, Event, Message, OpCode, ProtocolError, Role,
 };
-use crate::server::timer::{ms_to_ticks, visit, Entry, TimerWheel, Visit, NOT_ARMED, TICK_MS};
-use crate::server::write_queue::WriteQueue;
-
-pub use crate::server::Message;
+use crate::rt::timer::{ms_to_ticks, visit, Entry, TimerWheel, Visit, NOT_ARMED, TICK_MS};
+use crate::rt::write_queue::WriteQueue;
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {

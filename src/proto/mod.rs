@@ -22,6 +22,13 @@ pub enum Role {
     Client,
 }
 
+/// A complete data message, borrowed from the read buffer (or the message buffer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message<'a> {
+    Text(&'a str),
+    Binary(&'a [u8]),
+}
+
 /// A protocol violation by the peer: the connection is closed with `code` (RFC 6455 §7.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProtocolError {

@@ -11,10 +11,10 @@ use super::config::SlowConsumerPolicy;
 use super::conn::{Conn, ConnExt, Phase, CLOSE_SENT, DIRTY};
 use super::handler::{ConnId, Delivery, Handler, HttpResponse, SharedFrame};
 use super::stats::{Counter, ShardStats};
-use super::write_queue::WriteQueue;
 use crate::proto::frame::encode_frame;
 use crate::proto::handshake;
 use crate::proto::OpCode;
+use crate::rt::write_queue::WriteQueue;
 
 /// A shard's inbox, as the other shards see it.
 pub(crate) struct ShardLink<M> {

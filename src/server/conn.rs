@@ -9,11 +9,11 @@ use mio::net::TcpStream;
 use super::auth::Token;
 use super::compress::{Recoded, ShardDeflate};
 use super::stats::{Counter, ShardStats};
-use super::write_queue::WriteQueue;
 use crate::common::SharedFrame;
 use crate::proto::deflate::Packed;
 use crate::proto::frame::{close_payload, encode_header, MAX_HEADER_LEN};
 use crate::proto::{Decoder, OpCode};
+use crate::rt::write_queue::WriteQueue;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,14 +12,7 @@ pub use super::auth::Token;
 use super::conn::{Out, CLOSE_SENT};
 pub use crate::common::{ConnId, Delivery, SharedFrame};
 use crate::proto::handshake::{HttpError, Request};
-use crate::proto::{OpCode, ProtocolError};
-
-/// A complete data message, borrowed from the read buffer (or the message buffer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Message<'a> {
-    Text(&'a str),
-    Binary(&'a [u8]),
-}
+use crate::proto::{Message, OpCode, ProtocolError};
 
 /// The app's yes to an upgrade: the connection's state and an optional subprotocol (one the
 /// client offered).

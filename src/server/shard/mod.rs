@@ -23,16 +23,14 @@ use slab::Slab;
 
 use crate::proto::deflate::{self, Packed};
 use crate::proto::handshake::{self, HttpError};
-use crate::proto::{close_code, Decoded, DecoderConfig, Event, Role};
+use crate::proto::{close_code, Decoded, DecoderConfig, Event, Message, Role};
+use crate::rt::timer::{self, ms_to_ticks, Entry, TimerWheel, Visit, NOT_ARMED, TICK_MS};
 use crate::server::api::{ShardApi, ShardLink};
 use crate::server::compress::ShardDeflate;
 use crate::server::config::{Config, SlowConsumerPolicy};
 use crate::server::conn::*;
-use crate::server::handler::{
-    ConnError, ConnId, ConnInfo, Ctx, Handler, HttpReply, HttpResponse, Message,
-};
+use crate::server::handler::{ConnError, ConnId, ConnInfo, Ctx, Handler, HttpReply, HttpResponse};
 use crate::server::stats::{render_metrics, Counter, ShardStats, METRICS_CONTENT_TYPE};
-use crate::server::timer::{self, ms_to_ticks, Entry, TimerWheel, Visit, NOT_ARMED, TICK_MS};
 use crate::server::tls::{Sealer, TlsConn, TlsInput};
 use crate::server::Global;
 
