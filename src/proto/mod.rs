@@ -2,15 +2,19 @@
 //! message rules; must never touch sockets, clocks, threads or the global allocator on the
 //! hot path (a complete frame is parsed and delivered without allocating).
 
+pub mod connection;
 pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
 pub mod message;
+#[cfg(test)]
+mod pair;
 #[doc(hidden)]
 pub mod testing;
 pub mod utf8;
 
+pub use connection::{Connection, Input, Phase, Tick, Timeout, Timeouts, Transmit};
 pub use frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 pub use message::{CloseFrame, Decoded, Decoder, DecoderConfig, Event};
 
