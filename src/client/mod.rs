@@ -1462,7 +1462,10 @@ impl<H: ClientHandler> Client<H> {
                             self.drop_conn(key, close_code::NORMAL, "closed");
                             continue;
                         }
-                        Some(Timeout::Pong | Timeout::CloseUnanswered) => Stage::Close,
+                        // (The client hands its connections over open: no handshake deadline.)
+                        Some(Timeout::Pong | Timeout::CloseUnanswered | Timeout::Handshake) => {
+                            Stage::Close
+                        }
                     }
                 }
             };

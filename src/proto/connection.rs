@@ -27,6 +27,8 @@ pub fn tick_of(epoch: Instant, tick: Duration, now: Instant) -> Tick {
 /// reactor and passed in on each call, so a connection does not carry them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Timeouts {
+    /// How long the opening handshake may take.
+    pub handshake: Tick,
     /// Silence (no input at all) after which a ping is sent.
     pub ping: Tick,
     /// How long a sent ping waits for input (its pong or anything else) before the connection
@@ -41,6 +43,9 @@ pub struct Timeouts {
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// The opening handshake is under way: no frame is read or sent yet (deadline: handshake
+    /// timeout from when it began).
+    Handshaking,
     /// Messages flow both ways (deadlines: ping, pong, idle).
     Open,
     /// We sent a close frame and wait for the peer's; what arrives meanwhile is still read
@@ -50,8 +55,8 @@ pub enum Phase {
     /// received): only the transport's close remains (deadline: close timeout).
     CloseReceived,
     /// Failed (the peer broke the protocol: our close frame with its code is the last thing
-    /// sent, nothing more is read) or given up by a deadline: only the transport's close
-    /// remains (deadline: close timeout).
+    /// sent, nothing more is read), given up by a deadline, or finished by the transport
+    /// (`finish`): only the transport's close remains (deadline: close timeout).
     Closed,
 }
 
@@ -91,13 +96,15 @@ pub enum Timeout {
     Pong,
     /// Our close frame was not answered within the close timeout (1006). Now `Closed`: drop it.
     CloseUnanswered,
+    /// The opening handshake did not finish in time. Now `Closed`: drop it.
+    Handshake,
     /// The close handshake was done, or the connection failed, but the transport did not
     /// close within the close timeout: drop it.
     Linger,
 }
 
-const PHASE_MASK: u8 = 0b11;
-const PING_OUTSTANDING: u8 = 1 << 2;
+const PHASE_MASK: u8 = 0b111;
+const PING_OUTSTANDING: u8 = 1 << 3;
 
 /// One connection's lifecycle: the tick its current deadlines count from, its phase and
 /// whether a ping is outstanding, in five bytes (packed: the shard's slab entry keeps it in
@@ -105,7 +112,8 @@ const PING_OUTSTANDING: u8 = 1 << 2;
 #[repr(C, packed)]
 #[derive(Clone, Copy)]
 pub struct Connection {
-    /// In `Open`: the last input. Otherwise: when the phase began.
+    /// In `Open`: the last input. Otherwise: when the phase began (`Handshaking`: when the
+    /// transport was accepted).
     since: Tick,
     state: u8,
 }
@@ -129,12 +137,21 @@ impl Connection {
         }
     }
 
+    /// A connection whose opening handshake begins at `now`.
+    pub const fn handshaking(now: Tick) -> Self {
+        Self {
+            since: now,
+            state: 4,
+        }
+    }
+
     pub fn phase(&self) -> Phase {
         match self.state & PHASE_MASK {
             0 => Phase::Open,
             1 => Phase::CloseSent,
             2 => Phase::CloseReceived,
-            _ => Phase::Closed,
+            3 => Phase::Closed,
+            _ => Phase::Handshaking,
         }
     }
 
@@ -148,7 +165,7 @@ impl Connection {
         self.phase() == Phase::Open
     }
 
-    /// Is more input wanted? Not once the close handshake is done or the connection failed.
+    /// Are frames read? Once open, until the close handshake is done or the connection failed.
     pub fn wants_input(&self) -> bool {
         matches!(self.phase(), Phase::Open | Phase::CloseSent)
     }
@@ -163,9 +180,24 @@ impl Connection {
             Phase::CloseSent => 1,
             Phase::CloseReceived => 2,
             Phase::Closed => 3,
+            Phase::Handshaking => 4,
         };
         self.state = bits;
         self.since = now;
+    }
+
+    /// The opening handshake succeeded at `now`: messages may flow.
+    pub fn open(&mut self, now: Tick) {
+        if self.phase() == Phase::Handshaking {
+            self.enter(Phase::Open, now);
+        }
+    }
+
+    /// The transport ends the connection at `now` without a close handshake (a refused or
+    /// answered HTTP request, the peer's EOF, its write side shut down): nothing more is sent
+    /// or read, and the close timeout runs from now.
+    pub fn finish(&mut self, now: Tick) {
+        self.enter(Phase::Closed, now);
     }
 
     /// Input arrived from the peer (any bytes, or progress the caller counts as such): the
@@ -256,6 +288,7 @@ impl Connection {
     pub fn deadline(&self, t: &Timeouts) -> Option<Tick> {
         let since = self.since;
         match self.phase() {
+            Phase::Handshaking => (t.handshake > 0).then(|| since.saturating_add(t.handshake)),
             Phase::Open => {
                 let idle = (t.idle > 0).then(|| since.saturating_add(t.idle));
                 let ping = (t.ping > 0).then(|| {
@@ -288,6 +321,10 @@ impl Connection {
         }
         let silent = now.saturating_sub(self.since);
         match self.phase() {
+            Phase::Handshaking => {
+                self.enter(Phase::Closed, now);
+                Some(Timeout::Handshake)
+            }
             Phase::Open => {
                 if t.idle > 0 && silent >= t.idle {
                     self.close(close_code::GOING_AWAY, "idle timeout", now, tx);
@@ -319,6 +356,56 @@ mod tests {
         assert_eq!(std::mem::size_of::<Connection>(), 5);
         assert_eq!(std::mem::align_of::<Connection>(), 1);
         assert_eq!(std::mem::size_of::<Option<Connection>>(), 6);
+    }
+
+    struct Sent(Vec<(OpCode, Vec<u8>)>);
+
+    impl Transmit for Sent {
+        fn control(&mut self, opcode: OpCode, payload: &[u8]) {
+            self.0.push((opcode, payload.to_vec()));
+        }
+    }
+
+    #[test]
+    fn the_opening_handshake_has_its_deadline_then_opens() {
+        let t = Timeouts {
+            handshake: 10,
+            close: 5,
+            ..Timeouts::default()
+        };
+        let mut tx = Sent(Vec::new());
+        let mut c = Connection::handshaking(100);
+        assert_eq!(c.phase(), Phase::Handshaking);
+        assert!(!c.may_send() && !c.wants_input());
+        assert_eq!(c.deadline(&t), Some(110));
+        // Input before the upgrade is the handshake's: it does not move the deadline.
+        c.on_input(105);
+        assert_eq!(c.on_timeout(109, &t, &mut tx), None);
+        c.open(109);
+        assert_eq!(c.phase(), Phase::Open);
+        assert_eq!(c.deadline(&t), None);
+
+        let mut late = Connection::handshaking(100);
+        assert_eq!(late.on_timeout(110, &t, &mut tx), Some(Timeout::Handshake));
+        assert_eq!(late.phase(), Phase::Closed);
+        assert_eq!(late.deadline(&t), Some(115));
+        assert!(tx.0.is_empty());
+    }
+
+    #[test]
+    fn the_transport_may_finish_a_connection_without_a_close_frame() {
+        let t = Timeouts {
+            close: 5,
+            ..Timeouts::default()
+        };
+        let mut tx = Sent(Vec::new());
+        let mut c = Connection::new(0);
+        c.finish(7);
+        assert_eq!(c.phase(), Phase::Closed);
+        assert!(!c.close(close_code::NORMAL, "", 8, &mut tx));
+        assert_eq!(c.deadline(&t), Some(12));
+        assert_eq!(c.on_timeout(12, &t, &mut tx), Some(Timeout::Linger));
+        assert!(tx.0.is_empty());
     }
 
     #[test]

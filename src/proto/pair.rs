@@ -160,6 +160,7 @@ fn close(code: u16, reason: &str) -> Seen {
 }
 
 const CLOSE_ONLY: Timeouts = Timeouts {
+    handshake: 0,
     ping: 0,
     pong: 0,
     idle: 0,
@@ -409,7 +410,7 @@ fn idle_wins_over_ping_when_both_are_due() {
         ping: 10,
         pong: 100,
         idle: 20,
-        close: 50,
+        ..CLOSE_ONLY
     };
     let mut p = Pair::new(server, CLOSE_ONLY);
     p.client.deaf = true;
