@@ -9,7 +9,7 @@ use mio::net::TcpStream;
 
 pub use super::api::{Remote, ShardApi};
 pub use super::auth::Token;
-use super::conn::{Out, CLOSE_SENT};
+use super::conn::Out;
 pub use crate::common::{ConnId, Delivery, SharedFrame};
 use crate::proto::handshake::{HttpError, Request};
 use crate::proto::{Message, OpCode, ProtocolError};
@@ -219,8 +219,6 @@ impl<S> Ctx<'_, S> {
 
     /// Starts the closing handshake with `code` (1000, or 3000-4999 for apps).
     pub fn close(&mut self, code: u16, reason: &str) {
-        if *self.out.flags & CLOSE_SENT == 0 {
-            self.out.close(code, reason);
-        }
+        self.out.close(code, reason);
     }
 }
