@@ -50,9 +50,9 @@ impl<H: Handler> Shard<H> {
 impl<H: Handler> Core<H> {
     // ----- deadlines -----
 
-    /// The tick of this connection's next deadline.
-    /// The lifecycle's (handshake; ping, pong, idle; close), or one of the shard's own
-    /// policies' for an open connection (token expiry, max lifetime), whichever comes first.
+    /// The tick of this connection's next deadline: its lifecycle's (handshake; ping, pong,
+    /// idle; close) or, while open, one of the shard's own policies' (token expiry, max
+    /// lifetime), whichever comes first.
     pub(super) fn due_tick(&self, key: usize, conn: &Conn<H::State>) -> Option<u32> {
         let due = conn.ws.deadline(&self.timeouts);
         if conn.ws.phase() != WsPhase::Open {
