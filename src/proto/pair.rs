@@ -12,10 +12,14 @@ use super::{close_code, Decoded, Decoder, DecoderConfig, OpCode, Role};
 struct Wire {
     role: Role,
     bytes: Vec<u8>,
+    /// A close frame was sent: nothing may follow it.
+    closed: bool,
 }
 
 impl Transmit for Wire {
     fn control(&mut self, opcode: OpCode, payload: &[u8]) {
+        assert!(!self.closed, "{opcode:?} sent after a close frame");
+        self.closed |= opcode == OpCode::Close;
         let mask = (self.role == Role::Client).then_some([0x0f, 0xf0, 0x5a, 0xa5]);
         encode_frame(&mut self.bytes, true, opcode, payload, mask);
     }
@@ -57,6 +61,7 @@ impl End {
             out: Wire {
                 role,
                 bytes: Vec::new(),
+                closed: false,
             },
             seen: Vec::new(),
             deaf: false,
@@ -448,4 +453,115 @@ fn messages_still_arrive_while_our_close_is_unanswered() {
         ]
     );
     assert_eq!(p.client.seen, [close(1000, "")]);
+}
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// What a test may do to the pair.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Send {
+            client: bool,
+            len: usize,
+        },
+        Ping {
+            client: bool,
+        },
+        Close {
+            client: bool,
+            code: u16,
+        },
+        /// Cuts one side's sending for good (a peer that went away).
+        Deafen {
+            client: bool,
+        },
+        Wait(Tick),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (any::<bool>(), 0usize..2000).prop_map(|(client, len)| Op::Send { client, len }),
+            2 => any::<bool>().prop_map(|client| Op::Ping { client }),
+            2 => (any::<bool>(), prop_oneof![Just(1000u16), Just(1001), Just(4000)])
+                .prop_map(|(client, code)| Op::Close { client, code }),
+            1 => any::<bool>().prop_map(|client| Op::Deafen { client }),
+            3 => (1 as Tick..40).prop_map(Op::Wait),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the two ends do and however time passes: nothing is sent after a close
+        /// frame (`Wire` checks); an oversized message fails its receiver with 1009; once
+        /// every timeout has passed, the pair is either still open both ways (pings answered,
+        /// both listening) or ended on both sides, and a close between two listening ends
+        /// that did not fail completes the handshake on both.
+        #[test]
+        fn every_path_ends_closed(ops in prop::collection::vec(op(), 0..40)) {
+            let t = Timeouts { handshake: 0, ping: 15, pong: 10, idle: 60, close: 30 };
+            let mut p = Pair::new(t, Timeouts { ping: 0, pong: 0, ..t });
+            for op in ops {
+                match op {
+                    Op::Send { client, len } => {
+                        let end = if client { &mut p.client } else { &mut p.server };
+                        if end.conn.may_send() {
+                            end.send(OpCode::Binary, &vec![7; len]);
+                        }
+                    }
+                    Op::Ping { client } => {
+                        let end = if client { &mut p.client } else { &mut p.server };
+                        if end.conn.may_send() {
+                            end.send(OpCode::Ping, b"p");
+                        }
+                    }
+                    Op::Close { client, code } => {
+                        let now = p.now;
+                        let end = if client { &mut p.client } else { &mut p.server };
+                        let open = end.conn.may_send();
+                        prop_assert_eq!(end.conn.close(code, "", now, &mut end.out), open);
+                    }
+                    Op::Deafen { client } => {
+                        if client { p.client.deaf = true } else { p.server.deaf = true }
+                    }
+                    Op::Wait(n) => {
+                        let to = p.now + n;
+                        p.run_to(to);
+                    }
+                }
+                p.settle();
+                for end in [&p.server, &p.client] {
+                    // A deadline acted on moves on, while the connection is alive (after its
+                    // last, `Linger`, the caller drops it).
+                    if let (true, Some(due)) =
+                        (end.conn.wants_input(), end.conn.deadline(&end.timeouts))
+                    {
+                        prop_assert!(due > p.now);
+                    }
+                    if end.seen.contains(&Seen::Failed(close_code::TOO_BIG)) {
+                        prop_assert_eq!(end.conn.phase(), Phase::Closed);
+                    }
+                }
+            }
+            // Pings answered keep a pair open (a pong is input); anything else ends both ends
+            // within the pong, idle and close timeouts.
+            let end = p.now + t.ping + t.pong + t.idle + 2 * t.close;
+            p.run_to(end);
+            let ended = |e: &End| matches!(e.conn.phase(), Phase::CloseReceived | Phase::Closed);
+            if p.phases() == (Phase::Open, Phase::Open) {
+                prop_assert!(!p.server.deaf && !p.client.deaf);
+            } else {
+                for e in [&p.server, &p.client] {
+                    prop_assert!(ended(e), "{:?} still {:?} after {:?}", e.out.role, e.conn.phase(), e.seen);
+                }
+            }
+            if p.phases() != (Phase::Open, Phase::Open)
+                && !p.server.deaf && !p.client.deaf
+                && !p.server.seen.iter().chain(&p.client.seen).any(|s| matches!(s, Seen::Failed(_)))
+            {
+                prop_assert_eq!(p.phases(), (Phase::CloseReceived, Phase::CloseReceived));
+            }
+        }
+    }
 }
