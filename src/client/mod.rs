@@ -151,12 +151,14 @@ pub trait ClientHandler {
     fn on_close(&mut self, _key: usize, _state: Self::State, _code: u16, _reason: &str) {}
 }
 
-/// Where a connection is before it speaks WebSocket; from then on its `proto::Connection` says.
+/// What the reactor does with a connection's bytes. Past `Connecting`, its deadlines and
+/// the rest of its lifecycle are its `proto::Connection`'s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Connecting,
+    /// Writing the upgrade request, reading the response.
     Handshaking,
-    /// Upgraded: the lifecycle is `Conn::ws`'s.
+    /// Upgraded: frames.
     Ws,
 }
 
@@ -208,10 +210,11 @@ struct Conn<S> {
     phase: Phase,
     flags: u8,
     gen: u32,
-    /// When connecting or handshaking began (the WebSocket phases keep theirs in `ws`).
+    /// When connecting began (the later phases keep theirs in `ws`).
     since: u32,
     armed_at: u32,
-    /// The WebSocket lifecycle (phases, close handshake), once `Phase::Ws`.
+    /// The WebSocket lifecycle (handshake deadline, phases, close handshake), from the end of
+    /// `Connecting` on.
     ws: Connection,
     key: [u8; 24],
     offered: Vec<String>,
@@ -392,10 +395,10 @@ pub struct Client<H: ClientHandler> {
     next_gen: u32,
     dirty: Vec<(usize, u32)>,
     ready: Vec<(usize, bool, bool, bool)>,
-    /// Connect and handshake timeouts, in ticks.
-    ticks: [u32; 2],
-    /// The WebSocket phases' deadlines (the client sends no pings of its own: only the close
-    /// timeout is on).
+    /// The connect timeout, in ticks.
+    connect_ticks: u32,
+    /// The WebSocket phases' deadlines, from the opening handshake on (the client sends no
+    /// pings of its own: only the handshake and close timeouts are on).
     timeouts: Timeouts,
     /// Batched reads and writes (`ClientConfig::batch_io`); None: one syscall each.
     batch: Option<batch::Batch>,
@@ -463,11 +466,9 @@ impl<H: ClientHandler> Client<H> {
             next_gen: 0,
             dirty: Vec::new(),
             ready: Vec::new(),
-            ticks: [
-                to_ticks(cfg.connect_timeout),
-                to_ticks(cfg.handshake_timeout),
-            ],
+            connect_ticks: to_ticks(cfg.connect_timeout),
             timeouts: Timeouts {
+                handshake: to_ticks(cfg.handshake_timeout),
                 close: to_ticks(cfg.close_timeout),
                 ..Timeouts::default()
             },
@@ -595,7 +596,7 @@ impl<H: ClientHandler> Client<H> {
             gen: self.next_gen,
             since: self.now,
             armed_at: NOT_ARMED,
-            ws: Connection::new(self.now),
+            ws: Connection::handshaking(self.now),
             key: ws_key,
             offered: opts.protocols.clone(),
             decoder: Decoder::new(),
@@ -604,7 +605,13 @@ impl<H: ClientHandler> Client<H> {
             tls,
             state: Some(state),
         });
-        schedule(&mut self.wheel, &self.ticks, &self.timeouts, key, conn);
+        schedule(
+            &mut self.wheel,
+            self.connect_ticks,
+            &self.timeouts,
+            key,
+            conn,
+        );
         Ok(key)
     }
 
@@ -663,7 +670,13 @@ impl<H: ClientHandler> Client<H> {
         f(&mut self.handler, &mut ctx);
         if !conn.ws.may_send() {
             // It closed: the close timeout runs.
-            schedule(&mut self.wheel, &self.ticks, &self.timeouts, key, conn);
+            schedule(
+                &mut self.wheel,
+                self.connect_ticks,
+                &self.timeouts,
+                key,
+                conn,
+            );
         }
         if conn.flags & DIRTY == 0 {
             conn.flags |= DIRTY;
@@ -806,11 +819,17 @@ impl<H: ClientHandler> Client<H> {
                 return;
             }
             conn.phase = Phase::Handshaking;
-            conn.since = self.now;
+            conn.ws = Connection::handshaking(self.now);
             // Still registered for WRITABLE (WANT_WRITABLE stays set): flush_conn below drops
             // that interest once the handshake request is out, or every later event would
             // come with a writable edge to serve for nothing.
-            schedule(&mut self.wheel, &self.ticks, &self.timeouts, key, conn);
+            schedule(
+                &mut self.wheel,
+                self.connect_ticks,
+                &self.timeouts,
+                key,
+                conn,
+            );
             if let Some(state) = conn.state.as_mut() {
                 self.handler.on_connected(key, state);
             }
@@ -1106,7 +1125,7 @@ impl<H: ClientHandler> Client<H> {
             }
             conn.flags &= !DEFLATE_OFFERED;
             conn.phase = Phase::Ws;
-            conn.ws = Connection::new(self.now);
+            conn.ws.open(self.now);
             conn.flags |= APP_OPEN;
             conn.offered = Vec::new();
             if let Some(state) = conn.state.as_mut() {
@@ -1126,7 +1145,13 @@ impl<H: ClientHandler> Client<H> {
                 self.handler.on_open(&mut ctx, protocol.as_deref());
             }
             if !conn.ws.may_send() {
-                schedule(&mut self.wheel, &self.ticks, &self.timeouts, key, conn);
+                schedule(
+                    &mut self.wheel,
+                    self.connect_ticks,
+                    &self.timeouts,
+                    key,
+                    conn,
+                );
             }
         }
         loop {
@@ -1202,7 +1227,13 @@ impl<H: ClientHandler> Client<H> {
                             let (code, reason) = (cf.code, cf.reason.to_string());
                             self.notify_close(key, code, &reason);
                             if let Some(c) = self.conns.get_mut(key) {
-                                schedule(&mut self.wheel, &self.ticks, &self.timeouts, key, c);
+                                schedule(
+                                    &mut self.wheel,
+                                    self.connect_ticks,
+                                    &self.timeouts,
+                                    key,
+                                    c,
+                                );
                             }
                             return data.len();
                         }
@@ -1211,7 +1242,13 @@ impl<H: ClientHandler> Client<H> {
                         if let Some(c) = self.conns.get_mut(key) {
                             if !c.ws.may_send() {
                                 // The handler closed: the close timeout runs.
-                                schedule(&mut self.wheel, &self.ticks, &self.timeouts, key, c);
+                                schedule(
+                                    &mut self.wheel,
+                                    self.connect_ticks,
+                                    &self.timeouts,
+                                    key,
+                                    c,
+                                );
                             }
                         }
                     }
@@ -1433,17 +1470,22 @@ impl<H: ClientHandler> Client<H> {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            let Some(deadline) = deadline(&self.ticks, &self.timeouts, conn) else {
+            let Some(deadline) = deadline(self.connect_ticks, &self.timeouts, conn) else {
                 continue;
             };
             if self.now < deadline {
-                schedule(&mut self.wheel, &self.ticks, &self.timeouts, key, conn);
+                schedule(
+                    &mut self.wheel,
+                    self.connect_ticks,
+                    &self.timeouts,
+                    key,
+                    conn,
+                );
                 continue;
             }
             let stage = match conn.phase {
                 Phase::Connecting => Stage::Connect,
-                Phase::Handshaking => Stage::Handshake,
-                Phase::Ws => {
+                Phase::Handshaking | Phase::Ws => {
                     let mut out = ClientOut {
                         key,
                         queue: &mut conn.queue,
@@ -1453,7 +1495,13 @@ impl<H: ClientHandler> Client<H> {
                     };
                     match conn.ws.on_timeout(self.now, &self.timeouts, &mut out) {
                         None | Some(Timeout::PingSent | Timeout::Idle) => {
-                            schedule(&mut self.wheel, &self.ticks, &self.timeouts, key, conn);
+                            schedule(
+                                &mut self.wheel,
+                                self.connect_ticks,
+                                &self.timeouts,
+                                key,
+                                conn,
+                            );
                             self.mark_dirty(key);
                             continue;
                         }
@@ -1462,10 +1510,8 @@ impl<H: ClientHandler> Client<H> {
                             self.drop_conn(key, close_code::NORMAL, "closed");
                             continue;
                         }
-                        // (The client hands its connections over open: no handshake deadline.)
-                        Some(Timeout::Pong | Timeout::CloseUnanswered | Timeout::Handshake) => {
-                            Stage::Close
-                        }
+                        Some(Timeout::Handshake) => Stage::Handshake,
+                        Some(Timeout::Pong | Timeout::CloseUnanswered) => Stage::Close,
                     }
                 }
             };
@@ -1474,22 +1520,21 @@ impl<H: ClientHandler> Client<H> {
     }
 }
 
-fn deadline<S>(ticks: &[u32; 2], timeouts: &Timeouts, conn: &Conn<S>) -> Option<u32> {
+fn deadline<S>(connect_ticks: u32, timeouts: &Timeouts, conn: &Conn<S>) -> Option<u32> {
     match conn.phase {
-        Phase::Connecting => Some(conn.since + ticks[0]),
-        Phase::Handshaking => Some(conn.since + ticks[1]),
-        Phase::Ws => conn.ws.deadline(timeouts),
+        Phase::Connecting => Some(conn.since + connect_ticks),
+        Phase::Handshaking | Phase::Ws => conn.ws.deadline(timeouts),
     }
 }
 
 fn schedule<S>(
     wheel: &mut TimerWheel,
-    ticks: &[u32; 2],
+    connect_ticks: u32,
     timeouts: &Timeouts,
     key: usize,
     conn: &mut Conn<S>,
 ) {
-    if let Some(due) = deadline(ticks, timeouts, conn) {
+    if let Some(due) = deadline(connect_ticks, timeouts, conn) {
         if conn.armed_at == NOT_ARMED || due < conn.armed_at {
             conn.armed_at = wheel.arm(
                 Entry {
