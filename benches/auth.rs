@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use fanout::proto::handshake::parse_request;
-use fanout::server::auth::{unix_now, JwtConfig, JwtVerifier};
+use fanout::rt::unix_now;
+use fanout::server::auth::{JwtConfig, JwtVerifier};
 use fanout::server::origin::OriginPolicy;
 use fanout::server::per_ip::{PerIpLimiter, RateLimit};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use fanout::client::{
     Client, ClientConfig, ClientCtx, ClientError, ClientHandler, ConnectOptions, WsUrl,
 };
-use fanout::server::Message;
+use fanout::proto::Message;
 
 struct Printer {
     done: usize,

@@ -4,7 +4,8 @@
 //! Run: `cargo run --release --example uppercase` then connect to ws://127.0.0.1:9002/?name=ann
 
 use fanout::proto::handshake::{HttpError, Request};
-use fanout::server::{Accept, Config, ConnInfo, Ctx, Handler, Message, Server};
+use fanout::proto::Message;
+use fanout::server::{Accept, Config, ConnInfo, Ctx, Handler, Server};
 
 #[derive(Clone, Default)]
 struct Uppercase;

@@ -78,4 +78,7 @@ fi
 step "Autobahn|Testsuite fuzzingclient over wss:// (TLS)"
 scripts/autobahn.sh --tls
 
+step "Autobahn|Testsuite fuzzingserver against fanout's client: 1.*-10.*, then 12.* and 13.* with permessage-deflate"
+scripts/autobahn-client.sh --deflate-full
+
 step "all checks passed"

@@ -7,6 +7,8 @@ pub mod apps;
 pub mod cli;
 pub mod client;
 pub mod common;
+pub mod parse;
 pub mod proto;
 pub mod pubsub;
+pub mod rt;
 pub mod server;

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use fanout::cli::{AppKind, Cli, Command, ServeArgs};
-use fanout::server::{self, limits, stats, Counter, Server};
+use fanout::rt::limits;
+use fanout::server::{self, stats, Counter, Server};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 fn main() -> ExitCode {

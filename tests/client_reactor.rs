@@ -9,7 +9,8 @@ use fanout::client::{
     Client, ClientConfig, ClientCtx, ClientError, ClientHandler, ConnectOptions, WsUrl,
 };
 use fanout::proto::handshake::ClientHandshakeError;
-use fanout::server::{Config, Message};
+use fanout::proto::Message;
+use fanout::server::Config;
 
 #[derive(Default)]
 struct Tally {

@@ -154,7 +154,7 @@ impl fanout::server::Handler for NeverAnswers {
     fn on_message(
         &mut self,
         _ctx: &mut fanout::server::Ctx<'_, ()>,
-        _msg: fanout::server::Message<'_>,
+        _msg: fanout::proto::Message<'_>,
     ) {
     }
     fn on_http(

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use fanout::common::SharedFrame;
 use fanout::proto::handshake::{HttpError, Request};
-use fanout::proto::OpCode;
+use fanout::proto::{Message, OpCode};
 use fanout::server::{
-    stats, Accept, Config, ConnId, ConnInfo, Counter, Ctx, Delivery, Handler, Message, Server,
-    ShardApi, SlowConsumerPolicy,
+    stats, Accept, Config, ConnId, ConnInfo, Counter, Ctx, Delivery, Handler, Server, ShardApi,
+    SlowConsumerPolicy,
 };
 
 use common::{config, UPGRADE};

@@ -336,7 +336,7 @@ impl fanout::server::Handler for NeverAnswers {
     ) -> Result<fanout::server::Accept<'r, ()>, fanout::proto::handshake::HttpError> {
         Ok(fanout::server::Accept::new(()))
     }
-    fn on_message(&mut self, _: &mut fanout::server::Ctx<'_, ()>, _: fanout::server::Message<'_>) {}
+    fn on_message(&mut self, _: &mut fanout::server::Ctx<'_, ()>, _: fanout::proto::Message<'_>) {}
     fn on_http(
         &mut self,
         _: &fanout::proto::handshake::Request<'_>,

@@ -493,7 +493,7 @@ mod client_reactor {
         tls_client_config, Client, ClientConfig, ClientCtx, ClientError, ClientHandler,
         ConnectOptions, Trust, WsUrl,
     };
-    use fanout::server::Message as SrvMessage;
+    use fanout::proto::Message as SrvMessage;
 
     #[derive(Default)]
     struct Tally {

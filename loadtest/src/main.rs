@@ -24,8 +24,8 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-use fanout::cli::{parse_duration, parse_size};
 use fanout::client::{tls_client_config, ClientConfig, ConnectOptions, Trust, WsUrl};
+use fanout::parse::{parse_duration, parse_size};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use report::{Merged, Partial, ServerFigures};

@@ -41,5 +41,5 @@ pub fn self_cpu_seconds() -> f64 {
 
 /// (soft, hard) RLIMIT_NOFILE, after raising soft to hard.
 pub fn raise_nofile() -> (u64, u64) {
-    fanout::server::limits::raise_nofile()
+    fanout::rt::limits::raise_nofile()
 }

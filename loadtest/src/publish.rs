@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fanout::client::{Client, ClientConfig, ClientCtx, ClientHandler, ConnectOptions, WsUrl};
-use fanout::server::Message;
+use fanout::proto::Message;
 use hdrhistogram::Histogram;
 
 use crate::report::new_hist;

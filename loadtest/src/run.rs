@@ -12,7 +12,7 @@ use fanout::client::{
     Client, ClientConfig, ClientCtx, ClientError, ClientHandler, ConnectOptions, Stage, WsUrl,
 };
 use fanout::proto::handshake::ClientHandshakeError;
-use fanout::server::Message;
+use fanout::proto::Message;
 use hdrhistogram::Histogram;
 
 use crate::report::{encode_hist, new_hist, Partial};

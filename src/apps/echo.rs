@@ -2,7 +2,8 @@
 //! load generator's `echo` scenario talk to.
 
 use crate::proto::handshake::{HttpError, Request};
-use crate::server::{Accept, ConnInfo, Ctx, Handler, Message};
+use crate::proto::Message;
+use crate::server::{Accept, ConnInfo, Ctx, Handler};
 
 #[derive(Clone, Default)]
 pub struct Echo;

@@ -13,14 +13,14 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::proto::handshake::{HttpError, Request};
-use crate::proto::OpCode;
+use crate::proto::{Message, OpCode};
 use crate::pubsub::{
     validate_topic, Ack, BrokerConfig, Done, Framer, HistoryConfig, Hub, HubMsg, NotRecovered,
     Position, PublishError, Reach, Recovered, ShardPort, Subscriptions, RTT_BUCKETS_US,
 };
 use crate::server::{
-    Accept, ConnId, ConnInfo, Ctx, Delivery, Handler, HttpReply, HttpResponse, Message, Remote,
-    ShardApi, SharedFrame, Token,
+    Accept, ConnId, ConnInfo, Ctx, Delivery, Handler, HttpReply, HttpResponse, Remote, ShardApi,
+    SharedFrame, Token,
 };
 
 #[derive(Debug, Clone)]

@@ -1,6 +1,8 @@
 //! The client role of `proto` on a mio reactor: many connections per reactor, the same four
 //! events as the server (open, message, close, error), masked sends. The load generator is
-//! built on it. Owns client sockets and their lifecycles; no async runtime, no threads.
+//! built on it. Owns client sockets, connecting and the opening handshake; the WebSocket
+//! lifecycle after it (close handshake, deadlines) is each connection's `proto::Connection`.
+//! No async runtime, no threads.
 
 mod batch;
 mod tls;
@@ -21,16 +23,15 @@ use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::proto::deflate::{self, Deflater, Inflater};
-use crate::proto::frame::{close_payload, encode_header, MAX_HEADER_LEN};
+use crate::proto::frame::{encode_header, MAX_HEADER_LEN};
 use crate::proto::handshake::{self, ClientHandshakeError};
 use crate::proto::mask::apply_mask;
 use crate::proto::{
-    close_code, Decoded, Decoder, DecoderConfig, Event, OpCode, ProtocolError, Role,
+    close_code, Connection, Decoded, Decoder, DecoderConfig, Event, Input, Message, OpCode,
+    ProtocolError, Role, Tick, Timeout, Timeouts, Transmit,
 };
-use crate::server::timer::{ms_to_ticks, visit, Entry, TimerWheel, Visit, NOT_ARMED, TICK_MS};
-use crate::server::write_queue::WriteQueue;
-
-pub use crate::server::Message;
+use crate::rt::timer::{ms_to_ticks, visit, Entry, TimerWheel, Visit, NOT_ARMED, TICK_MS};
+use crate::rt::write_queue::WriteQueue;
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -150,18 +151,17 @@ pub trait ClientHandler {
     fn on_close(&mut self, _key: usize, _state: Self::State, _code: u16, _reason: &str) {}
 }
 
+/// What the reactor does with a connection's bytes. Past `Connecting`, its deadlines and
+/// the rest of its lifecycle are its `proto::Connection`'s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Connecting,
+    /// Writing the upgrade request, reading the response.
     Handshaking,
-    Open,
-    /// We sent close; waiting for the server's.
-    Closing,
-    /// Close handshake done; waiting for the server to close TCP.
-    AwaitEof,
+    /// Upgraded: frames.
+    Ws,
 }
 
-const CLOSE_SENT: u8 = 1;
 const WANT_WRITABLE: u8 = 2;
 const DIRTY: u8 = 4;
 const APP_OPEN: u8 = 8;
@@ -210,8 +210,12 @@ struct Conn<S> {
     phase: Phase,
     flags: u8,
     gen: u32,
+    /// When connecting began (the later phases keep theirs in `ws`).
     since: u32,
     armed_at: u32,
+    /// The WebSocket lifecycle (handshake deadline, phases, close handshake), from the end of
+    /// `Connecting` on.
+    ws: Connection,
     key: [u8; 24],
     offered: Vec<String>,
     decoder: Decoder,
@@ -247,22 +251,34 @@ impl MaskRng {
 
 /// The sending side of one open connection.
 pub struct ClientCtx<'a, S> {
-    key: usize,
     state: &'a mut S,
-    queue: &'a mut Option<Box<WriteQueue>>,
-    flags: &'a mut u8,
-    rng: &'a mut MaskRng,
-    scratch: &'a mut Vec<u8>,
-    /// The reactor's compressor, when this connection negotiated permessage-deflate.
-    deflate: Option<CtxDeflate<'a>>,
+    ws: &'a mut Connection,
+    now: Tick,
+    out: ClientOut<'a>,
     /// The kernel's receive time of the read that completed the current message (ns since
     /// the Unix epoch), 0 when unknown.
     rx_ns: u64,
 }
 
+/// Where one connection's frames go: masked, maybe compressed, into its queue.
+struct ClientOut<'a> {
+    key: usize,
+    queue: &'a mut Option<Box<WriteQueue>>,
+    rng: &'a mut MaskRng,
+    scratch: &'a mut Vec<u8>,
+    /// The reactor's compressor, when this connection negotiated permessage-deflate.
+    deflate: Option<CtxDeflate<'a>>,
+}
+
+impl Transmit for ClientOut<'_> {
+    fn control(&mut self, opcode: OpCode, payload: &[u8]) {
+        self.frame(opcode, payload);
+    }
+}
+
 impl<S> ClientCtx<'_, S> {
     pub fn key(&self) -> usize {
-        self.key
+        self.out.key
     }
 
     pub fn state(&mut self) -> &mut S {
@@ -277,13 +293,37 @@ impl<S> ClientCtx<'_, S> {
     }
 
     pub fn queued_bytes(&self) -> usize {
-        self.queue.as_ref().map_or(0, |q| q.len())
+        self.out.queue.as_ref().map_or(0, |q| q.len())
     }
 
+    /// Sends a frame unless our close was sent: nothing follows it.
     fn frame(&mut self, opcode: OpCode, payload: &[u8]) {
-        if *self.flags & CLOSE_SENT != 0 {
-            return;
+        if self.ws.may_send() {
+            self.out.frame(opcode, payload);
         }
+    }
+
+    pub fn send_text(&mut self, text: &str) {
+        self.frame(OpCode::Text, text.as_bytes());
+    }
+
+    pub fn send_binary(&mut self, bytes: &[u8]) {
+        self.frame(OpCode::Binary, bytes);
+    }
+
+    pub fn ping(&mut self, payload: &[u8]) {
+        self.frame(OpCode::Ping, &payload[..payload.len().min(125)]);
+    }
+
+    /// Starts the closing handshake.
+    pub fn close(&mut self, code: u16, reason: &str) {
+        self.ws.close(code, reason, self.now, &mut self.out);
+    }
+}
+
+impl ClientOut<'_> {
+    /// Encodes one masked frame into the queue.
+    fn frame(&mut self, opcode: OpCode, payload: &[u8]) {
         let mask = self.rng.next();
         // The payload is the caller's: what goes out is a masked copy (of the compressed bytes
         // when compressing), made once, in the queue.
@@ -334,27 +374,6 @@ impl<S> ClientCtx<'_, S> {
                 apply_mask(b, mask, 0);
             });
         }
-        if opcode == OpCode::Close {
-            *self.flags |= CLOSE_SENT;
-        }
-    }
-
-    pub fn send_text(&mut self, text: &str) {
-        self.frame(OpCode::Text, text.as_bytes());
-    }
-
-    pub fn send_binary(&mut self, bytes: &[u8]) {
-        self.frame(OpCode::Binary, bytes);
-    }
-
-    pub fn ping(&mut self, payload: &[u8]) {
-        self.frame(OpCode::Ping, &payload[..payload.len().min(125)]);
-    }
-
-    /// Starts the closing handshake.
-    pub fn close(&mut self, code: u16, reason: &str) {
-        let (payload, n) = close_payload(code, reason);
-        self.frame(OpCode::Close, &payload[..n]);
     }
 }
 
@@ -376,7 +395,11 @@ pub struct Client<H: ClientHandler> {
     next_gen: u32,
     dirty: Vec<(usize, u32)>,
     ready: Vec<(usize, bool, bool, bool)>,
-    ticks: [u32; 3],
+    /// The connect timeout, in ticks.
+    connect_ticks: u32,
+    /// The WebSocket phases' deadlines, from the opening handshake on (the client sends no
+    /// pings of its own: only the handshake and close timeouts are on).
+    timeouts: Timeouts,
     /// Batched reads and writes (`ClientConfig::batch_io`); None: one syscall each.
     batch: Option<batch::Batch>,
     /// The batched reads' buffers, one slot of `SLOT` bytes per connection read in a batch.
@@ -443,11 +466,12 @@ impl<H: ClientHandler> Client<H> {
             next_gen: 0,
             dirty: Vec::new(),
             ready: Vec::new(),
-            ticks: [
-                to_ticks(cfg.connect_timeout),
-                to_ticks(cfg.handshake_timeout),
-                to_ticks(cfg.close_timeout),
-            ],
+            connect_ticks: to_ticks(cfg.connect_timeout),
+            timeouts: Timeouts {
+                handshake: to_ticks(cfg.handshake_timeout),
+                close: to_ticks(cfg.close_timeout),
+                ..Timeouts::default()
+            },
             batch,
             arena: Vec::new(),
             batched: Vec::new(),
@@ -572,6 +596,7 @@ impl<H: ClientHandler> Client<H> {
             gen: self.next_gen,
             since: self.now,
             armed_at: NOT_ARMED,
+            ws: Connection::handshaking(self.now),
             key: ws_key,
             offered: opts.protocols.clone(),
             decoder: Decoder::new(),
@@ -580,7 +605,13 @@ impl<H: ClientHandler> Client<H> {
             tls,
             state: Some(state),
         });
-        schedule(&mut self.wheel, &self.ticks, key, conn);
+        schedule(
+            &mut self.wheel,
+            self.connect_ticks,
+            &self.timeouts,
+            key,
+            conn,
+        );
         Ok(key)
     }
 
@@ -617,28 +648,35 @@ impl<H: ClientHandler> Client<H> {
         let Some(conn) = self.conns.get_mut(key) else {
             return false;
         };
-        if conn.phase != Phase::Open {
+        if conn.phase != Phase::Ws || !conn.ws.may_send() {
             return false;
         }
         let Some(state) = conn.state.as_mut() else {
             return false;
         };
-        let deflate = lend(&mut self.deflate.out, conn.flags);
         let mut ctx = ClientCtx {
-            key,
             state,
-            queue: &mut conn.queue,
-            flags: &mut conn.flags,
-            rng: &mut self.rng,
-            scratch: &mut self.scratch,
-            deflate,
+            ws: &mut conn.ws,
+            now: self.now,
+            out: ClientOut {
+                key,
+                queue: &mut conn.queue,
+                rng: &mut self.rng,
+                scratch: &mut self.scratch,
+                deflate: lend(&mut self.deflate.out, conn.flags),
+            },
             rx_ns: 0,
         };
         f(&mut self.handler, &mut ctx);
-        if conn.flags & CLOSE_SENT != 0 && conn.phase == Phase::Open {
-            conn.phase = Phase::Closing;
-            conn.since = self.now;
-            schedule(&mut self.wheel, &self.ticks, key, conn);
+        if !conn.ws.may_send() {
+            // It closed: the close timeout runs.
+            schedule(
+                &mut self.wheel,
+                self.connect_ticks,
+                &self.timeouts,
+                key,
+                conn,
+            );
         }
         if conn.flags & DIRTY == 0 {
             conn.flags |= DIRTY;
@@ -781,11 +819,17 @@ impl<H: ClientHandler> Client<H> {
                 return;
             }
             conn.phase = Phase::Handshaking;
-            conn.since = self.now;
+            conn.ws = Connection::handshaking(self.now);
             // Still registered for WRITABLE (WANT_WRITABLE stays set): flush_conn below drops
             // that interest once the handshake request is out, or every later event would
             // come with a writable edge to serve for nothing.
-            schedule(&mut self.wheel, &self.ticks, key, conn);
+            schedule(
+                &mut self.wheel,
+                self.connect_ticks,
+                &self.timeouts,
+                key,
+                conn,
+            );
             if let Some(state) = conn.state.as_mut() {
                 self.handler.on_connected(key, state);
             }
@@ -1080,29 +1124,41 @@ impl<H: ClientHandler> Client<H> {
                 }
             }
             conn.flags &= !DEFLATE_OFFERED;
-            conn.phase = Phase::Open;
+            conn.phase = Phase::Ws;
+            conn.ws.open(self.now);
             conn.flags |= APP_OPEN;
             conn.offered = Vec::new();
             if let Some(state) = conn.state.as_mut() {
-                let deflate = lend(&mut self.deflate.out, conn.flags);
                 let mut ctx = ClientCtx {
-                    key,
                     state,
-                    queue: &mut conn.queue,
-                    flags: &mut conn.flags,
-                    rng: &mut self.rng,
-                    scratch: &mut self.scratch,
-                    deflate,
+                    ws: &mut conn.ws,
+                    now: self.now,
+                    out: ClientOut {
+                        key,
+                        queue: &mut conn.queue,
+                        rng: &mut self.rng,
+                        scratch: &mut self.scratch,
+                        deflate: lend(&mut self.deflate.out, conn.flags),
+                    },
                     rx_ns: self.rx_ns,
                 };
                 self.handler.on_open(&mut ctx, protocol.as_deref());
+            }
+            if !conn.ws.may_send() {
+                schedule(
+                    &mut self.wheel,
+                    self.connect_ticks,
+                    &self.timeouts,
+                    key,
+                    conn,
+                );
             }
         }
         loop {
             let Some(conn) = self.conns.get_mut(key) else {
                 return data.len();
             };
-            if conn.phase == Phase::AwaitEof {
+            if !conn.ws.wants_input() {
                 return data.len();
             }
             let Conn {
@@ -1110,8 +1166,7 @@ impl<H: ClientHandler> Client<H> {
                 state,
                 queue,
                 flags,
-                phase,
-                since,
+                ws,
                 ..
             } = conn;
             let deflating = *flags & DEFLATE != 0;
@@ -1148,54 +1203,60 @@ impl<H: ClientHandler> Client<H> {
                 return data.len();
             };
             let mut ctx = ClientCtx {
-                key,
                 state: st,
-                queue,
-                flags,
-                rng: &mut self.rng,
-                scratch: &mut self.scratch,
-                deflate: lent,
+                ws,
+                now: self.now,
+                out: ClientOut {
+                    key,
+                    queue,
+                    rng: &mut self.rng,
+                    scratch: &mut self.scratch,
+                    deflate: lent,
+                },
                 rx_ns: self.rx_ns,
             };
             match step {
                 Ok(Decoded::Event(n, ev)) => {
                     pos += n;
-                    match ev {
-                        Event::Text(t) => self.handler.on_message(&mut ctx, Message::Text(t)),
-                        Event::Binary(b) => self.handler.on_message(&mut ctx, Message::Binary(b)),
-                        Event::Ping(p) => ctx.frame(OpCode::Pong, p),
-                        Event::Pong(p) => self.handler.on_pong(&mut ctx, p),
-                        Event::Compressed { .. } => {} // inflated above
-                        Event::Close(cf) => {
-                            if *ctx.flags & CLOSE_SENT == 0 {
-                                if cf.code == close_code::NO_STATUS {
-                                    ctx.frame(OpCode::Close, &[]);
-                                } else {
-                                    ctx.close(cf.code, "");
-                                }
-                            }
+                    let was_open = ctx.ws.may_send();
+                    match ctx.ws.on_event(ev, self.now, &mut ctx.out) {
+                        Input::Message(m) => self.handler.on_message(&mut ctx, m),
+                        Input::Pong(p) => self.handler.on_pong(&mut ctx, p),
+                        Input::Ping(_) | Input::Ignored => {}
+                        Input::Close(cf) => {
                             let (code, reason) = (cf.code, cf.reason.to_string());
-                            *phase = Phase::AwaitEof;
-                            *since = self.now;
                             self.notify_close(key, code, &reason);
                             if let Some(c) = self.conns.get_mut(key) {
-                                schedule(&mut self.wheel, &self.ticks, key, c);
+                                schedule(
+                                    &mut self.wheel,
+                                    self.connect_ticks,
+                                    &self.timeouts,
+                                    key,
+                                    c,
+                                );
                             }
                             return data.len();
                         }
                     }
-                    if let Some(c) = self.conns.get_mut(key) {
-                        if c.flags & CLOSE_SENT != 0 && c.phase == Phase::Open {
-                            c.phase = Phase::Closing;
-                            c.since = self.now;
-                            schedule(&mut self.wheel, &self.ticks, key, c);
+                    if was_open {
+                        if let Some(c) = self.conns.get_mut(key) {
+                            if !c.ws.may_send() {
+                                // The handler closed: the close timeout runs.
+                                schedule(
+                                    &mut self.wheel,
+                                    self.connect_ticks,
+                                    &self.timeouts,
+                                    key,
+                                    c,
+                                );
+                            }
                         }
                     }
                 }
                 Ok(Decoded::Progress(n)) => pos += n,
                 Ok(Decoded::Incomplete) => return pos,
                 Err(e) => {
-                    ctx.close(e.code, e.reason);
+                    ctx.ws.on_error(e, self.now, &mut ctx.out);
                     self.fail(key, ClientError::Protocol(e));
                     return data.len();
                 }
@@ -1409,38 +1470,71 @@ impl<H: ClientHandler> Client<H> {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            let Some(deadline) = deadline(&self.ticks, conn) else {
+            let Some(deadline) = deadline(self.connect_ticks, &self.timeouts, conn) else {
                 continue;
             };
             if self.now < deadline {
-                schedule(&mut self.wheel, &self.ticks, key, conn);
+                schedule(
+                    &mut self.wheel,
+                    self.connect_ticks,
+                    &self.timeouts,
+                    key,
+                    conn,
+                );
                 continue;
             }
             let stage = match conn.phase {
                 Phase::Connecting => Stage::Connect,
-                Phase::Handshaking => Stage::Handshake,
-                _ => Stage::Close,
+                Phase::Handshaking | Phase::Ws => {
+                    let mut out = ClientOut {
+                        key,
+                        queue: &mut conn.queue,
+                        rng: &mut self.rng,
+                        scratch: &mut self.scratch,
+                        deflate: lend(&mut self.deflate.out, conn.flags),
+                    };
+                    match conn.ws.on_timeout(self.now, &self.timeouts, &mut out) {
+                        None | Some(Timeout::PingSent | Timeout::Idle) => {
+                            schedule(
+                                &mut self.wheel,
+                                self.connect_ticks,
+                                &self.timeouts,
+                                key,
+                                conn,
+                            );
+                            self.mark_dirty(key);
+                            continue;
+                        }
+                        Some(Timeout::Linger) => {
+                            // The close handshake was done: the server did not close TCP.
+                            self.drop_conn(key, close_code::NORMAL, "closed");
+                            continue;
+                        }
+                        Some(Timeout::Handshake) => Stage::Handshake,
+                        Some(Timeout::Pong | Timeout::CloseUnanswered) => Stage::Close,
+                    }
+                }
             };
-            if conn.phase == Phase::AwaitEof {
-                self.drop_conn(key, close_code::NORMAL, "closed");
-            } else {
-                self.fail(key, ClientError::Timeout(stage));
-            }
+            self.fail(key, ClientError::Timeout(stage));
         }
     }
 }
 
-fn deadline<S>(ticks: &[u32; 3], conn: &Conn<S>) -> Option<u32> {
+fn deadline<S>(connect_ticks: u32, timeouts: &Timeouts, conn: &Conn<S>) -> Option<u32> {
     match conn.phase {
-        Phase::Connecting => Some(conn.since + ticks[0]),
-        Phase::Handshaking => Some(conn.since + ticks[1]),
-        Phase::Open => None,
-        Phase::Closing | Phase::AwaitEof => Some(conn.since + ticks[2]),
+        Phase::Connecting => Some(conn.since + connect_ticks),
+        Phase::Handshaking | Phase::Ws => conn.ws.deadline(timeouts),
     }
 }
 
-fn schedule<S>(wheel: &mut TimerWheel, ticks: &[u32; 3], key: usize, conn: &mut Conn<S>) {
-    if let Some(due) = deadline(ticks, conn) {
+fn schedule<S>(
+    wheel: &mut TimerWheel,
+    connect_ticks: u32,
+    timeouts: &Timeouts,
+    key: usize,
+    conn: &mut Conn<S>,
+) {
+    if let Some(due) = deadline(connect_ticks, timeouts, conn) {
         if conn.armed_at == NOT_ARMED || due < conn.armed_at {
             conn.armed_at = wheel.arm(
                 Entry {

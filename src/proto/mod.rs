@@ -2,15 +2,19 @@
 //! message rules; must never touch sockets, clocks, threads or the global allocator on the
 //! hot path (a complete frame is parsed and delivered without allocating).
 
+pub mod connection;
 pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
 pub mod message;
+#[cfg(test)]
+mod pair;
 #[doc(hidden)]
 pub mod testing;
 pub mod utf8;
 
+pub use connection::{Connection, Input, Phase, Tick, Timeout, Timeouts, Transmit};
 pub use frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 pub use message::{CloseFrame, Decoded, Decoder, DecoderConfig, Event};
 
@@ -20,6 +24,13 @@ pub use message::{CloseFrame, Decoded, Decoder, DecoderConfig, Event};
 pub enum Role {
     Server,
     Client,
+}
+
+/// A complete data message, borrowed from the read buffer (or the message buffer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message<'a> {
+    Text(&'a str),
+    Binary(&'a [u8]),
 }
 
 /// A protocol violation by the peer: the connection is closed with `code` (RFC 6455 §7.4).

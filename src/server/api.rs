@@ -8,13 +8,13 @@ use slab::Slab;
 
 use super::compress::{Recoded, ShardDeflate};
 use super::config::SlowConsumerPolicy;
-use super::conn::{Conn, ConnExt, Phase, CLOSE_SENT, DIRTY};
+use super::conn::{Conn, ConnExt, Phase, DIRTY};
 use super::handler::{ConnId, Delivery, Handler, HttpResponse, SharedFrame};
 use super::stats::{Counter, ShardStats};
-use super::write_queue::WriteQueue;
 use crate::proto::frame::encode_frame;
 use crate::proto::handshake;
 use crate::proto::OpCode;
+use crate::rt::write_queue::WriteQueue;
 
 /// A shard's inbox, as the other shards see it.
 pub(crate) struct ShardLink<M> {
@@ -119,7 +119,7 @@ impl<H: Handler> ShardApi<'_, H> {
         let Some(conn) = open_conn(self.conns, self.index, id) else {
             return Delivery::Gone;
         };
-        if conn.phase != Phase::Open || conn.flags & CLOSE_SENT != 0 {
+        if !conn.ws.may_send() {
             return Delivery::Gone;
         }
         // Checked on the frame as given, before any per-connection copy (a recompressed frame
@@ -128,8 +128,9 @@ impl<H: Handler> ShardApi<'_, H> {
         if queued > 0 && queued.saturating_add(frame.bytes().len()) > limit {
             match self.policy {
                 SlowConsumerPolicy::Disconnect => {
-                    // Nothing may follow: later deliveries this turn see it gone.
-                    conn.flags |= CLOSE_SENT;
+                    // Nothing may follow (its 1008 goes out at the flush): later deliveries
+                    // this turn see it gone.
+                    conn.ws.close_sent(self.now);
                     self.slow.push((key, conn.gen));
                     return Delivery::SlowConsumer;
                 }
@@ -178,7 +179,7 @@ impl<H: Handler> ShardApi<'_, H> {
         let Some(conn) = open_conn(self.conns, self.index, id) else {
             return false;
         };
-        if conn.phase != Phase::Open || conn.flags & CLOSE_SENT != 0 {
+        if !conn.ws.may_send() {
             return false;
         }
         let mut frame = Vec::with_capacity(text.len() + 10);
@@ -208,7 +209,7 @@ impl<H: Handler> ShardApi<'_, H> {
         let Some(conn) = open_conn(self.conns, self.index, id) else {
             return false;
         };
-        if conn.phase != Phase::HttpWait {
+        if conn.phase() != Phase::HttpWait {
             return false;
         }
         let mut headers: Vec<(&str, &str)> =
@@ -234,8 +235,7 @@ impl<H: Handler> ShardApi<'_, H> {
         if resp.status >= 400 {
             self.stats.http_status(resp.status);
         }
-        conn.phase = Phase::Finishing;
-        conn.since = now;
+        conn.finish(now);
         Self::mark_dirty(self.dirty, key, conn);
         true
     }

@@ -4,7 +4,6 @@
 //! are the push app's business).
 
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -231,17 +230,11 @@ pub fn find_token<'a>(req: &Request<'a>, cookie: Option<&str>) -> Option<&'a str
         .filter(|t| !t.is_empty())
 }
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::proto::handshake::parse_request;
+    use crate::rt::unix_now;
     use jsonwebtoken::{encode, EncodingKey, Header};
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";

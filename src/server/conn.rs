@@ -9,13 +9,14 @@ use mio::net::TcpStream;
 use super::auth::Token;
 use super::compress::{Recoded, ShardDeflate};
 use super::stats::{Counter, ShardStats};
-use super::write_queue::WriteQueue;
 use crate::common::SharedFrame;
 use crate::proto::deflate::Packed;
-use crate::proto::frame::{close_payload, encode_header, MAX_HEADER_LEN};
-use crate::proto::{Decoder, OpCode};
+use crate::proto::frame::{encode_header, MAX_HEADER_LEN};
+use crate::proto::{Connection, Decoder, OpCode, Phase as WsPhase, Tick, Transmit};
+use crate::rt::write_queue::WriteQueue;
 
-/// Where a connection is in its life.
+/// Where a connection is in its life, as the shard sees it: its `proto::Connection`'s phase
+/// with the `HTTP` and `DRAINING` flags (read it with `Conn::phase`; it is not stored).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
     /// Reading the HTTP request head (deadline: handshake timeout).
@@ -38,10 +39,12 @@ pub(crate) enum Phase {
 }
 
 // Flags.
-pub(crate) const CLOSE_SENT: u8 = 1 << 0;
+/// A plain HTTP request, not answered yet (`HttpBody`, `HttpWait`).
+pub(crate) const HTTP: u8 = 1 << 0;
 pub(crate) const READ_PAUSED: u8 = 1 << 1;
 pub(crate) const WANT_WRITABLE: u8 = 1 << 2;
-pub(crate) const PING_OUTSTANDING: u8 = 1 << 3;
+/// Write side shut down; input is discarded until EOF (`Draining`).
+pub(crate) const DRAINING: u8 = 1 << 3;
 /// The app saw `on_open` and is owed one `on_close`.
 pub(crate) const APP_OPEN: u8 = 1 << 4;
 /// In the shard's list of connections to flush at the end of the loop turn.
@@ -101,13 +104,13 @@ pub(crate) struct ConnExt {
 
 pub(crate) struct Conn<S> {
     pub sock: TcpStream,
-    pub phase: Phase,
+    /// The lifecycle (phase, the tick its deadlines count from, an outstanding ping): five
+    /// bytes, in what was the phase byte and a tick.
+    pub ws: Connection,
     pub flags: u8,
     /// permessage-deflate as negotiated (`Packed::OFF` without it); fits in padding.
     pub ext: Packed,
     pub gen: u32,
-    /// A tick whose meaning depends on the phase: accept time, last input, or when closing began.
-    pub since: u32,
     /// The tick of this connection's live timer entry (`timer::NOT_ARMED` when none).
     pub armed_at: u32,
     pub decoder: Decoder,
@@ -121,6 +124,25 @@ impl<S> Conn<S> {
     pub fn queued(&self) -> usize {
         self.queue.as_ref().map_or(0, |q| q.len())
     }
+
+    pub fn phase(&self) -> Phase {
+        match self.ws.phase() {
+            WsPhase::Handshaking if self.flags & HTTP != 0 => Phase::HttpBody,
+            WsPhase::Handshaking => Phase::Handshaking,
+            WsPhase::Open => Phase::Open,
+            WsPhase::CloseSent => Phase::Closing,
+            _ if self.flags & DRAINING != 0 => Phase::Draining,
+            _ if self.flags & HTTP != 0 => Phase::HttpWait,
+            WsPhase::CloseReceived | WsPhase::Closed => Phase::Finishing,
+        }
+    }
+
+    /// Our last bytes are queued (a close frame, an HTTP answer): once written, the write side
+    /// is shut down (`Finishing`).
+    pub fn finish(&mut self, now: Tick) {
+        self.flags &= !HTTP;
+        self.ws.finish(now);
+    }
 }
 
 /// The outgoing side of one connection during an event. While the shard's cork buffer belongs
@@ -130,7 +152,9 @@ pub(crate) struct Out<'a> {
     pub queue: &'a mut Option<Box<WriteQueue>>,
     /// The shard's cork buffer, when it belongs to this connection.
     pub cork: Option<&'a mut Vec<u8>>,
-    pub flags: &'a mut u8,
+    /// Its lifecycle: nothing is sent once its close frame is.
+    pub ws: &'a mut Connection,
+    pub now: Tick,
     pub stats: &'a ShardStats,
     /// The shard's deflate contexts, for a connection that negotiated permessage-deflate.
     pub deflate: Option<OutDeflate<'a>>,
@@ -151,9 +175,18 @@ impl Out<'_> {
         self.queue.as_ref().is_none_or(|q| q.is_empty())
     }
 
+    /// Runs `f` on the connection's lifecycle, which transmits through this output. (It is
+    /// five bytes and `Copy`: taken out meanwhile, put back after.)
+    pub fn lifecycle<R>(&mut self, f: impl FnOnce(&mut Connection, &mut Self) -> R) -> R {
+        let mut ws = *self.ws;
+        let r = f(&mut ws, self);
+        *self.ws = ws;
+        r
+    }
+
     /// Encodes and queues one unmasked frame.
     pub fn frame(&mut self, opcode: OpCode, payload: &[u8]) {
-        if *self.flags & CLOSE_SENT != 0 {
+        if !self.ws.may_send() {
             return; // Nothing may follow a close frame.
         }
         if !opcode.is_control() {
@@ -190,7 +223,7 @@ impl Out<'_> {
 
     /// Queues a shared, already encoded frame.
     pub fn shared(&mut self, frame: &SharedFrame) {
-        if *self.flags & CLOSE_SENT != 0 {
+        if !self.ws.may_send() {
             return;
         }
         self.stats.inc(Counter::MessagesOut);
@@ -216,25 +249,19 @@ impl Out<'_> {
         q.push_shared(frame);
     }
 
-    /// Queues a close frame; nothing is sent after it.
+    /// Starts the close handshake: queues a close frame, after which nothing is sent.
     pub fn close(&mut self, code: u16, reason: &str) {
-        if *self.flags & CLOSE_SENT != 0 {
-            return;
-        }
-        let (payload, n) = close_payload(code, reason);
-        let mut header = [0u8; MAX_HEADER_LEN];
-        let h = encode_header(&mut header, true, 0, OpCode::Close, n as u64, None);
-        self.raw(&header[..h], &payload[..n]);
-        *self.flags |= CLOSE_SENT;
+        let now = self.now;
+        self.lifecycle(|ws, out| ws.close(code, reason, now, out));
     }
+}
 
-    /// Queues an empty close frame (the answer to a close without a status code).
-    pub fn close_empty(&mut self) {
-        if *self.flags & CLOSE_SENT != 0 {
-            return;
-        }
-        self.raw(&[0x88, 0x00], &[]);
-        *self.flags |= CLOSE_SENT;
+/// The lifecycle's own frames (pong, ping, close) go out as they are, unmasked, uncompressed.
+impl Transmit for Out<'_> {
+    fn control(&mut self, opcode: OpCode, payload: &[u8]) {
+        let mut header = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&mut header, true, 0, opcode, payload.len() as u64, None);
+        self.raw(&header[..n], payload);
     }
 }
 
@@ -244,9 +271,9 @@ mod tests {
 
     #[test]
     fn an_idle_connection_entry_stays_small() {
-        // A socket, 3 null-when-idle pointers (decoder, stash, queue), 3 ticks, and phase,
-        // flags, deflate params and the app state's tag in 4 bytes: the deflate byte lives in
-        // what was padding. 48 bytes in release builds (mio's socket is 4 bytes there, more
+        // A socket, 3 null-when-idle pointers (decoder, stash, queue), 3 ticks (one is the
+        // lifecycle's, whose phase byte is the fourth of these), and phase, flags, deflate
+        // params and the app state's tag in 4 bytes: the deflate byte lives in what was padding. 48 bytes in release builds (mio's socket is 4 bytes there, more
         // with debug assertions). Anything else per connection (TLS, a token) goes to a side
         // table, so a plaintext connection does not pay for it.
         let socket = std::mem::size_of::<TcpStream>();

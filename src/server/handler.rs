@@ -9,17 +9,10 @@ use mio::net::TcpStream;
 
 pub use super::api::{Remote, ShardApi};
 pub use super::auth::Token;
-use super::conn::{Out, CLOSE_SENT};
+use super::conn::Out;
 pub use crate::common::{ConnId, Delivery, SharedFrame};
 use crate::proto::handshake::{HttpError, Request};
-use crate::proto::{OpCode, ProtocolError};
-
-/// A complete data message, borrowed from the read buffer (or the message buffer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Message<'a> {
-    Text(&'a str),
-    Binary(&'a [u8]),
-}
+use crate::proto::{Message, OpCode, ProtocolError};
 
 /// The app's yes to an upgrade: the connection's state and an optional subprotocol (one the
 /// client offered).
@@ -226,8 +219,6 @@ impl<S> Ctx<'_, S> {
 
     /// Starts the closing handshake with `code` (1000, or 3000-4999 for apps).
     pub fn close(&mut self, code: u16, reason: &str) {
-        if *self.out.flags & CLOSE_SENT == 0 {
-            self.out.close(code, reason);
-        }
+        self.out.close(code, reason);
     }
 }

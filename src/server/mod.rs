@@ -8,15 +8,12 @@ mod compress;
 pub mod config;
 pub(crate) mod conn;
 pub mod handler;
-pub mod limits;
 pub mod origin;
 pub mod per_ip;
 pub(crate) mod shard;
 pub mod stats;
 pub mod status;
-pub mod timer;
 pub mod tls;
-pub mod write_queue;
 
 use std::io;
 use std::net::SocketAddr;
@@ -30,7 +27,7 @@ pub use api::Remote;
 pub use api::ShardApi;
 pub use config::{Config, SlowConsumerPolicy};
 pub use handler::{
-    Accept, ConnError, ConnId, ConnInfo, Ctx, Delivery, Handler, HttpReply, HttpResponse, Message,
+    Accept, ConnError, ConnId, ConnInfo, Ctx, Delivery, Handler, HttpReply, HttpResponse,
     SharedFrame, Token,
 };
 pub use stats::{Counter, ShardStats};
@@ -87,7 +84,7 @@ impl Server {
     /// Binds the listeners (so errors surface here) and starts the shards.
     pub fn start<H: Handler>(config: Config, mut handler: H) -> io::Result<Server> {
         let shards = config.shards.max(1);
-        let capacity = limits::socket_capacity();
+        let capacity = crate::rt::limits::socket_capacity();
         let max_connections = if config.max_connections == 0 {
             capacity
         } else {

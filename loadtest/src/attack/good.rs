@@ -12,7 +12,7 @@ use base64::Engine;
 use fanout::client::{
     Client, ClientConfig, ClientCtx, ClientError, ClientHandler, ConnectOptions, WsUrl,
 };
-use fanout::server::Message;
+use fanout::proto::Message;
 use hdrhistogram::Histogram;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -67,7 +67,7 @@ pub fn jwt(secret: &[u8], alg: &str, claims: &str) -> String {
 
 /// A token the attack servers accept, valid for an hour.
 pub fn valid_jwt() -> String {
-    let exp = fanout::server::auth::unix_now() + 3600;
+    let exp = fanout::rt::unix_now() + 3600;
     jwt(
         JWT_SECRET.as_bytes(),
         "HS256",

@@ -806,7 +806,7 @@ fn forged_jwt(c: &Ctx) -> Outcome {
         expected: "http 401 for every forged, expired or missing token".into(),
         ..Default::default()
     };
-    let now = fanout::server::auth::unix_now();
+    let now = fanout::rt::unix_now();
     let claims = format!("{{\"sub\":\"mallory\",\"exp\":{}}}", now + 3600);
     let b64 = |s: &str| {
         use base64::Engine;

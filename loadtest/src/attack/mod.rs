@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use fanout::cli::{parse_duration, parse_size};
+use fanout::parse::{parse_duration, parse_size};
 use serde_json::{json, Value};
 
 use good::GoodClient;

@@ -95,11 +95,10 @@ impl<H: Handler> Shard<H> {
             c.next_gen = c.next_gen.wrapping_add(1);
             let conn = entry.insert(Conn {
                 sock,
-                phase: Phase::Handshaking,
                 flags: if tls.is_some() { TLS } else { 0 },
                 ext: Packed::OFF,
                 gen: c.next_gen,
-                since: c.now,
+                ws: Connection::handshaking(c.now),
                 armed_at: NOT_ARMED,
                 decoder: Default::default(),
                 stash: Default::default(),

@@ -50,31 +50,18 @@ impl<H: Handler> Shard<H> {
 impl<H: Handler> Core<H> {
     // ----- deadlines -----
 
-    /// The tick of this connection's next deadline.
+    /// The tick of this connection's next deadline: its lifecycle's (handshake; ping, pong,
+    /// idle; close) or, while open, one of the shard's own policies' (token expiry, max
+    /// lifetime), whichever comes first.
     pub(super) fn due_tick(&self, key: usize, conn: &Conn<H::State>) -> Option<u32> {
-        match conn.phase {
-            Phase::Handshaking | Phase::HttpBody => Some(conn.since + self.handshake_ticks),
-            Phase::Open => {
-                let idle = (self.idle_ticks > 0).then(|| conn.since + self.idle_ticks);
-                let ping = (self.ping_ticks > 0).then(|| {
-                    if conn.flags & PING_OUTSTANDING != 0 {
-                        conn.since + self.ping_ticks + self.pong_ticks
-                    } else {
-                        conn.since + self.ping_ticks
-                    }
-                });
-                let ext = self.ext(key);
-                let expiry = ext.and_then(|e| e.expires_at);
-                let end_of_life = ext.and_then(|e| e.max_life_at);
-                [idle, ping, expiry, end_of_life]
-                    .into_iter()
-                    .flatten()
-                    .min()
-            }
-            Phase::HttpWait | Phase::Closing | Phase::Finishing | Phase::Draining => {
-                Some(conn.since + self.close_ticks)
-            }
+        let due = conn.ws.deadline(&self.timeouts);
+        if conn.ws.phase() != WsPhase::Open {
+            return due;
         }
+        let ext = self.ext(key);
+        let expiry = ext.and_then(|e| e.expires_at);
+        let end_of_life = ext.and_then(|e| e.max_life_at);
+        [due, expiry, end_of_life].into_iter().flatten().min()
     }
 
     /// `--max-lifetime` in ticks, +-10%, different for each connection.
@@ -104,7 +91,7 @@ impl<H: Handler> Core<H> {
             self.schedule(key, conn);
             return false;
         }
-        match conn.phase {
+        match conn.phase() {
             Phase::Handshaking | Phase::HttpBody => {
                 self.stats.inc(Counter::HandshakeTimeouts);
                 true
@@ -126,43 +113,49 @@ impl<H: Handler> Core<H> {
                     self.mark_dirty(key, conn);
                     return false;
                 }
-                let silent = self.now - conn.since;
-                if self.idle_ticks > 0 && silent >= self.idle_ticks {
-                    self.stats.inc(Counter::IdleTimeouts);
-                    self.notify_close(key, conn, close_code::GOING_AWAY, "idle timeout");
-                    self.start_close(key, conn, close_code::GOING_AWAY, "idle timeout");
-                    self.mark_dirty(key, conn);
-                    return false;
-                }
-                if conn.flags & PING_OUTSTANDING != 0 && conn.flags & READ_PAUSED != 0 {
+                let silent = self.now - conn.ws.since();
+                let idle = self.timeouts.idle > 0 && silent >= self.timeouts.idle;
+                if !idle && conn.ws.ping_outstanding() && conn.flags & READ_PAUSED != 0 {
                     // Paused: its pong cannot be read. Judge it by its progress instead: what
                     // it has read since lets this write go out (and counts as activity).
                     if !self.flush_conn(key, conn) {
                         return true;
                     }
-                    if conn.phase != Phase::Open {
+                    if conn.phase() != Phase::Open {
                         return false;
                     }
-                    if conn.flags & PING_OUTSTANDING == 0 {
+                    if !conn.ws.ping_outstanding() {
                         self.schedule(key, conn);
                         return false;
                     }
                 }
-                if conn.flags & PING_OUTSTANDING != 0 {
-                    self.stats.inc(Counter::PongTimeouts);
-                    self.notify_close(key, conn, close_code::ABNORMAL, "pong timeout");
-                    return true;
+                if idle {
+                    // The app hears of it before the close frame is queued.
+                    self.notify_close(key, conn, close_code::GOING_AWAY, "idle timeout");
                 }
-                conn.flags |= PING_OUTSTANDING;
-                self.stats.inc(Counter::PingsSent);
                 let mut out = Out {
                     queue: &mut conn.queue,
                     cork: None,
-                    flags: &mut conn.flags,
+                    ws: &mut conn.ws,
+                    now: self.now,
                     stats: &self.stats,
                     deflate: None,
                 };
-                out.frame(crate::proto::OpCode::Ping, b"");
+                let now = self.now;
+                let timeouts = self.timeouts;
+                match out.lifecycle(|ws, out| ws.on_timeout(now, &timeouts, out)) {
+                    Some(Timeout::Idle) => {
+                        self.stats.inc(Counter::IdleTimeouts);
+                        self.stats.inc(Counter::ClosedByServer);
+                    }
+                    Some(Timeout::Pong) => {
+                        self.stats.inc(Counter::PongTimeouts);
+                        self.notify_close(key, conn, close_code::ABNORMAL, "pong timeout");
+                        return true;
+                    }
+                    Some(Timeout::PingSent) => self.stats.inc(Counter::PingsSent),
+                    _ => {}
+                }
                 self.mark_dirty(key, conn);
                 self.schedule(key, conn);
                 false
@@ -172,7 +165,7 @@ impl<H: Handler> Core<H> {
                 false
             }
             Phase::Closing | Phase::Finishing | Phase::Draining => {
-                if conn.phase == Phase::Closing {
+                if conn.phase() == Phase::Closing {
                     self.stats.inc(Counter::CloseTimeouts);
                 }
                 self.notify_close(key, conn, close_code::ABNORMAL, "close timeout");

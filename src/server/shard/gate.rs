@@ -87,7 +87,7 @@ impl<H: Handler> Core<H> {
 
     /// The tick at which a token with this `exp` (Unix seconds) has expired.
     fn expiry_tick(&self, exp: u64) -> u32 {
-        let secs = exp.saturating_sub(crate::server::auth::unix_now());
+        let secs = exp.saturating_sub(crate::rt::unix_now());
         // Far enough is never within the life of a shard (months); the wheel re-checks anyway.
         let ticks = (secs.saturating_mul(1000) / TICK_MS).min(u32::MAX as u64 / 4) as u32;
         self.now.saturating_add(ticks.max(1))

@@ -23,16 +23,17 @@ use slab::Slab;
 
 use crate::proto::deflate::{self, Packed};
 use crate::proto::handshake::{self, HttpError};
-use crate::proto::{close_code, Decoded, DecoderConfig, Event, Role};
+use crate::proto::{
+    close_code, Connection, Decoded, DecoderConfig, Event, Input, Phase as WsPhase, Role, Timeout,
+    Timeouts,
+};
+use crate::rt::timer::{self, ms_to_ticks, Entry, TimerWheel, Visit, NOT_ARMED, TICK_MS};
 use crate::server::api::{ShardApi, ShardLink};
 use crate::server::compress::ShardDeflate;
 use crate::server::config::{Config, SlowConsumerPolicy};
 use crate::server::conn::*;
-use crate::server::handler::{
-    ConnError, ConnId, ConnInfo, Ctx, Handler, HttpReply, HttpResponse, Message,
-};
+use crate::server::handler::{ConnError, ConnId, ConnInfo, Ctx, Handler, HttpReply, HttpResponse};
 use crate::server::stats::{render_metrics, Counter, ShardStats, METRICS_CONTENT_TYPE};
-use crate::server::timer::{self, ms_to_ticks, Entry, TimerWheel, Visit, NOT_ARMED, TICK_MS};
 use crate::server::tls::{Sealer, TlsConn, TlsInput};
 use crate::server::Global;
 
@@ -93,14 +94,10 @@ pub(crate) struct Core<H: Handler> {
     /// Per-connection extensions (token, per-IP count) by slab key; empty while every upgrade
     /// policy is off. A slot is cleared when its connection is removed.
     exts: Vec<Option<Box<ConnExt>>>,
-    // Deadlines in ticks.
-    handshake_ticks: u32,
-    idle_ticks: u32,
+    /// Every connection's deadlines in ticks (handshake, ping, pong, idle, close).
+    timeouts: Timeouts,
     /// `--max-lifetime` in ticks; 0: off.
     lifetime_ticks: u32,
-    ping_ticks: u32,
-    pong_ticks: u32,
-    close_ticks: u32,
     // Accepting.
     listener: Option<TcpListener>,
     accept_more: bool,
@@ -177,12 +174,14 @@ impl<H: Handler> Shard<H> {
             slow: Vec::new(),
             due: Vec::new(),
             exts: Vec::new(),
-            handshake_ticks: to_ticks(cfg.handshake_timeout).max(1),
-            idle_ticks: to_ticks(cfg.idle_timeout),
+            timeouts: Timeouts {
+                handshake: to_ticks(cfg.handshake_timeout).max(1),
+                ping: to_ticks(cfg.ping_interval),
+                pong: to_ticks(cfg.pong_timeout).max(1),
+                idle: to_ticks(cfg.idle_timeout),
+                close: to_ticks(cfg.close_timeout).max(1),
+            },
             lifetime_ticks: to_ticks(cfg.max_lifetime),
-            ping_ticks: to_ticks(cfg.ping_interval),
-            pong_ticks: to_ticks(cfg.pong_timeout).max(1),
-            close_ticks: to_ticks(cfg.close_timeout).max(1),
             listener: Some(listener),
             accept_more: false,
             accept_paused_until: None,
@@ -359,7 +358,7 @@ impl<H: Handler> Shard<H> {
             let keys: Vec<usize> = conns.iter().map(|(k, _)| k).collect();
             for key in keys {
                 let conn = &mut conns[key];
-                match conn.phase {
+                match conn.phase() {
                     Phase::Handshaking | Phase::HttpBody => core.remove(conns, key),
                     Phase::HttpWait => core.answer_late(key, conn, 503, "server shutting down\n"),
                     Phase::Open => {
@@ -414,10 +413,7 @@ impl<H: Handler> Core<H> {
 
     /// Input arrived: an open connection is not idle.
     fn touch(&mut self, conn: &mut Conn<H::State>) {
-        if conn.phase == Phase::Open {
-            conn.since = self.now;
-            conn.flags &= !PING_OUTSTANDING;
-        }
+        conn.ws.on_input(self.now);
     }
 
     /// The connection's extension, if it has one.

@@ -164,7 +164,7 @@ impl<H: Handler> Core<H> {
     /// what it left undecoded when its write queue reached the limit (otherwise at most an
     /// unfinished frame head). Its replies are in the cork; the caller flushes.
     pub(super) fn process_kept(&mut self, key: usize, conn: &mut Conn<H::State>) {
-        if !matches!(conn.phase, Phase::Open | Phase::Closing) {
+        if !conn.ws.wants_input() {
             return;
         }
         let tls = conn.flags & TLS != 0;
@@ -195,7 +195,7 @@ impl<H: Handler> Core<H> {
         conn: &mut Conn<H::State>,
         data: &mut [u8],
     ) -> usize {
-        match conn.phase {
+        match conn.phase() {
             Phase::Handshaking | Phase::HttpBody => self.handshake(key, conn, data),
             Phase::Open | Phase::Closing => self.frames(key, conn, data),
             Phase::HttpWait | Phase::Finishing | Phase::Draining => data.len(),
@@ -269,9 +269,8 @@ impl<H: Handler> Core<H> {
             }
         }
         self.stats.inc(Counter::HandshakesOk);
-        conn.phase = Phase::Open;
+        conn.ws.open(self.now);
         conn.flags |= APP_OPEN;
-        conn.since = self.now;
         if self.lifetime_ticks > 0 {
             let at = self
                 .now
@@ -293,7 +292,7 @@ impl<H: Handler> Core<H> {
         data: &[u8],
     ) -> usize {
         // The head is parsed again on every read of an unfinished body: act on it once.
-        let first = conn.phase == Phase::Handshaking;
+        let first = conn.phase() == Phase::Handshaking;
         if first {
             self.stats.inc(Counter::HttpRequests);
         }
@@ -318,7 +317,7 @@ impl<H: Handler> Core<H> {
             && (req.method == "GET" || req.method == "HEAD");
         if first {
             // The deadline stays the handshake's, from accept.
-            conn.phase = Phase::HttpBody;
+            conn.flags |= HTTP;
             if !healthz && !preflight && !status_page {
                 if let Some(resp) = self.handler.on_http_head(req) {
                     // Refused on its head: the body is never read into memory (whatever of it
@@ -366,8 +365,8 @@ impl<H: Handler> Core<H> {
                 if let Some(origin) = cors {
                     self.ext_mut(key).cors_origin = Some(origin.into());
                 }
-                conn.phase = Phase::HttpWait;
-                conn.since = self.now;
+                // Still HTTP: waiting for its answer, within the close timeout.
+                conn.ws.finish(self.now);
                 self.schedule(key, conn);
                 return data.len();
             }
@@ -438,8 +437,7 @@ impl<H: Handler> Core<H> {
 
     /// The last bytes are queued: shut down once they are written.
     pub(super) fn finish(&mut self, key: usize, conn: &mut Conn<H::State>) {
-        conn.phase = Phase::Finishing;
-        conn.since = self.now;
+        conn.finish(self.now);
         self.schedule(key, conn);
     }
 
@@ -460,15 +458,15 @@ impl<H: Handler> Core<H> {
         let id = self.id(key, conn.gen);
         let Conn {
             sock,
-            phase,
+            ws,
             flags,
-            since,
             decoder,
             queue,
             state,
             ext,
             ..
         } = conn;
+        let now = self.now;
         let ext = *ext;
         let dec_cfg = if ext.on() {
             DecoderConfig {
@@ -485,7 +483,7 @@ impl<H: Handler> Core<H> {
             // Its output is at the limit: decode nothing more until it drains (the rest of the
             // input is kept, at most what one read brought). So the queue holds at most the
             // limit plus the replies to one message.
-            if *phase == Phase::Open
+            if ws.phase() == WsPhase::Open
                 && queue.as_ref().map_or(0, |q| q.len()) + self.cork.len() >= limit
             {
                 if *flags & READ_PAUSED == 0 {
@@ -516,7 +514,8 @@ impl<H: Handler> Core<H> {
             let mut out = Out {
                 queue: &mut *queue,
                 cork: Some(&mut self.cork),
-                flags: &mut *flags,
+                ws: &mut *ws,
+                now,
                 stats: &self.stats,
                 deflate: ext.on().then_some(OutDeflate {
                     ctx: &mut self.deflate,
@@ -527,16 +526,12 @@ impl<H: Handler> Core<H> {
             match step {
                 Ok(Decoded::Event(n, event)) => {
                     pos += n;
-                    let message = match event {
-                        Event::Text(t) => Some(Message::Text(t)),
-                        Event::Binary(b) => Some(Message::Binary(b)),
-                        _ => None,
-                    };
-                    match event {
-                        Event::Text(_) | Event::Binary(_) => {
-                            if let (Phase::Open, Some(state), Some(msg)) =
-                                (*phase, state.as_mut(), message)
-                            {
+                    let was_open = out.ws.may_send();
+                    // Pings are answered and a close first from the peer echoed (same code)
+                    // by the lifecycle; what is left is the app's.
+                    match out.lifecycle(|ws, out| ws.on_event(event, now, out)) {
+                        Input::Message(msg) => {
+                            if let (true, Some(state)) = (was_open, state.as_mut()) {
                                 self.stats.inc(Counter::MessagesIn);
                                 let mut ctx = Ctx {
                                     id,
@@ -548,15 +543,9 @@ impl<H: Handler> Core<H> {
                                 self.handler.on_message(&mut ctx, msg);
                             }
                         }
-                        Event::Ping(p) => out.frame(crate::proto::OpCode::Pong, p),
-                        Event::Pong(_) | Event::Compressed { .. } => {}
-                        Event::Close(cf) => {
-                            // Echo the peer's close (same code), then close the TCP connection.
-                            if cf.code == close_code::NO_STATUS {
-                                out.close_empty();
-                            } else {
-                                out.close(cf.code, "");
-                            }
+                        Input::Ping(_) | Input::Pong(_) | Input::Ignored => {}
+                        Input::Close(cf) => {
+                            // Then the TCP connection is closed (`Finishing`).
                             self.stats.inc(Counter::ClosedByPeer);
                             if *flags & APP_OPEN != 0 {
                                 *flags &= !APP_OPEN;
@@ -564,15 +553,11 @@ impl<H: Handler> Core<H> {
                                     self.handler.on_close(id, s, cf.code, cf.reason);
                                 }
                             }
-                            *phase = Phase::Finishing;
-                            *since = self.now;
                             break;
                         }
                     }
-                    if *phase == Phase::Open && *flags & CLOSE_SENT != 0 {
+                    if was_open && !ws.may_send() {
                         // The app called close().
-                        *phase = Phase::Closing;
-                        *since = self.now;
                         self.stats.inc(Counter::ClosedByServer);
                         break;
                     }
@@ -589,7 +574,8 @@ impl<H: Handler> Core<H> {
                         close_code::TOO_BIG => Counter::Close1009,
                         _ => Counter::Close1002,
                     });
-                    out.close(e.code, e.reason);
+                    // Our close with its code, then the TCP connection is closed (`Finishing`).
+                    out.lifecycle(|ws, out| ws.on_error(e, now, out));
                     if *flags & APP_OPEN != 0 {
                         *flags &= !APP_OPEN;
                         if let Some(s) = state.as_mut() {
@@ -597,8 +583,6 @@ impl<H: Handler> Core<H> {
                             self.handler.on_close(id, s, e.code, e.reason);
                         }
                     }
-                    *phase = Phase::Finishing;
-                    *since = self.now;
                     break;
                 }
             }

@@ -59,8 +59,7 @@ impl<H: Handler> Core<H> {
         }
         handshake::write_accept_response(&mut self.cork, key_ws, None, None);
         self.stats.inc(Counter::HandshakesOk);
-        conn.phase = Phase::Open;
-        conn.since = self.now;
+        conn.ws.open(self.now);
         self.schedule(key, conn);
         self.status.join(key, conn.gen);
         Ok(())

@@ -67,7 +67,7 @@ impl<H: Handler> Shard<H> {
                 TlsInput::Failed(e) => {
                     core.stats.inc(Counter::TlsErrors);
                     tracing::debug!(shard = core.index, "TLS error: {e}");
-                    if matches!(conn.phase, Phase::Open | Phase::Closing) {
+                    if matches!(conn.phase(), Phase::Open | Phase::Closing) {
                         core.stats.inc(Counter::ClosedAbnormal);
                     }
                     core.notify_close(key, conn, close_code::ABNORMAL, "TLS error");
@@ -199,9 +199,8 @@ impl<H: Handler> Core<H> {
         conn: &mut Conn<H::State>,
         tls: &mut TlsConn,
     ) -> Option<io::Error> {
-        let Conn {
-            sock, phase, queue, ..
-        } = conn;
+        let finishing = conn.phase() == Phase::Finishing;
+        let Conn { sock, queue, .. } = conn;
         // Records are sealed into the connection's own buffer while it has a backlog, else into
         // the shard's scratch (so an idle connection holds no buffer).
         let mut out = if tls.out.is_empty() {
@@ -259,7 +258,7 @@ impl<H: Handler> Core<H> {
                         error = Some(io::Error::other(format!("TLS: {e:?}")));
                     }
                 }
-                _ if *phase == Phase::Finishing => {
+                _ if finishing => {
                     if tls.seal_close_notify(&mut out).is_err() {
                         break;
                     }

@@ -44,13 +44,12 @@ impl<H: Handler> Core<H> {
         let mut out = Out {
             queue: &mut conn.queue,
             cork: None,
-            flags: &mut conn.flags,
+            ws: &mut conn.ws,
+            now: self.now,
             stats: &self.stats,
             deflate: None,
         };
         out.close(code, reason);
-        conn.phase = Phase::Closing;
-        conn.since = self.now;
         self.stats.inc(Counter::ClosedByServer);
         self.schedule(key, conn);
     }
@@ -94,7 +93,7 @@ impl<H: Handler> Core<H> {
             return;
         }
         let backlog = conn.queued() + self.tls_pending(key);
-        let keep = match conn.phase {
+        let keep = match conn.phase() {
             Phase::Open | Phase::Closing | Phase::Finishing => backlog > 0,
             Phase::HttpWait => true,
             Phase::Handshaking | Phase::HttpBody | Phase::Draining => false,
@@ -103,7 +102,7 @@ impl<H: Handler> Core<H> {
             self.eof(conns, key);
             return;
         }
-        if matches!(conn.phase, Phase::Open | Phase::Closing) {
+        if matches!(conn.phase(), Phase::Open | Phase::Closing) {
             self.stats.inc(Counter::ClosedAbnormal);
             self.notify_close(
                 key,
@@ -111,8 +110,7 @@ impl<H: Handler> Core<H> {
                 close_code::ABNORMAL,
                 "connection closed without a close frame",
             );
-            conn.phase = Phase::Finishing;
-            conn.since = self.now;
+            conn.finish(self.now);
             self.schedule(key, conn);
         }
         // No more input: once the queue drains reading resumes, sees the EOF again and removes
@@ -123,7 +121,7 @@ impl<H: Handler> Core<H> {
     /// The peer closed its side and nothing is left to send.
     pub(super) fn eof(&mut self, conns: &mut Slab<Conn<H::State>>, key: usize) {
         let conn = &mut conns[key];
-        if matches!(conn.phase, Phase::Open | Phase::Closing) {
+        if matches!(conn.phase(), Phase::Open | Phase::Closing) {
             self.stats.inc(Counter::ClosedAbnormal);
             self.notify_close(
                 key,
@@ -176,7 +174,7 @@ impl<H: Handler> Core<H> {
     pub(super) fn flush_conn(&mut self, key: usize, conn: &mut Conn<H::State>) -> bool {
         // A paused connection's input is not read, so its liveness is judged by its output:
         // bytes written to it (its client is reading) count as activity, like input.
-        let paused = conn.flags & READ_PAUSED != 0 && conn.phase == Phase::Open;
+        let paused = conn.flags & READ_PAUSED != 0 && conn.phase() == Phase::Open;
         let out_before = if paused {
             self.stats.get(Counter::BytesOut)
         } else {
@@ -191,8 +189,7 @@ impl<H: Handler> Core<H> {
             return false;
         }
         if paused && self.stats.get(Counter::BytesOut) > out_before {
-            conn.since = self.now;
-            conn.flags &= !PING_OUTSTANDING;
+            conn.ws.on_input(self.now);
         }
         self.after_write(key, conn)
     }
@@ -253,10 +250,10 @@ impl<H: Handler> Core<H> {
                 conn.flags = (conn.flags & !READ_PAUSED) | PENDING_READ;
                 self.pending_read.push((key, conn.gen));
             }
-            if conn.phase == Phase::Finishing {
+            if conn.phase() == Phase::Finishing {
                 let _ = conn.sock.shutdown(Shutdown::Write);
-                conn.phase = Phase::Draining;
-                conn.since = self.now;
+                conn.flags |= DRAINING;
+                conn.ws.finish(self.now);
                 self.schedule(key, conn);
             }
             return true;
@@ -269,7 +266,7 @@ impl<H: Handler> Core<H> {
                 Interest::READABLE | Interest::WRITABLE,
             );
         }
-        if backlog > self.cfg.write_queue_limit && conn.phase == Phase::Open {
+        if backlog > self.cfg.write_queue_limit && conn.phase() == Phase::Open {
             match self.cfg.slow_consumer {
                 SlowConsumerPolicy::Pause => {
                     if conn.flags & READ_PAUSED == 0 {
