@@ -75,6 +75,9 @@ fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpList
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
+    // Accepted sockets inherit TCP_NODELAY from the listener (Linux copies it with the
+    // socket): one setsockopt here instead of one per connection.
+    socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;
     Ok(socket.into())

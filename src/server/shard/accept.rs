@@ -78,7 +78,6 @@ impl<H: Handler> Shard<H> {
                     }
                 },
             };
-            let _ = sock.set_nodelay(true);
             let entry = self.conns.vacant_entry();
             let key = entry.key();
             if let Err(e) = c

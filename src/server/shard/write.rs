@@ -145,7 +145,8 @@ impl<H: Handler> Core<H> {
         // The cork is empty or this connection's: never let its bytes reach another.
         self.cork.clear();
         if let Some(mut conn) = conns.try_remove(key) {
-            let _ = self.poll.registry().deregister(&mut conn.sock);
+            // No EPOLL_CTL_DEL: the socket is closed below (its only descriptor), which takes
+            // it out of the epoll set; one syscall less per connection.
             if conn.ext.server_takeover() || conn.ext.client_takeover() {
                 self.deflate.remove(key);
             }
