@@ -55,6 +55,12 @@ pub struct Plan {
     pub connect_rate: f64,
     /// Hold (connect) or run (echo) time after the ramp.
     pub duration: Duration,
+    /// Echo: a silent hold between the ramp and the first message (phase `PHASE_IDLE`).
+    pub idle: Duration,
+    /// Not 0: the ramp stops at each multiple of this many of this process's connections,
+    /// waits for them to open or fail, holds them `step_hold`, then goes on.
+    pub ramp_step: u64,
+    pub step_hold: Duration,
     pub sources: Vec<IpAddr>,
     pub max_in_flight: u64,
     pub options: ConnectOptions,
@@ -163,12 +169,17 @@ pub struct Progress {
     pub failed: u64,
     pub dropped: u64,
     pub received: u64,
+    /// `--ramp-step`: steps this process has opened and held (the parent shows the least).
+    #[serde(default)]
+    pub steps: u64,
 }
 
 pub const PHASE_RAMP: u8 = 0;
-pub const PHASE_HOLD: u8 = 1;
-pub const PHASE_CLOSE: u8 = 2;
-pub const PHASE_DONE: u8 = 3;
+/// Echo with `--hold`: every connection open and silent, before the messages start.
+pub const PHASE_IDLE: u8 = 1;
+pub const PHASE_HOLD: u8 = 2;
+pub const PHASE_CLOSE: u8 = 3;
+pub const PHASE_DONE: u8 = 4;
 
 pub trait Observer {
     fn progress(&mut self, p: &Progress);
@@ -839,6 +850,7 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
     let mut started = 0u64;
     let mut last_progress = Instant::now();
     let cpu0 = crate::procinfo::self_cpu_seconds();
+    let steps = std::cell::Cell::new(0u64);
     let progress = |client: &mut Client<Driver>, phase: u8, started: u64| {
         let d = client.handler();
         Progress {
@@ -849,6 +861,7 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
             failed: d.failed.values().sum(),
             dropped: d.dropped.values().sum(),
             received: d.received,
+            steps: steps.get(),
         }
     };
     let mut tick =
@@ -861,13 +874,31 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
 
     // Ramp.
     let ramp_start = Instant::now();
+    let mut next_step = if plan.ramp_step > 0 {
+        plan.ramp_step
+    } else {
+        u64::MAX
+    };
     while started < plan.connections && !stop.load(Relaxed) {
+        if started >= next_step && client.handler().resolved >= started {
+            // A step is open (or failed): hold it, then go on.
+            let held = Instant::now();
+            while held.elapsed() < plan.step_hold && !stop.load(Relaxed) {
+                client
+                    .poll(Some(Duration::from_millis(10)))
+                    .map_err(|e| e.to_string())?;
+                tick(&mut client, PHASE_RAMP, started, obs);
+            }
+            steps.set(steps.get() + 1);
+            next_step = next_step.saturating_add(plan.ramp_step);
+        }
         let due = if plan.connect_rate > 0.0 {
             ((ramp_start.elapsed().as_secs_f64() * plan.connect_rate) as u64 + 1)
                 .min(plan.connections)
         } else {
             plan.connections
-        };
+        }
+        .min(next_step);
         while started < due && started - client.handler().resolved < plan.max_in_flight {
             let (addr, url, opts) = target_of(plan, started);
             let st = ConnSt {
@@ -921,6 +952,19 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
         tick(&mut client, PHASE_RAMP, started, obs);
     }
     let ramp_seconds = ramp_start.elapsed().as_secs_f64();
+    if plan.ramp_step > 0 && !stop.load(Relaxed) {
+        steps.set(steps.get() + 1); // the last, partial step
+    }
+    if echo.is_some() && !plan.idle.is_zero() {
+        obs.progress(&progress(&mut client, PHASE_IDLE, started));
+        let idle_start = Instant::now();
+        while idle_start.elapsed() < plan.idle && !stop.load(Relaxed) {
+            client
+                .poll(Some(Duration::from_millis(20)))
+                .map_err(|e| e.to_string())?;
+            tick(&mut client, PHASE_IDLE, started, obs);
+        }
+    }
     obs.progress(&progress(&mut client, PHASE_HOLD, started));
 
     // Hold / run.
