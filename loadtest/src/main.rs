@@ -1227,13 +1227,21 @@ fn run_children(
                 unsafe { libc::kill(ch.id() as i32, libc::SIGINT) };
             }
         }
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(FromChild::Progress(i, p)) => latest[i] = p,
-            Ok(FromChild::Result(i, r)) => results[i] = Some(*r),
-            Ok(FromChild::Error(i, e)) => errors.push(format!("process {i}: {e}")),
-            Ok(FromChild::Exited) => exited += 1,
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        // One message, then all that are waiting: with 100+ children on a busy box the
+        // parent must not fall behind them (it showed progress minutes old).
+        let mut next = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(m) => Some(m),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        while let Some(m) = next.take() {
+            match m {
+                FromChild::Progress(i, p) => latest[i] = p,
+                FromChild::Result(i, r) => results[i] = Some(*r),
+                FromChild::Error(i, e) => errors.push(format!("process {i}: {e}")),
+                FromChild::Exited => exited += 1,
+            }
+            next = rx.try_recv().ok();
         }
         let sum = Progress {
             phase: latest.iter().map(|p| p.phase).min().unwrap_or(0),

@@ -854,6 +854,8 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
     let mut started = 0u64;
     let mut last_progress = Instant::now();
     let cpu0 = crate::procinfo::self_cpu_seconds();
+    // Every 200 ms, less often when many processes report to one parent (a second at 40+).
+    let progress_every = Duration::from_millis((200 * plan.of.div_ceil(8)).min(1000));
     let steps = std::cell::Cell::new(0u64);
     let progress = |client: &mut Client<Driver>, phase: u8, started: u64| {
         let d = client.handler();
@@ -870,7 +872,7 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
     };
     let mut tick =
         |client: &mut Client<Driver>, phase: u8, started: u64, obs: &mut dyn Observer| {
-            if last_progress.elapsed() >= Duration::from_millis(200) {
+            if last_progress.elapsed() >= progress_every {
                 last_progress = Instant::now();
                 obs.progress(&progress(client, phase, started));
             }
