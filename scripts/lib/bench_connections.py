@@ -73,6 +73,27 @@ def netstat():
     return out
 
 
+# The slab caches every connected, epoll-watched TCP socket takes objects from (one each per
+# socket: TCP, sock_inode_cache, filp, dentry, eventpoll_epi/pwq).
+SOCKET_CACHES = ("TCP", "sock_inode_cache", "filp", "dentry", "eventpoll_epi", "eventpoll_pwq")
+
+
+def slabinfo():
+    """Bytes held by each slab cache (slabs x pages per slab), from /proc/slabinfo (root)."""
+    out = {}
+    try:
+        with open("/proc/slabinfo") as f:
+            for line in f:
+                if line.startswith(("slabinfo", "#")):
+                    continue
+                w = line.split()
+                # name active_objs num_objs objsize objperslab pagesperslab : tunables .. : slabdata active num ..
+                out[w[0]] = int(w[14]) * int(w[5]) * PAGE
+    except (OSError, IndexError, ValueError):
+        pass
+    return out
+
+
 def sysctl(name):
     try:
         with open("/proc/sys/" + name.replace(".", "/")) as f:
@@ -133,6 +154,11 @@ def sample(servers, gen_pid):
     return {
         "t": time.time(),
         "mem_available": m.get("MemAvailable", 0),
+        # What the guard watches: MemAvailable counts reclaimable slab as free, but the
+        # socket inodes and dentries of open sockets are "reclaimable" slab that no reclaim
+        # can free (a run that trusted MemAvailable met the OOM killer with 4.9 GiB "available").
+        "mem_guard": m.get("MemAvailable", 0) - m.get("SReclaimable", 0),
+        "sreclaimable": m.get("SReclaimable", 0),
         "mem_free": m.get("MemFree", 0),
         "slab": m.get("Slab", 0),
         "sunreclaim": m.get("SUnreclaim", 0),
@@ -151,13 +177,26 @@ def sample(servers, gen_pid):
         "file_nr": int(fnr[0]),
         "file_max": int(fnr[2]),
         "conntrack": int(ct[0]) if ct else None,
-        "server_rss": sum(proc_status(p, "VmRSS") for p in servers),
+        # RssAnon: the processes' own memory (VmRSS also counts the binary's file pages, which
+        # the kernel may drop under pressure and which the processes share).
+        "server_rss": sum(proc_status(p, "RssAnon") for p in servers),
         "server_cpu": sum(proc_cpu(p) for p in servers),
-        "gen_rss": sum(proc_status(p, "VmRSS") for p in gens + ([gen_pid] if gen_pid else [])),
+        "gen_rss": sum(proc_status(p, "RssAnon") for p in gens + ([gen_pid] if gen_pid else [])),
         "gen_cpu": sum(proc_cpu(p) for p in gens + ([gen_pid] if gen_pid else [])),
         "gen_pids": gens,
         "cpu": cpu_times(),
+        "slabinfo": slabinfo(),
     }
+
+
+def oom_first():
+    """For the processes started: if memory runs out anyway, the kernel kills these first,
+    not the other processes of the box (nor this script, which must stop and report)."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
 
 
 def human(b):
@@ -231,7 +270,7 @@ class Run:
                 [self.a.fanout, "serve", "--listen", f"127.0.0.1:{self.a.port}", "--shards", "1",
                  "--max-connections", str(self.plan["server_max_connections"]),
                  "--ping-interval", self.a.ping_interval],
-                stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL)
+                stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=oom_first)
             self.servers.append(p)
         self.write_pids()
         # Wait for all of them at once (they start in parallel).
@@ -251,7 +290,8 @@ class Run:
 
     def start_generator(self, args):
         self.gen = subprocess.Popen([self.a.load, *args], stdout=open(self.base + "-load.txt", "w"),
-                                    stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+                                    stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                                    preexec_fn=oom_first)
         self.write_pids()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -342,12 +382,13 @@ def monitor(run, find_limit, cap_s):
             last_print = now
             print(f"[{now - t0:6.1f}s] {last['phase']:<7} open {last.get('open', 0):>9,} "
                   f"(+{rate:,.0f}/s) failed {last.get('failed', 0):,} dropped {last.get('dropped', 0):,} "
-                  f"| MemAvailable {human(s['mem_available'])} slab {human(s['slab'])} "
+                  f"| MemAvailable {human(s['mem_available'])} (guard {human(s['mem_guard'])}) slab {human(s['slab'])} "
                   f"tcp_mem {s['tcp_mem_pages']:,} pages files {s['file_nr']:,}"
                   + (f" | held {held_ok:,}" if find_limit else ""), file=sys.stderr, flush=True)
         if guard is None:
-            if s["mem_available"] < a.mem_floor_gib * GIB:
-                guard = ("memory", f"MemAvailable {human(s['mem_available'])} < floor {a.mem_floor_gib} GiB")
+            if s["mem_guard"] < a.mem_floor_gib * GIB:
+                guard = ("memory", f"MemAvailable - SReclaimable {human(s['mem_guard'])} < floor "
+                                   f"{a.mem_floor_gib} GiB (MemAvailable {human(s['mem_available'])})")
             elif last["phase"] == "ramp" and now - last_growth > a.stall_s:
                 guard = ("stall", f"no connection opened for {a.stall_s} s at {opened:,}")
             elif now - t0 > cap_s:
@@ -359,7 +400,7 @@ def monitor(run, find_limit, cap_s):
                 marks["limit_progress"] = dict(last)
                 run.stop_generator(guard[1])
                 stopping_since = now
-        elif stopping_since and now - stopping_since > 90 and run.gen.poll() is None:
+        elif stopping_since and now - stopping_since > 300 and run.gen.poll() is None:
             run.gen.kill()
     run.gen.wait()
     return timeline, marks, guard, {"held_with_0_failures": held_ok, "last": last}
@@ -378,7 +419,13 @@ def kernel_cost(before, held, open_):
     ptab = held["page_tables"] - before["page_tables"]
     avail = before["mem_available"] - held["mem_available"]
     user = (held["server_rss"] - before["server_rss"]) + (held["gen_rss"] - before["gen_rss"])
+    sb, sh = before.get("slabinfo") or {}, held.get("slabinfo") or {}
+    caches = {k: (sh.get(k, 0) - sb.get(k, 0)) / open_ for k in sh}
+    top = dict(sorted(((k, round(v)) for k, v in caches.items() if v >= 16), key=lambda kv: -kv[1])[:12])
+    sockets = sum(caches.get(k, 0) for k in SOCKET_CACHES)
     return {
+        "socket_caches_bytes_per_connection": round(sockets),
+        "slab_caches_bytes_per_connection": top,
         "connections": open_,
         "sockets": held["tcp_inuse"] - before["tcp_inuse"],
         "slab_bytes": slab,
@@ -459,7 +506,8 @@ def diagnose(plan, base, limit, prog, guard, gen_report):
     user = (limit["server_rss"] - base["server_rss"]) + (limit["gen_rss"] - base["gen_rss"])
     mem_fired = guard and guard[0] == "memory"
     row("kernel memory", mem_fired and slab >= user,
-        f"MemAvailable {human(limit['mem_available'])} (down {human(used)}); Slab +{human(slab)} "
+        f"MemAvailable {human(limit['mem_available'])} (down {human(used)}; less SReclaimable "
+        f"{human(limit['mem_guard'])}); Slab +{human(slab)} "
         f"(SUnreclaim {human(limit['sunreclaim'])}); TCP buffers {human(limit['tcp_mem_pages'] * PAGE)}",
         "more RAM, or fewer sockets per box (server and generator on different machines halves it)")
     row("user-space RSS", mem_fired and user > slab,
@@ -468,7 +516,7 @@ def diagnose(plan, base, limit, prog, guard, gen_report):
     stall = guard and guard[0] == "stall"
     split = cpu_split(base, limit)
     row("CPU (ramp stalled)", stall,
-        f"{guard[1] if stall else 'no stall'}; box CPU since the start {split}",
+        f"{guard[1] if stall else 'no stall'}; box CPU since the start: {split_text(split)}",
         "fewer connections in flight; more cores")
     named = [r for r in rows if r["fired"]]
     if named:
@@ -510,8 +558,9 @@ def main():
     ap.add_argument("--step", type=int, default=100000, help="find-limit: connections per step")
     ap.add_argument("--step-hold", type=float, default=5.0, help="find-limit: seconds each step is held")
     ap.add_argument("--hold", type=float, default=60.0, help="seconds all connections are held idle")
-    ap.add_argument("--echo-duration", type=float, default=20.0)
-    ap.add_argument("--echo-rate", type=float, default=0.05, help="messages/s per connection")
+    ap.add_argument("--echo-duration", type=float, default=80.0)
+    ap.add_argument("--echo-rate", type=float, default=0.0125,
+                    help="messages/s per connection (rate x duration >= 1: every connection echoes)")
     ap.add_argument("--servers", type=int, default=0, help="server processes (default: as RLIMIT_NOFILE needs)")
     ap.add_argument("--sources", type=int, default=0, help="source addresses (default: a quarter of the port range each)")
     ap.add_argument("--in-flight", type=int, default=4000, help="connections connecting at once, all processes")
