@@ -15,7 +15,7 @@
 #   --no-tune: find the limit of the box as it is (no sysctl raised).
 #
 # usage: scripts/bench-connections.sh [--connections N] [--find-limit] [--step N] [--no-tune]
-#            [--hold S] [--echo-duration S] [--echo-rate R] [--servers K] [--sources S]
+#            [--hold S] [--echo-duration S] [--echo-rate R] [--ping-interval D] [--servers K] [--sources S]
 #            [--in-flight N] [--port P] [--mem-floor-gib G] [--keep-limits] [--out DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."

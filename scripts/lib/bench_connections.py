@@ -558,7 +558,7 @@ def main():
     ap.add_argument("--step", type=int, default=100000, help="find-limit: connections per step")
     ap.add_argument("--step-hold", type=float, default=5.0, help="find-limit: seconds each step is held")
     ap.add_argument("--hold", type=float, default=60.0, help="seconds all connections are held idle")
-    ap.add_argument("--echo-duration", type=float, default=80.0)
+    ap.add_argument("--echo-duration", type=float, default=85.0)
     ap.add_argument("--echo-rate", type=float, default=0.0125,
                     help="messages/s per connection (rate x duration >= 1: every connection echoes)")
     ap.add_argument("--servers", type=int, default=0, help="server processes (default: as RLIMIT_NOFILE needs)")
