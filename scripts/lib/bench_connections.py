@@ -20,7 +20,6 @@ import json
 import math
 import os
 import queue
-import re
 import resource
 import signal
 import subprocess
@@ -531,6 +530,35 @@ def diagnose(plan, base, limit, prog, guard, gen_report):
     return limiter, rows
 
 
+def plot_timeline(path, timeline, title):
+    """An SVG of open connections and memory left (MemAvailable) over the run."""
+    if len(timeline) < 2:
+        return
+    w, h, m = 800, 360, 60
+    tmax = max(t["t"] for t in timeline) or 1
+    omax = max(max(t["open"] for t in timeline), 1)
+    mmax = max(max(t["mem_available"] for t in timeline), 1)
+
+    def line(key, top, color):
+        pts = " ".join(f"{m + (w - 2 * m) * t['t'] / tmax:.1f},{h - m - (h - 2 * m) * t[key] / top:.1f}"
+                       for t in timeline)
+        return f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{pts}"/>'
+
+    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+           '<rect width="100%" height="100%" fill="white"/>',
+           f'<text x="{m}" y="24" font-size="14">{title}</text>',
+           f'<line x1="{m}" y1="{h - m}" x2="{w - m}" y2="{h - m}" stroke="black"/>',
+           f'<line x1="{m}" y1="{m}" x2="{m}" y2="{h - m}" stroke="black"/>',
+           f'<text x="{w - m}" y="{h - m + 20}" text-anchor="end">{tmax:.0f} s</text>',
+           f'<text x="{m - 4}" y="{m}" text-anchor="end" fill="#1f77b4">{omax:,}</text>',
+           f'<text x="{w - m + 4}" y="{m}" fill="#d62728">{human(mmax)}</text>',
+           line("open", omax, "#1f77b4"), line("mem_available", mmax, "#d62728"),
+           f'<text x="{m + 8}" y="{m + 16}" fill="#1f77b4">open connections</text>',
+           f'<text x="{m + 8}" y="{m + 32}" fill="#d62728">MemAvailable</text>', "</svg>"]
+    with open(path, "w") as f:
+        f.write("\n".join(svg) + "\n")
+
+
 def pct(r, name):
     return ((r or {}).get("latency_ms") or {}).get(name) or {}
 
@@ -684,6 +712,8 @@ def main():
             rc = 3
     finally:
         run.stop_all()
+    plot_timeline(base + "-timeline.svg", report.get("timeline") or [],
+                  f"fanout {report['kind']}: {a.connections:,} connections, open and MemAvailable over time")
     md = render(report, base, a)
     write_report(base, report, md)
     print(md)
@@ -744,7 +774,8 @@ def render(r, base, a):
     if fl:
         md += ["", "What each limit showed at the stop:", "", "| limit | fired | evidence |", "| --- | --- | --- |"]
         md += [f"| {x['limit']} | {'**yes**' if x['fired'] else 'no'} | {x['evidence']} |" for x in fl["evidence"]]
-    md += ["", f"Raw: `{name}.json` (timeline, /proc samples), `{name}-load.json`, `{name}-load.svg`.", ""]
+    md += ["", f"Raw: `{name}.json` (timeline, /proc samples), `{name}-load.json`; plots: "
+           f"`{name}-timeline.svg` (open connections and MemAvailable), `{name}-load.svg` (latencies).", ""]
     return "\n".join(md)
 
 
