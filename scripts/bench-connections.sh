@@ -19,7 +19,7 @@
 #            [--in-flight N] [--port P] [--mem-floor-gib G] [--keep-limits] [--out DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=scripts/lib/bench.sh
+# shellcheck source=scripts/lib/bench.sh disable=SC1091
 . scripts/lib/bench.sh
 
 N=

@@ -166,7 +166,7 @@ for r in "${ROWS[@]}"; do
 done
 expect "check prints every row (missing: ${missing[*]:-none})" test "${#missing[@]}" = 0
 expect "check prints the memory estimate and MemAvailable" \
-    grep -qE 'kernel: +100000 sockets x 4096 B.*fanout user space: 50000 x 256 B|MemAvailable' "$TMP/check1.out"
+    grep -qE 'kernel: +100000 sockets x 5120 B.*fanout user space: 50000 x 256 B|MemAvailable' "$TMP/check1.out"
 expect "check --json parses and agrees with the exit status ($RC)" json_ok "$TMP/check1.json" "$RC" "$TMP/check1.out"
 # Independent of the script: these alone must make it exit 1.
 read -r lo hi <<<"$(get net.ipv4.ip_local_port_range)"
