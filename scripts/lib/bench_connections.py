@@ -491,8 +491,10 @@ def diagnose(plan, base, limit, prog, guard, gen_report):
     lo = limit["listen_overflows"] - base["listen_overflows"]
     ld = limit["listen_drops"] - base["listen_drops"]
     timeouts = sum(v for k, v in allr.items() if "timeout" in k)
+    failed_at_stop = prog.get("failed", 0)
     row("listen backlog", (lo > 0 or ld > 0) and timeouts > 0,
-        f"ListenOverflows +{lo}, ListenDrops +{ld}, connect/handshake timeouts {timeouts}; "
+        f"ListenOverflows +{lo}, ListenDrops +{ld}, connect/handshake timeouts {timeouts} by the end "
+        f"({failed_at_stop} failures of any kind when the ramp was stopped); "
         f"somaxconn {plan['somaxconn']} per server x {plan['server_processes']}",
         "raise net.core.somaxconn, fewer connections in flight, more server processes")
     ctmax = sysctl("net.netfilter.nf_conntrack_max")
@@ -517,16 +519,25 @@ def diagnose(plan, base, limit, prog, guard, gen_report):
     row("CPU (ramp stalled)", stall,
         f"{guard[1] if stall else 'no stall'}; box CPU since the start: {split_text(split)}",
         "fewer connections in flight; more cores")
-    named = [r for r in rows if r["fired"]]
-    if named:
-        # An error the kernel returned outranks a guard of ours.
-        limiter = named[0]["limit"]
-    elif guard and guard[0] == "time":
+    # What stopped the ramp first names the limit: failures (then the row whose errors they
+    # were), or a guard. The failure counts above run to the generator's end, so they include
+    # connections in flight when it was stopped.
+    kind = guard[0] if guard else None
+    memory = ("kernel memory", "user-space RSS")
+    if kind == "failures":
+        named = [r for r in rows if r["fired"] and r["limit"] not in memory]
+        limiter = named[0]["limit"] if named else "connection failures: " + ", ".join(
+            f"{k}={v}" for k, v in allr.items())
+    elif kind == "memory":
+        limiter = next((r["limit"] for r in rows if r["fired"] and r["limit"] in memory), "memory")
+    elif kind == "stall":
+        limiter = "CPU (ramp stalled)"
+    elif kind == "time":
         limiter = "time cap (the ramp was still going)"
-    elif guard and guard[0] == "failures":
-        limiter = "connection failures: " + ", ".join(f"{k}={v}" for k, v in allr.items())
     else:
         limiter = f"none: the ceiling of {plan['connections']:,} was reached (raise --connections)"
+    for r in rows:
+        r["stopped_it"] = r["limit"] == limiter
     return limiter, rows
 
 
@@ -772,8 +783,11 @@ def render(r, base, a):
     md = [f"# fanout {'find-limit' if fl else 'connections'} ({name})", "", head, "", "| figure | value |",
           "| --- | --- |"] + [f"| {a_} | {b_} |" for a_, b_ in rows]
     if fl:
-        md += ["", "What each limit showed at the stop:", "", "| limit | fired | evidence |", "| --- | --- | --- |"]
-        md += [f"| {x['limit']} | {'**yes**' if x['fired'] else 'no'} | {x['evidence']} |" for x in fl["evidence"]]
+        md += ["", "What each limit showed at the stop (failure counts run to the generator's end, so they "
+               "include connections in flight when it was stopped):", "",
+               "| limit | at or past it | evidence |", "| --- | --- | --- |"]
+        md += [f"| {x['limit']}{' (**stopped it**)' if x.get('stopped_it') else ''} | "
+               f"{'**yes**' if x['fired'] else 'no'} | {x['evidence']} |" for x in fl["evidence"]]
     md += ["", f"Raw: `{name}.json` (timeline, /proc samples), `{name}-load.json`; plots: "
            f"`{name}-timeline.svg` (open connections and MemAvailable), `{name}-load.svg` (latencies).", ""]
     return "\n".join(md)
