@@ -11,7 +11,7 @@
 #   3. writes bench/results/<date>-<N>.json and .md (and the generator's -load.json/.svg).
 # --find-limit: ramps in steps (--step, each held 5 s) until connections fail or a guard
 #   trips, then names what limited it with the evidence from /proc; N is the ceiling (default:
-#   what MemAvailable could hold at 12 KB per connection, x1.3). Writes <date>-limit.{json,md}.
+#   what MemAvailable could hold at 12 KB per connection, x1.5). Writes <date>-limit.{json,md}.
 #   --no-tune: find the limit of the box as it is (no sysctl raised).
 #
 # usage: scripts/bench-connections.sh [--connections N] [--find-limit] [--step N] [--no-tune]
@@ -47,7 +47,7 @@ if [ -z "$N" ]; then
     if [ "$FIND_LIMIT" = 1 ]; then
         # A ceiling above what memory allows, so that something else than the ceiling stops it.
         avail_kb=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)
-        N=$(( (avail_kb - MEM_FLOOR_GIB * 1048576) * 1024 * 13 / 10 / 12000 / 100000 * 100000 ))
+        N=$(( (avail_kb - MEM_FLOOR_GIB * 1048576) * 1024 * 3 / 2 / 12000 / 100000 * 100000 ))
         echo "== find-limit ceiling: $N connections (MemAvailable $((avail_kb / 1024)) MiB)" >&2
     else
         N=1000000

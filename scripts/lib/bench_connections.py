@@ -394,6 +394,10 @@ def monitor(run, find_limit, cap_s):
                 guard = ("time", f"run over its cap of {cap_s:.0f} s")
             elif find_limit and bad > 0:
                 guard = ("failures", f"{last.get('failed', 0)} failed, {last.get('dropped', 0)} dropped at {opened:,} opened")
+            elif find_limit and last["phase"] != "ramp":
+                # Every process has finished its ramp: the ceiling is open. Stop before the
+                # first to finish start closing while others still connect.
+                guard = ("ceiling", f"all {opened:,} connections of the ceiling opened")
             if guard:
                 marks["limit"] = s
                 marks["limit_progress"] = dict(last)
@@ -534,6 +538,8 @@ def diagnose(plan, base, limit, prog, guard, gen_report):
         limiter = "CPU (ramp stalled)"
     elif kind == "time":
         limiter = "time cap (the ramp was still going)"
+    elif kind == "ceiling":
+        limiter = f"none: the ceiling of {plan['connections']:,} was reached (raise --connections)"
     else:
         limiter = f"none: the ceiling of {plan['connections']:,} was reached (raise --connections)"
     for r in rows:
@@ -658,8 +664,9 @@ def main():
             common += ["--server-pid", str(p)]
         ramp_cap = max(60.0, a.connections / 2000.0)
         if a.find_limit:
+            # A long hold: the script stops it once every process holds its share.
             args = ["connect", *common, "--ramp-step", str(a.step), "--step-hold", f"{a.step_hold}s",
-                    "--duration", "5s"]
+                    "--duration", "600s"]
             cap = ramp_cap + 60
         else:
             args = ["echo", *common, "--hold", f"{a.hold}s", "--duration", f"{a.echo_duration}s",
