@@ -42,6 +42,25 @@ bash tests/tune_limits.sh
 step "shellcheck: every script"
 shellcheck -x scripts/*.sh tests/*.sh fuzz/*.sh
 
+step "bench-connections.sh: 5,000 connections, 2 server processes (the million's script, small)"
+# Applies what the limits need and must restore every sysctl; about 15 s.
+limits_snapshot() {
+    local k
+    for k in fs/file-max fs/nr_open net/core/somaxconn net/ipv4/tcp_max_syn_backlog \
+        net/core/netdev_max_backlog net/ipv4/ip_local_port_range net/ipv4/tcp_tw_reuse \
+        net/ipv4/tcp_fin_timeout net/ipv4/tcp_mem net/netfilter/nf_conntrack_max; do
+        printf '%s=%s\n' "$k" "$(cat "/proc/sys/$k" 2>/dev/null)"
+    done
+}
+limits_before=$(limits_snapshot)
+scripts/bench-connections.sh --connections 5000 --servers 2 --hold 5 --echo-duration 5 \
+    --echo-rate 0.2 --port 9619 --out target/bench-connections-ci
+if [ "$(limits_snapshot)" != "$limits_before" ]; then
+    echo "bench-connections.sh left sysctls changed:" >&2
+    diff <(echo "$limits_before") <(limits_snapshot) >&2
+    exit 1
+fi
+
 step "attack suite: every kind of the hostile review (short sizes) and a 60 s soak"
 # docs/attacks.md; about 3 minutes on 2 cores; writes bench/results/<date>-attack.json.
 scripts/attack.sh --ci

@@ -14,7 +14,12 @@ readonly SYN_BACKLOG_MIN=4096
 readonly NETDEV_BACKLOG_MIN=16384   # loopback packets queue in the per-CPU backlog too
 readonly FIN_TIMEOUT_MAX=30
 readonly WIDE_PORT_LO=1024 WIDE_PORT_HI=65535
-readonly KERNEL_BYTES_DEFAULT=4096  # per idle loopback TCP socket, see kernel_estimate_note
+# connect() searches its source address's ephemeral range even ports first (Linux
+# __inet_hash_connect): past half the range, every connect walks all even ports first
+# (242 us of system CPU per connect at 67% full, 45 us at 8%: docs/limits.md). Plan each
+# source address for a quarter of the range.
+readonly PORT_SHARE_DIV=4
+readonly KERNEL_BYTES_DEFAULT=5120  # per idle loopback TCP socket, measured: see kernel_estimate_note
 readonly USER_BYTES_DEFAULT=256     # fanout's design target per idle connection
 readonly UNLIMITED_FDS=1073741816   # stands in for "unlimited" in arithmetic
 ROOT=${TUNE_LIMITS_ROOT:-}          # prefix for the /etc paths --persist writes (tests)
@@ -350,23 +355,26 @@ eval_port_range() {
         note "$name: with --server-only it bounds outgoing connections from this box only; each client box needs ceil(its connections / its ports) source addresses per server port."
         return
     fi
-    local addrs wide_lo=$WIDE_PORT_LO
-    addrs=$(ceil_div "$n" "$ports")
+    local addrs wide_lo=$WIDE_PORT_LO per_addr=$(((ports + PORT_SHARE_DIV - 1) / PORT_SHARE_DIV))
+    addrs=$(ceil_div "$n" "$per_addr")
     ((lo < wide_lo)) && wide_lo=$lo
     local wide_ports=$((WIDE_PORT_HI - wide_lo + 1))
     local sources
     sources="--source-ips 127.0.0.1-$(loopback_addr "$addrs")"
-    if ((ports >= n)); then
+    if ((per_addr >= n)); then
         add_row "$name" "$cur" ">= $n ports/addr" OK 0 "-" sysctl
+    elif ((ports >= n)); then
+        add_row "$name" "$cur" ">= $((n * PORT_SHARE_DIV)) ports/addr" INFO 0 "fanout-load $sources" sysctl
+        note "$name: $n connections from one source address take over a quarter of its $ports ports: past half, every connect() walks all the even ports first (slow connects, 100% system CPU). Spread them: fanout-load $sources ($addrs addresses, a quarter of the range each)."
     elif ((n <= wide_ports)); then
         local value="$wide_lo	$WIDE_PORT_HI"
         add_row "$name" "$cur" ">= $n ports/addr" LOW 1 "$(sysctl_cmd "$name" "$value")  or fanout-load $sources" sysctl "$value"
-        note "$name: $n connections to ONE server port from this box need $n source ports, but the range gives $ports per source address: needs $addrs source addresses: fanout-load $sources; or widen the range to '$wide_lo $WIDE_PORT_HI' ($wide_ports ports, what apply does); or spread over several server ports."
+        note "$name: $n connections to ONE server port from this box need $n source ports, but the range gives $ports per source address, of which a quarter should be used (past half, every connect() walks all the even ports first): needs $addrs source addresses: fanout-load $sources; or widen the range to '$wide_lo $WIDE_PORT_HI' ($wide_ports ports, what apply does); or spread over several server ports."
     else
         local wide_addrs
-        wide_addrs=$(ceil_div "$n" "$wide_ports")
+        wide_addrs=$(ceil_div "$n" $((wide_ports / PORT_SHARE_DIV)))
         add_row "$name" "$cur" "$addrs source addrs" CANNOT-RAISE 0 "fanout-load $sources" sysctl
-        note "$name: no port range holds $n connections to ONE server port from one source address: needs $addrs source addresses now (fanout-load $sources), or $wide_addrs after widening the range to '$wide_lo $WIDE_PORT_HI' (--source-ips 127.0.0.1-$(loopback_addr "$wide_addrs")). Not blocking: every 127.0.0.0/8 address works on loopback."
+        note "$name: no port range holds $n connections to ONE server port from one source address, and each address should use a quarter of its range (past half, every connect() walks all the even ports first): needs $addrs source addresses now (fanout-load $sources), or $wide_addrs after widening the range to '$wide_lo $WIDE_PORT_HI' (--source-ips 127.0.0.1-$(loopback_addr "$wide_addrs")). Not blocking: every 127.0.0.0/8 address works on loopback."
     fi
 }
 
@@ -528,7 +536,7 @@ print_table() {
 }
 
 kernel_estimate_note() {
-    printf 'per idle loopback TCP socket about 2-4 KiB of kernel memory (tcp_sock ~2.3 KiB, socket inode ~0.8 KiB, file, dentry, epoll item); %d B used (--kernel-bytes-per-socket B to change)' "$KERNEL_BYTES"
+    printf 'per idle loopback TCP socket about 5 KiB of kernel slab, measured by bench-connections.sh at a million connections: 5,061-5,114 B (TCP 2.5 KiB, socket inode 0.86 KiB, dentry, file, epoll item; docs/limits.md); %d B used (--kernel-bytes-per-socket B to change). MemAvailable counts the inodes and dentries of open sockets as reclaimable: leave a few GiB spare' "$KERNEL_BYTES"
 }
 
 print_report() {

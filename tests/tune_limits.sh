@@ -166,7 +166,7 @@ for r in "${ROWS[@]}"; do
 done
 expect "check prints every row (missing: ${missing[*]:-none})" test "${#missing[@]}" = 0
 expect "check prints the memory estimate and MemAvailable" \
-    grep -qE 'kernel: +100000 sockets x 4096 B.*fanout user space: 50000 x 256 B|MemAvailable' "$TMP/check1.out"
+    grep -qE 'kernel: +100000 sockets x 5120 B.*fanout user space: 50000 x 256 B|MemAvailable' "$TMP/check1.out"
 expect "check --json parses and agrees with the exit status ($RC)" json_ok "$TMP/check1.json" "$RC" "$TMP/check1.out"
 # Independent of the script: these alone must make it exit 1.
 read -r lo hi <<<"$(get net.ipv4.ip_local_port_range)"
@@ -178,8 +178,10 @@ else
     expect "check exits 0 or 1" test "$RC" = 0 -o "$RC" = 1
 fi
 if ((hi - lo + 1 < 50000)); then
-    addrs=$(((50000 + hi - lo) / (hi - lo + 1)))
-    expect "port range row says how many source addresses ($addrs)" \
+    # A quarter of the range per source address (past half, connect() walks every even port).
+    quarter=$(((hi - lo + 1 + 3) / 4))
+    addrs=$(((50000 + quarter - 1) / quarter))
+    expect "port range row says how many source addresses ($addrs, a quarter of the range each)" \
         grep -qF -- "needs $addrs source addresses: fanout-load --source-ips 127.0.0.1-127.0.0.$addrs" "$TMP/check1.out"
 fi
 capeff=$(awk '/^CapEff:/ {print $2}' /proc/self/status)
@@ -191,6 +193,29 @@ if (((16#$capeff >> 24 & 1) == 0)) && [[ $hard != unlimited ]] && ((hard < 50064
     expect "CANNOT-RAISE is not blocking" test "$(json_row "$TMP/check1.json" "ulimit -Hn (hard)" blocking)" = False
     expect "says ceil(50000 / ($hard - 64)) = $procs server and client processes" \
         grep -qF "ceil(50000 / ($hard - 64)) = $procs server processes and $procs client processes" "$TMP/check1.out"
+fi
+# A million: every limit named, with its fix (processes for the fd cap, source addresses).
+run check_million check --connections 1000000 --json "$TMP/million.json"
+quarter=$(((hi - lo + 1 + 3) / 4))
+addrs=$(((1000000 + quarter - 1) / quarter))
+expect "a million: the port range row asks for $addrs source addresses" \
+    test "$(json_row "$TMP/million.json" net.ipv4.ip_local_port_range needed)" = "$addrs source addrs"
+for r in fs.file-max fs.nr_open net.core.somaxconn net.ipv4.tcp_max_syn_backlog net.ipv4.tcp_mem MemAvailable; do
+    expect "a million: row $r is there" row_printed "$r" "$TMP/check_million.out"
+done
+[[ -e $(proc net.netfilter.nf_conntrack_max) ]] &&
+    expect "a million: conntrack row is there (nf_conntrack loaded)" row_printed net.netfilter.nf_conntrack_max "$TMP/check_million.out"
+expect "a million: fs.file-max needs both sides' sockets (>= 2000000)" \
+    test "$(json_row "$TMP/million.json" fs.file-max needed | tr -dc 0-9)" -ge 2000000
+if [[ $hard != unlimited ]] && ((hard < 1000064 && (16#$capeff >> 24 & 1) == 0)); then
+    procs=$(((1000000 + hard - 64 - 1) / (hard - 64)))
+    expect "a million: $procs server and client processes for the fd cap" \
+        grep -qF "= $procs server processes and $procs client processes" "$TMP/check_million.out"
+fi
+run check_10k check --connections 10000 --json "$TMP/10k.json"
+if ((hi - lo + 1 >= 10000 && (hi - lo + 1 + 3) / 4 < 10000)); then
+    expect "10,000 from one address: over a quarter of the range is INFO with --source-ips" \
+        test "$(json_row "$TMP/10k.json" net.ipv4.ip_local_port_range status)" = INFO
 fi
 run check_server check --server-only --connections 1000 --json "$TMP/server.json"
 expect "check --server-only --connections 1000 --json parses" json_ok "$TMP/server.json" "$RC" "$TMP/check_server.out"

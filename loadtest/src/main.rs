@@ -29,7 +29,7 @@ use fanout::parse::{parse_duration, parse_size};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use report::{Merged, Partial, ServerFigures};
-use run::{Observer, Plan, Progress, Scenario, PHASE_CLOSE, PHASE_HOLD};
+use run::{Observer, Plan, Progress, Scenario, PHASE_CLOSE, PHASE_HOLD, PHASE_IDLE};
 
 /// A child process learns its share from this variable: "index/of/connections".
 const CHILD_ENV: &str = "FANOUT_LOAD_CHILD";
@@ -128,6 +128,14 @@ struct ConnectArgs {
     /// Connections opened per second (0: as fast as --max-in-flight allows).
     #[arg(long, visible_alias = "connect-rate", default_value_t = 0.0)]
     rate: f64,
+    /// Ramp in steps of this many connections (across processes): each step is opened,
+    /// held --step-hold, then the next starts; the progress shows the steps held by every
+    /// process (`scripts/bench-connections.sh --find-limit`).
+    #[arg(long, default_value_t = 0)]
+    ramp_step: u64,
+    /// How long each --ramp-step is held before the next.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    step_hold: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -137,6 +145,10 @@ struct EchoArgs {
     /// Connections opened per second during the ramp (0: as fast as possible).
     #[arg(long, default_value_t = 0.0)]
     connect_rate: f64,
+    /// Hold every connection open and silent this long after the ramp, before the messages
+    /// start (one ramp for an idle hold and an echo; the progress says `idle`).
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    hold: Duration,
     /// Message size (at least 16 bytes: a timestamp and a sequence number lead it).
     #[arg(long, default_value = "64", value_parser = parse_size)]
     message_size: usize,
@@ -218,6 +230,11 @@ struct Common {
     /// No live progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Also print the progress as one plain line to stderr this often (e.g. 1s), for
+    /// scripts: `progress phase=ramp started=.. opened=.. open=.. failed=.. dropped=..
+    /// received=.. steps=..`.
+    #[arg(long, value_parser = parse_duration)]
+    progress_lines: Option<Duration>,
     /// One recv(2) or send(2) per connection instead of one io_uring submission carrying
     /// every ready connection's read (and write) of a loop turn (the default, when the
     /// kernel allows io_uring).
@@ -238,6 +255,7 @@ fn main() -> ExitCode {
         return attack::run(a);
     }
     let mut fanout = None;
+    let mut shape = Shape::default();
     let (scenario_name, common, scenario, connect_rate) = match &cli.cmd {
         Cmd::Fanout(a) => {
             if let Some(p) = a.churn.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
@@ -256,13 +274,18 @@ fn main() -> ExitCode {
                 a.connect_rate,
             )
         }
-        Cmd::Connect(a) => ("connect", &a.common, Scenario::Connect, a.rate),
+        Cmd::Connect(a) => {
+            shape.ramp_step = a.ramp_step;
+            shape.step_hold = a.step_hold;
+            ("connect", &a.common, Scenario::Connect, a.rate)
+        }
         Cmd::Attack(_) => unreachable!("handled above"),
         Cmd::Echo(a) => {
             if let Err(e) = check_tick(a) {
                 eprintln!("fanout-load: {e}");
                 return ExitCode::from(2);
             }
+            shape.idle = a.hold;
             (
                 "echo",
                 &a.common,
@@ -284,7 +307,7 @@ fn main() -> ExitCode {
             )
         }
     };
-    match main_inner(scenario_name, common, scenario, connect_rate, fanout) {
+    match main_inner(scenario_name, common, scenario, connect_rate, fanout, shape) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("fanout-load: {e}");
@@ -393,12 +416,21 @@ fn spawn_publisher(
     })
 }
 
+/// The ramp's steps and the idle hold: what a scenario adds to the ramp / hold / close.
+#[derive(Debug, Clone, Copy, Default)]
+struct Shape {
+    idle: Duration,
+    ramp_step: u64,
+    step_hold: Duration,
+}
+
 fn main_inner(
     name: &str,
     c: &Common,
     scenario: Scenario,
     connect_rate: f64,
     fanout: Option<&FanoutArgs>,
+    shape: Shape,
 ) -> Result<ExitCode, String> {
     let mut targets = Vec::new();
     for u in &c.urls {
@@ -470,6 +502,7 @@ fn main_inner(
             share,
             index,
             of,
+            shape,
         );
         plan.client.tls = tls.clone();
         if fanout.is_some() {
@@ -579,6 +612,7 @@ fn main_inner(
             c.connections,
             0,
             1,
+            shape,
         );
         plan.client.tls = tls.clone();
         if publisher.plan.is_some() {
@@ -605,7 +639,7 @@ fn main_inner(
         }
         None => None,
     };
-    bar.finish_and_clear();
+    bar.bar.finish_and_clear();
     let merged = Merged::from_parts(&parts)?;
     let server = (!c.server_pids.is_empty()).then(|| sampler.figures(&merged.p));
     let mut stdout = std::io::stdout().lock();
@@ -619,6 +653,8 @@ fn main_inner(
         "connections": c.connections,
         "processes": processes,
         "duration_s": c.duration.as_secs_f64(),
+        "idle_hold_s": shape.idle.as_secs_f64(),
+        "ramp_step": shape.ramp_step,
         "connect_rate": connect_rate,
         "source_ips": sources_len(&c.source_ips),
         "scenario": format!("{scenario:?}"),
@@ -863,6 +899,7 @@ fn make_plan(
     connections: u64,
     index: u64,
     of: u64,
+    shape: Shape,
 ) -> Plan {
     Plan {
         scenario,
@@ -870,6 +907,13 @@ fn make_plan(
         connections,
         connect_rate: connect_rate / of as f64,
         duration: hold,
+        idle: shape.idle,
+        ramp_step: if shape.ramp_step > 0 {
+            shape.ramp_step.div_ceil(of).max(1)
+        } else {
+            0
+        },
+        step_hold: shape.step_hold,
         sources,
         max_in_flight: c.max_in_flight.max(1),
         options: ConnectOptions {
@@ -938,7 +982,47 @@ fn read_fill(a: &EchoArgs) -> Result<Arc<[u8]>, String> {
     Ok(bytes.into())
 }
 
-fn make_bar(c: &Common) -> ProgressBar {
+/// The live progress: a bar on a terminal, and plain lines with `--progress-lines`.
+struct Display {
+    bar: ProgressBar,
+    lines: Option<Duration>,
+    last_line: std::cell::Cell<Option<Instant>>,
+    last_phase: std::cell::Cell<u8>,
+}
+
+impl Display {
+    fn show(&self, p: &Progress) {
+        show(&self.bar, p);
+        let Some(every) = self.lines else { return };
+        let due = self.last_line.get().is_none_or(|t| t.elapsed() >= every);
+        if due || p.phase != self.last_phase.get() {
+            self.last_line.set(Some(Instant::now()));
+            self.last_phase.set(p.phase);
+            eprintln!(
+                "progress phase={} started={} opened={} open={} failed={} dropped={} received={} steps={}",
+                phase_name(p.phase),
+                p.started,
+                p.opened,
+                p.open_now,
+                p.failed,
+                p.dropped,
+                p.received,
+                p.steps
+            );
+        }
+    }
+}
+
+fn make_bar(c: &Common) -> Display {
+    Display {
+        bar: make_progress_bar(c),
+        lines: c.progress_lines.filter(|d| !d.is_zero()),
+        last_line: std::cell::Cell::new(None),
+        last_phase: std::cell::Cell::new(run::PHASE_RAMP),
+    }
+}
+
+fn make_progress_bar(c: &Common) -> ProgressBar {
     if c.no_progress || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
@@ -953,17 +1037,25 @@ fn make_bar(c: &Common) -> ProgressBar {
     bar
 }
 
-fn show(bar: &ProgressBar, p: &Progress) {
-    bar.set_position(p.opened);
-    let phase = match p.phase {
+fn phase_name(phase: u8) -> &'static str {
+    match phase {
         run::PHASE_RAMP => "ramp",
+        run::PHASE_IDLE => "idle",
         run::PHASE_HOLD => "run",
         run::PHASE_CLOSE => "closing",
         _ => "done",
-    };
+    }
+}
+
+fn show(bar: &ProgressBar, p: &Progress) {
+    bar.set_position(p.opened);
     bar.set_message(format!(
-        "{phase}: open {} failed {} dropped {} received {}",
-        p.open_now, p.failed, p.dropped, p.received
+        "{}: open {} failed {} dropped {} received {}",
+        phase_name(p.phase),
+        p.open_now,
+        p.failed,
+        p.dropped,
+        p.received
     ));
 }
 
@@ -1000,7 +1092,8 @@ impl Sampler {
         if self.pids.is_empty() {
             return;
         }
-        if phase >= PHASE_HOLD && self.cpu_hold.is_none() {
+        // The ramp ends at the idle hold when there is one.
+        if phase >= PHASE_IDLE && self.cpu_hold.is_none() {
             let cpu = procinfo::sum_cpu(&self.pids);
             self.cpu_hold = Some(cpu);
             self.fig.cpu_seconds_ramp = cpu - self.cpu_base;
@@ -1035,7 +1128,7 @@ impl Sampler {
 }
 
 struct LocalObserver<'a> {
-    bar: &'a ProgressBar,
+    bar: &'a Display,
     sampler: &'a mut Sampler,
     publisher: &'a mut PublisherCtl,
 }
@@ -1044,7 +1137,7 @@ impl Observer for LocalObserver<'_> {
     fn progress(&mut self, p: &Progress) {
         self.sampler.update(p.phase, p.open_now);
         self.publisher.on_phase(p.phase);
-        show(self.bar, p);
+        self.bar.show(p);
     }
 }
 
@@ -1071,7 +1164,7 @@ fn run_children(
     c: &Common,
     processes: u64,
     stop: &Arc<AtomicBool>,
-    bar: &ProgressBar,
+    bar: &Display,
     sampler: &mut Sampler,
     publisher: &mut PublisherCtl,
 ) -> Result<Vec<Partial>, String> {
@@ -1134,13 +1227,21 @@ fn run_children(
                 unsafe { libc::kill(ch.id() as i32, libc::SIGINT) };
             }
         }
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(FromChild::Progress(i, p)) => latest[i] = p,
-            Ok(FromChild::Result(i, r)) => results[i] = Some(*r),
-            Ok(FromChild::Error(i, e)) => errors.push(format!("process {i}: {e}")),
-            Ok(FromChild::Exited) => exited += 1,
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        // One message, then all that are waiting: with 100+ children on a busy box the
+        // parent must not fall behind them (it showed progress minutes old).
+        let mut next = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(m) => Some(m),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        while let Some(m) = next.take() {
+            match m {
+                FromChild::Progress(i, p) => latest[i] = p,
+                FromChild::Result(i, r) => results[i] = Some(*r),
+                FromChild::Error(i, e) => errors.push(format!("process {i}: {e}")),
+                FromChild::Exited => exited += 1,
+            }
+            next = rx.try_recv().ok();
         }
         let sum = Progress {
             phase: latest.iter().map(|p| p.phase).min().unwrap_or(0),
@@ -1150,6 +1251,7 @@ fn run_children(
             failed: latest.iter().map(|p| p.failed).sum(),
             dropped: latest.iter().map(|p| p.dropped).sum(),
             received: latest.iter().map(|p| p.received).sum(),
+            steps: latest.iter().map(|p| p.steps).min().unwrap_or(0),
         };
         sampler.update(sum.phase, sum.open_now);
         publisher.on_phase(sum.phase);
@@ -1169,7 +1271,7 @@ fn run_children(
                 }
             }
         }
-        show(bar, &sum);
+        bar.show(&sum);
     }
     for mut ch in children {
         let _ = ch.wait();

@@ -44,6 +44,10 @@ pub struct Partial {
     pub failed: BTreeMap<String, u64>,
     /// Connections that closed while they should have stayed open, by reason.
     pub dropped: BTreeMap<String, u64>,
+    /// Errors while the generator closed its connections at the end (e.g. a close handshake
+    /// past its timeout when a million close at once): not drops, but reported.
+    #[serde(default)]
+    pub close_errors: BTreeMap<String, u64>,
     pub messages_sent: u64,
     pub messages_received: u64,
     pub bytes_sent: u64,
@@ -137,6 +141,9 @@ impl Merged {
             p.open_at_end += part.open_at_end;
             for (k, v) in &part.failed {
                 *p.failed.entry(k.clone()).or_default() += v;
+            }
+            for (k, v) in &part.close_errors {
+                *p.close_errors.entry(k.clone()).or_default() += v;
             }
             for (k, v) in &part.dropped {
                 *p.dropped.entry(k.clone()).or_default() += v;
@@ -258,6 +265,17 @@ pub fn print_table(
         }
         writeln!(out)?;
     }
+    let close_errors: u64 = p.close_errors.values().sum();
+    if close_errors > 0 {
+        write!(
+            out,
+            "  errors while closing at the end (not drops): {close_errors}"
+        )?;
+        for (k, v) in &p.close_errors {
+            write!(out, "  {k}={v}")?;
+        }
+        writeln!(out)?;
+    }
     if p.ramp_seconds > 0.0 {
         writeln!(
             out,
@@ -367,6 +385,7 @@ pub fn json_report(
         "failed": p.failed,
         "failed_total": p.failed.values().sum::<u64>(),
         "dropped": p.dropped,
+        "close_errors": p.close_errors,
         "latency_ms": latency,
         "messages": {
             "sent": p.messages_sent,

@@ -55,6 +55,12 @@ pub struct Plan {
     pub connect_rate: f64,
     /// Hold (connect) or run (echo) time after the ramp.
     pub duration: Duration,
+    /// Echo: a silent hold between the ramp and the first message (phase `PHASE_IDLE`).
+    pub idle: Duration,
+    /// Not 0: the ramp stops at each multiple of this many of this process's connections,
+    /// waits for them to open or fail, holds them `step_hold`, then goes on.
+    pub ramp_step: u64,
+    pub step_hold: Duration,
     pub sources: Vec<IpAddr>,
     pub max_in_flight: u64,
     pub options: ConnectOptions,
@@ -163,12 +169,17 @@ pub struct Progress {
     pub failed: u64,
     pub dropped: u64,
     pub received: u64,
+    /// `--ramp-step`: steps this process has opened and held (the parent shows the least).
+    #[serde(default)]
+    pub steps: u64,
 }
 
 pub const PHASE_RAMP: u8 = 0;
-pub const PHASE_HOLD: u8 = 1;
-pub const PHASE_CLOSE: u8 = 2;
-pub const PHASE_DONE: u8 = 3;
+/// Echo with `--hold`: every connection open and silent, before the messages start.
+pub const PHASE_IDLE: u8 = 1;
+pub const PHASE_HOLD: u8 = 2;
+pub const PHASE_CLOSE: u8 = 3;
+pub const PHASE_DONE: u8 = 4;
 
 pub trait Observer {
     fn progress(&mut self, p: &Progress);
@@ -330,6 +341,7 @@ struct Driver {
     rtt: Histogram<u64>,
     failed: BTreeMap<String, u64>,
     dropped: BTreeMap<String, u64>,
+    close_errors: BTreeMap<String, u64>,
     opened: u64,
     open_now: u64,
     established: u64,
@@ -688,7 +700,9 @@ impl ClientHandler for Driver {
             return; // dropped on purpose; how its close went does not matter
         }
         let r = reason(err);
-        if st.opened {
+        if st.opened && self.closing {
+            *self.close_errors.entry(r).or_default() += 1;
+        } else if st.opened {
             *self.dropped.entry(r).or_default() += 1;
         } else if st.reconnect {
             *self.failed.entry(format!("reconnect_{r}")).or_default() += 1;
@@ -793,6 +807,7 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
         rtt: new_hist(),
         failed: BTreeMap::new(),
         dropped: BTreeMap::new(),
+        close_errors: BTreeMap::new(),
         opened: 0,
         open_now: 0,
         established: 0,
@@ -839,6 +854,9 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
     let mut started = 0u64;
     let mut last_progress = Instant::now();
     let cpu0 = crate::procinfo::self_cpu_seconds();
+    // Every 200 ms, less often when many processes report to one parent (a second at 40+).
+    let progress_every = Duration::from_millis((200 * plan.of.div_ceil(8)).min(1000));
+    let steps = std::cell::Cell::new(0u64);
     let progress = |client: &mut Client<Driver>, phase: u8, started: u64| {
         let d = client.handler();
         Progress {
@@ -849,11 +867,12 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
             failed: d.failed.values().sum(),
             dropped: d.dropped.values().sum(),
             received: d.received,
+            steps: steps.get(),
         }
     };
     let mut tick =
         |client: &mut Client<Driver>, phase: u8, started: u64, obs: &mut dyn Observer| {
-            if last_progress.elapsed() >= Duration::from_millis(200) {
+            if last_progress.elapsed() >= progress_every {
                 last_progress = Instant::now();
                 obs.progress(&progress(client, phase, started));
             }
@@ -861,13 +880,31 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
 
     // Ramp.
     let ramp_start = Instant::now();
+    let mut next_step = if plan.ramp_step > 0 {
+        plan.ramp_step
+    } else {
+        u64::MAX
+    };
     while started < plan.connections && !stop.load(Relaxed) {
+        if started >= next_step && client.handler().resolved >= started {
+            // A step is open (or failed): hold it, then go on.
+            let held = Instant::now();
+            while held.elapsed() < plan.step_hold && !stop.load(Relaxed) {
+                client
+                    .poll(Some(Duration::from_millis(10)))
+                    .map_err(|e| e.to_string())?;
+                tick(&mut client, PHASE_RAMP, started, obs);
+            }
+            steps.set(steps.get() + 1);
+            next_step = next_step.saturating_add(plan.ramp_step);
+        }
         let due = if plan.connect_rate > 0.0 {
             ((ramp_start.elapsed().as_secs_f64() * plan.connect_rate) as u64 + 1)
                 .min(plan.connections)
         } else {
             plan.connections
-        };
+        }
+        .min(next_step);
         while started < due && started - client.handler().resolved < plan.max_in_flight {
             let (addr, url, opts) = target_of(plan, started);
             let st = ConnSt {
@@ -902,9 +939,16 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
                 }
             }
         }
-        client
-            .poll(Some(Duration::from_millis(1)))
-            .map_err(|e| e.to_string())?;
+        // Sleep until an event when nothing else can start (the window is full, or all are
+        // due at once): with 50 processes on 2 cores, waking every millisecond for nothing
+        // costs more than the connections.
+        let window_full = started - client.handler().resolved >= plan.max_in_flight;
+        let wait = if window_full || plan.connect_rate <= 0.0 {
+            Duration::from_millis(20)
+        } else {
+            Duration::from_millis(1)
+        };
+        client.poll(Some(wait)).map_err(|e| e.to_string())?;
         tick(&mut client, PHASE_RAMP, started, obs);
     }
     // Wait for the last connections to open or fail.
@@ -921,6 +965,19 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
         tick(&mut client, PHASE_RAMP, started, obs);
     }
     let ramp_seconds = ramp_start.elapsed().as_secs_f64();
+    if plan.ramp_step > 0 && !stop.load(Relaxed) {
+        steps.set(steps.get() + 1); // the last, partial step
+    }
+    if echo.is_some() && !plan.idle.is_zero() {
+        obs.progress(&progress(&mut client, PHASE_IDLE, started));
+        let idle_start = Instant::now();
+        while idle_start.elapsed() < plan.idle && !stop.load(Relaxed) {
+            client
+                .poll(Some(Duration::from_millis(20)))
+                .map_err(|e| e.to_string())?;
+            tick(&mut client, PHASE_IDLE, started, obs);
+        }
+    }
     obs.progress(&progress(&mut client, PHASE_HOLD, started));
 
     // Hold / run.
@@ -1137,6 +1194,7 @@ pub fn run(plan: &Plan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Resul
         open_at_end,
         failed: d.failed.clone(),
         dropped: d.dropped.clone(),
+        close_errors: d.close_errors.clone(),
         messages_sent: d.sent,
         messages_received: d.received,
         bytes_sent: d.bytes_sent,

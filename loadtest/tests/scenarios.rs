@@ -771,3 +771,70 @@ fn churn_must_be_a_fraction() {
         assert!(out.contains("0 < P <= 1"), "{out}");
     }
 }
+
+#[test]
+fn ramp_steps_and_an_idle_hold_show_in_the_progress_lines() {
+    let s = server(Config::default());
+    let url = format!("ws://{}/", s.local_addr());
+    // Steps of 100 across 2 processes, each held 600 ms: 3 steps (the last one partial).
+    let (code, v, out) = load(&[
+        "connect",
+        "--url",
+        &url,
+        "-n",
+        "250",
+        "--processes",
+        "2",
+        "--ramp-step",
+        "100",
+        "--step-hold",
+        "600ms",
+        "--duration",
+        "200ms",
+        "--progress-lines",
+        "50ms",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["established"], 250);
+    assert_eq!(v["params"]["ramp_step"], 100);
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("progress ")).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("phase=ramp") && l.contains("steps=1")),
+        "a step held during the ramp: {out}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("phase=run") && l.contains("open=250") && l.contains("steps=3")),
+        "{out}"
+    );
+    // Echo with --hold: the connections sit idle, then every one sends.
+    let (code, v, out) = load(&[
+        "echo",
+        "--url",
+        &url,
+        "-n",
+        "50",
+        "--hold",
+        "300ms",
+        "--rate",
+        "4",
+        "--duration",
+        "500ms",
+        "--progress-lines",
+        "50ms",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let idle = out.find("phase=idle").expect("an idle phase");
+    let run = out.find("phase=run").expect("a run phase");
+    assert!(idle < run, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("phase=idle") && l.contains("open=50") && l.contains("received=0")),
+        "nothing is sent while idle: {out}"
+    );
+    assert_eq!(v["params"]["idle_hold_s"], 0.3);
+    assert!(v["messages"]["received"].as_u64().unwrap() >= 50, "{v}");
+}
