@@ -29,8 +29,6 @@ pub struct GoodPlan {
     pub connections: usize,
     pub rate: f64,
     pub jwt: bool,
-    /// Run the client's thread at real-time priority (`--pin`).
-    pub realtime: bool,
 }
 
 #[derive(Debug)]
@@ -184,18 +182,6 @@ fn run(
     stop: Arc<AtomicBool>,
     open: Arc<AtomicUsize>,
 ) -> GoodStats {
-    if plan.realtime {
-        // SAFETY: sched_setscheduler(0, ..) changes the calling thread's policy; the param
-        // struct is fully initialised. The client waits in epoll between its 200 messages/s,
-        // and the kernel's RT throttling bounds it anyway.
-        let param = libc::sched_param { sched_priority: 10 };
-        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
-            eprintln!(
-                "good client: SCHED_FIFO refused ({}); measuring at normal priority",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
     let start = Instant::now();
     let handler = Good {
         start,

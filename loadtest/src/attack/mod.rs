@@ -58,13 +58,6 @@ pub struct AttackArgs {
     /// judge one (`scripts/attack.sh --ci`).
     #[arg(long)]
     pub p99_report_only: bool,
-    /// Pin each kind's server to CPU 0 and this process (attackers, good client) to CPU 1,
-    /// the good client's thread at real-time priority (SCHED_FIFO), so its p99 measures the
-    /// server's isolation of a good connection from an attacker rather than the attacker's
-    /// CPU taking the good client's or the server's turn. Needs two CPUs (and root or
-    /// CAP_SYS_NICE for the priority).
-    #[arg(long)]
-    pub pin: bool,
     /// The good client's connections.
     #[arg(long, default_value_t = 10)]
     pub good_connections: usize,
@@ -155,10 +148,6 @@ fn run_inner(a: &AttackArgs) -> Result<bool, String> {
         return Ok(true);
     }
     server::raise_nofile();
-    if a.pin {
-        // Threads spawned from here on (the good client, the samplers) inherit CPU 1.
-        server::pin_to_cpu(1).map_err(|e| format!("--pin: CPU 1: {e}"))?;
-    }
     let bin = match &a.server_bin {
         Some(b) => b.clone(),
         None => std::env::current_exe()
@@ -217,7 +206,6 @@ fn run_inner(a: &AttackArgs) -> Result<bool, String> {
             .map_or(0, |d| d.as_secs()),
         "full": a.full,
         "scale": a.scale,
-        "pinned": a.pin,
         "bounds": {
             "max_rss_bytes": a.max_rss,
             "p99": format!(
@@ -251,7 +239,7 @@ fn run_inner(a: &AttackArgs) -> Result<bool, String> {
 fn run_kind(a: &AttackArgs, bin: &std::path::Path, kind: &kinds::Kind) -> Result<Value, String> {
     let started = Instant::now();
     let flags = (kind.flags)(a.full);
-    let srv = ServerProc::start(bin, kind.app, &flags, kind.nofile, a.pin.then_some(0))?;
+    let srv = ServerProc::start(bin, kind.app, &flags, kind.nofile)?;
     let (addr, pid) = (srv.addr, srv.pid);
     let srv = Arc::new(std::sync::Mutex::new(srv));
     let before = server::metrics(addr).unwrap_or_default();
@@ -263,7 +251,6 @@ fn run_kind(a: &AttackArgs, bin: &std::path::Path, kind: &kinds::Kind) -> Result
         connections: a.good_connections,
         rate: a.good_rate,
         jwt: kind.flags_need_jwt(&flags),
-        realtime: a.pin,
     });
     let opened = good.wait_open(a.good_connections, Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(1500));

@@ -27,14 +27,12 @@ pub struct ServerProc {
 
 impl ServerProc {
     /// Starts `bin serve` with `flags` (plus what the app needs) and waits up to 10 s for
-    /// /healthz. `nofile`: the server's RLIMIT_NOFILE, soft and hard; `cpu`: the one CPU it
-    /// may run on.
+    /// /healthz. `nofile`: the server's RLIMIT_NOFILE, soft and hard.
     pub fn start(
         bin: &Path,
         app: App,
         flags: &[String],
         nofile: Option<u64>,
-        cpu: Option<usize>,
     ) -> Result<Self, String> {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -71,22 +69,16 @@ impl ServerProc {
             .stdin(Stdio::null())
             .stdout(Stdio::from(file))
             .stderr(Stdio::from(file2));
-        if nofile.is_some() || cpu.is_some() {
-            // SAFETY: setrlimit and sched_setaffinity are plain syscalls, async-signal-safe;
-            // nothing else runs between fork and exec.
+        if let Some(n) = nofile {
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
-                    if let Some(n) = nofile {
-                        let lim = libc::rlimit {
-                            rlim_cur: n,
-                            rlim_max: n,
-                        };
-                        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                    }
-                    if let Some(c) = cpu {
-                        pin_to_cpu(c)?;
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
                     }
                     Ok(())
                 });
@@ -246,21 +238,4 @@ impl RssSampler {
         self.stop.store(true, Relaxed);
         self.handle.join().unwrap_or_default()
     }
-}
-
-/// Restricts the calling thread (and the threads and processes it starts afterwards) to `cpu`.
-pub fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes inside it (cpu is checked
-    // against its size); sched_setaffinity reads size_of::<cpu_set_t>() bytes of it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
-            return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
-        }
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }

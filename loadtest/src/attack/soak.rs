@@ -62,8 +62,8 @@ pub fn run(a: &AttackArgs, bin: &Path) -> Result<(Value, bool), String> {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let echo = ServerProc::start(bin, App::Echo, &flags, None, None)?;
-    let push = ServerProc::start(bin, App::Push, &flags, None, None)?;
+    let echo = ServerProc::start(bin, App::Echo, &flags, None)?;
+    let push = ServerProc::start(bin, App::Push, &flags, None)?;
     let (ea, pa) = (echo.addr, push.addr);
     eprintln!(
         "== soak {:?}: echo server pid {}, push server pid {}",
@@ -89,7 +89,6 @@ pub fn run(a: &AttackArgs, bin: &Path) -> Result<(Value, bool), String> {
         connections: a.good_connections,
         rate: a.good_rate,
         jwt: false,
-        realtime: false,
     });
     let good_push = GoodClient::start(GoodPlan {
         addr: pa,
@@ -97,7 +96,6 @@ pub fn run(a: &AttackArgs, bin: &Path) -> Result<(Value, bool), String> {
         connections: a.good_connections,
         rate: a.good_rate,
         jwt: false,
-        realtime: false,
     });
     let good_open = good_echo.wait_open(a.good_connections, Duration::from_secs(5))
         && good_push.wait_open(a.good_connections, Duration::from_secs(5));
