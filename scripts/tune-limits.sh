@@ -7,7 +7,7 @@ set -euo pipefail
 
 PROG=${0##*/}
 readonly PROG
-readonly RESERVED_FDS=64            # fds a fanout process keeps besides sockets (src/server/limits.rs)
+readonly RESERVED_FDS=64            # fds a fanout process keeps besides sockets (src/rt/limits.rs)
 readonly DEFAULT_CONNECTIONS=50000
 readonly BACKLOG_MIN=4096           # fanout's default --backlog; the kernel caps it at somaxconn
 readonly SYN_BACKLOG_MIN=4096

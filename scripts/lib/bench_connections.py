@@ -29,7 +29,7 @@ import time
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 HZ = os.sysconf("SC_CLK_TCK")
-RESERVED_FDS = 64  # fds a process keeps besides sockets (src/server/limits.rs)
+RESERVED_FDS = 64  # fds a process keeps besides sockets (src/rt/limits.rs)
 # A connect() searches the ephemeral range of its source address for a free port, even ports
 # first (Linux __inet_hash_connect): once half the range of an address is taken, every connect
 # walks all of its even ports first. Keep each address to a quarter of the range.
