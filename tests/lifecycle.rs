@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{config, echo_server, masked, raw_exchange, UPGRADE};
+use common::{config, echo_server, masked, raw_exchange, NeverAnswers, UPGRADE};
 use fanout::server::{stats, Config, Counter, Server, SlowConsumerPolicy};
 
 fn counter(s: &Server, c: Counter) -> u64 {
@@ -135,36 +135,6 @@ fn a_paused_connection_whose_client_reads_is_not_killed_by_the_pong_timeout() {
     assert_eq!(counter(&s, Counter::PongTimeouts), 1);
     drop(c);
     writer.join().unwrap();
-}
-
-/// An app that defers every plain HTTP request and never answers it.
-#[derive(Clone)]
-struct NeverAnswers;
-
-impl fanout::server::Handler for NeverAnswers {
-    type State = ();
-    type Msg = ();
-    fn on_open<'r>(
-        &mut self,
-        _req: &fanout::proto::handshake::Request<'r>,
-        _conn: &fanout::server::ConnInfo<'_>,
-    ) -> Result<fanout::server::Accept<'r, ()>, fanout::proto::handshake::HttpError> {
-        Ok(fanout::server::Accept::new(()))
-    }
-    fn on_message(
-        &mut self,
-        _ctx: &mut fanout::server::Ctx<'_, ()>,
-        _msg: fanout::proto::Message<'_>,
-    ) {
-    }
-    fn on_http(
-        &mut self,
-        _req: &fanout::proto::handshake::Request<'_>,
-        _body: &[u8],
-        _conn: &fanout::server::ConnInfo<'_>,
-    ) -> fanout::server::HttpReply {
-        fanout::server::HttpReply::Defer
-    }
 }
 
 #[test]

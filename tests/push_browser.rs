@@ -9,6 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use common::push::{next_text, publish, silent, sub, KEY};
+use common::NeverAnswers;
 use fanout::apps::push::{Push, PushConfig};
 use fanout::server::auth::JwtConfig;
 use fanout::server::origin::OriginPolicy;
@@ -319,31 +320,6 @@ fn the_401_names_a_cookie_only_when_there_is_one() {
         assert!(!body.contains(unwanted), "{body}");
         let m = metric(addr, "fanout_handshake_refused_total{reason=\"auth\"} ");
         assert_eq!(m, 1);
-    }
-}
-
-/// An app that defers every plain HTTP request and never answers it.
-#[derive(Clone)]
-struct NeverAnswers;
-
-impl fanout::server::Handler for NeverAnswers {
-    type State = ();
-    type Msg = ();
-    fn on_open<'r>(
-        &mut self,
-        _: &fanout::proto::handshake::Request<'r>,
-        _: &fanout::server::ConnInfo<'_>,
-    ) -> Result<fanout::server::Accept<'r, ()>, fanout::proto::handshake::HttpError> {
-        Ok(fanout::server::Accept::new(()))
-    }
-    fn on_message(&mut self, _: &mut fanout::server::Ctx<'_, ()>, _: fanout::proto::Message<'_>) {}
-    fn on_http(
-        &mut self,
-        _: &fanout::proto::handshake::Request<'_>,
-        _: &[u8],
-        _: &fanout::server::ConnInfo<'_>,
-    ) -> fanout::server::HttpReply {
-        fanout::server::HttpReply::Defer
     }
 }
 

@@ -82,3 +82,28 @@ pub fn close_code_in(stream: &[u8]) -> Option<u16> {
     }
     None
 }
+
+/// An app that defers every plain HTTP request and never answers it.
+#[derive(Clone)]
+pub struct NeverAnswers;
+
+impl fanout::server::Handler for NeverAnswers {
+    type State = ();
+    type Msg = ();
+    fn on_open<'r>(
+        &mut self,
+        _: &fanout::proto::handshake::Request<'r>,
+        _: &fanout::server::ConnInfo<'_>,
+    ) -> Result<fanout::server::Accept<'r, ()>, fanout::proto::handshake::HttpError> {
+        Ok(fanout::server::Accept::new(()))
+    }
+    fn on_message(&mut self, _: &mut fanout::server::Ctx<'_, ()>, _: fanout::proto::Message<'_>) {}
+    fn on_http(
+        &mut self,
+        _: &fanout::proto::handshake::Request<'_>,
+        _: &[u8],
+        _: &fanout::server::ConnInfo<'_>,
+    ) -> fanout::server::HttpReply {
+        fanout::server::HttpReply::Defer
+    }
+}
