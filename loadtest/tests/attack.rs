@@ -1,8 +1,13 @@
 //! `fanout-load attack` against the real `fanout` binary: the report's shape and exit status on
 //! a cheap kind, and a broken bound turning into a non-zero exit.
 
+mod common;
+
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Command;
+
+use common::run_with_report;
 
 /// The `fanout` server binary of the same profile, built if this test run did not build it.
 fn server_bin() -> PathBuf {
@@ -21,35 +26,12 @@ fn server_bin() -> PathBuf {
 }
 
 fn attack(args: &[&str]) -> (i32, serde_json::Value, String) {
-    let dir = std::env::temp_dir().join(format!(
-        "fanout-attack-test-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("r.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_fanout-load"))
-        .arg("attack")
-        .args(args)
-        .arg("--server-bin")
-        .arg(server_bin())
-        .arg("--json")
-        .arg(&json)
-        // A debug build on a shared box: the latency bound is not what these tests check.
-        .args(["--p99-slack-ms", "200"])
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let v = std::fs::read_to_string(&json)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or(serde_json::Value::Null);
-    let _ = std::fs::remove_dir_all(&dir);
-    (out.status.code().unwrap_or(-1), v, text)
+    let mut argv: Vec<OsString> = vec!["attack".into()];
+    argv.extend(args.iter().map(OsString::from));
+    argv.extend(["--server-bin".into(), server_bin().into_os_string()]);
+    // A debug build on a shared box: the latency bound is not what these tests check.
+    argv.extend(["--p99-slack-ms".into(), "200".into()]);
+    run_with_report(&argv)
 }
 
 #[test]

@@ -1,8 +1,13 @@
 //! fanout-load against a real fanout server at small scale: the counts it reports are checked
 //! against what the server saw.
 
+mod common;
+
+use std::ffi::OsString;
 use std::process::Command;
 use std::time::Duration;
+
+use common::run_with_report;
 
 use fanout::apps::echo::Echo;
 use fanout::server::{stats, Config, Counter, Server};
@@ -20,35 +25,9 @@ fn server(cfg: Config) -> Server {
 }
 
 fn load(args: &[&str]) -> (i32, serde_json::Value, String) {
-    let dir = std::env::temp_dir().join(format!(
-        "fanout-load-test-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("r.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_fanout-load"))
-        .args(args)
-        .arg("--json")
-        .arg(&json)
-        .arg("--no-progress")
-        .output()
-        .unwrap();
-    let stdout =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let v = std::fs::read_to_string(&json)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or(serde_json::Value::Null);
-    let _ = std::fs::remove_dir_all(&dir);
-    (out.status.code().unwrap_or(-1), v, stdout)
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64
+    let mut argv: Vec<OsString> = args.iter().map(OsString::from).collect();
+    argv.push("--no-progress".into());
+    run_with_report(&argv)
 }
 
 #[test]
