@@ -189,9 +189,15 @@ fn half_sent_heads_from_one_address_hold_no_more_than_its_cap() {
         let _ = c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n");
         held.push(c);
     }
-    // The server has seen all of them once its accept count reaches 40.
+    // The server has judged all of them once each accepted socket is either counted for the
+    // address or refused (the accept count moves first, the verdict a moment later).
     let until = Instant::now() + Duration::from_secs(10);
-    while counter(&s, Counter::Accepted) < 40 && Instant::now() < until {
+    let judged = |s: &Server| {
+        counter(s, Counter::Accepted) >= 40
+            && counter(s, Counter::PerIpConnsRefused) + u64::from(s.connections_from(addr.ip()))
+                >= 40
+    };
+    while !judged(&s) && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(counter(&s, Counter::Accepted), 40);

@@ -34,8 +34,16 @@ impl<H: Handler> Shard<H> {
                 }
             };
             c.stats.inc(Counter::Accepted);
+            // Every socket counts against its address's cap from here until it is removed.
+            // The address is judged before the socket takes a place under --max-connections,
+            // so one refused with 429 never holds, even for a moment, a place another client
+            // could have had.
+            let Ok(counted_ip) = c.admit_ip(&mut sock, peer.ip()) else {
+                continue;
+            };
             if c.global.open.fetch_add(1, SeqCst) >= max {
                 c.global.open.fetch_sub(1, SeqCst);
+                c.release_ip(counted_ip);
                 c.stats.inc(Counter::Rejected503);
                 c.note_refusal(
                     crate::server::stats::Refusal::MaxConnections,
@@ -57,14 +65,6 @@ impl<H: Handler> Shard<H> {
                 let _ = sock.shutdown(Shutdown::Write);
                 continue;
             }
-            // Every socket counts against its address's cap from here until it is removed.
-            let counted_ip = match c.admit_ip(&mut sock, peer.ip()) {
-                Ok(ip) => ip,
-                Err(()) => {
-                    c.global.open.fetch_sub(1, SeqCst);
-                    continue;
-                }
-            };
             let tls = match &c.cfg.tls {
                 None => None,
                 Some(cfg) => match TlsConn::new(cfg) {
