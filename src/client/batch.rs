@@ -77,6 +77,52 @@ pub fn enable_rx_timestamps(fd: RawFd) -> io::Result<()> {
     }
 }
 
+/// Waits, up to `limit`, until the kernel stamps what TCP sockets receive, by sending a byte
+/// over a loopback pair with timestamps on until one arrives stamped. Once a socket asks for
+/// timestamps the kernel turns them on for the whole system from a work queue; segments
+/// received before that come without one (a TCP socket then gets no timestamp at all), so a
+/// client that wants every round trip timed by the kernel waits for this first. False if they
+/// never came on (unsupported here, or the limit passed).
+pub fn wait_rx_timestamps(limit: std::time::Duration) -> bool {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let deadline = std::time::Instant::now() + limit;
+    let pair = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| {
+        let a = std::net::TcpStream::connect(l.local_addr()?)?;
+        let (b, _) = l.accept()?;
+        enable_rx_timestamps(b.as_raw_fd())?;
+        Ok((a, b))
+    });
+    let Ok((mut a, b)) = pair else {
+        return false;
+    };
+    loop {
+        if a.write_all(b"t").is_err() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        let mut m = RecvMsg::new(&mut byte);
+        let stamped = loop {
+            match recv_msg(b.as_raw_fd(), &mut m) {
+                Ok(1) => break m.timestamp_ns().is_some(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                _ => return false,
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        };
+        if stamped {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// A `recvmsg` into `data` with room for the receive timestamp. The header's pointers are set
 /// when it is used (`prepare`), while it is borrowed and cannot move.
 pub struct RecvMsg<'b> {
@@ -450,8 +496,11 @@ mod tests {
             enable_rx_timestamps(a.as_raw_fd()).unwrap();
         }
         // The first socket of the system to ask turns timestamping on for all, from a work
-        // queue: give it a moment.
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        // queue: wait until it is on.
+        assert!(
+            wait_rx_timestamps(std::time::Duration::from_secs(2)),
+            "the kernel never stamped a received segment"
+        );
         let before = now_ns();
         for (_, peer) in socks.iter_mut() {
             peer.write_all(b"stamped").unwrap();

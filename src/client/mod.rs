@@ -436,6 +436,11 @@ impl<H: ClientHandler> Client<H> {
             use std::os::fd::AsRawFd;
             let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
             batch::enable_rx_timestamps(s.as_raw_fd())?;
+            // The kernel turns them on a moment later: wait, so the first messages are
+            // stamped too (a machine where they never come on just reports them unstamped).
+            if !batch::wait_rx_timestamps(Duration::from_secs(1)) {
+                tracing::debug!("receive timestamps did not come on within 1 s");
+            }
             Some(s)
         } else {
             None
