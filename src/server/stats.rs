@@ -172,7 +172,17 @@ pub struct ShardStats {
     /// Gauges, set by the shard.
     pub open: AtomicU64,
     pub loop_lag_us: AtomicU64,
+    /// Loop turns by busy time, by `TURN_BUCKETS_US` (the last counts everything longer).
+    turn_buckets: [AtomicU64; TURN_BUCKETS_US.len() + 1],
+    turn_busy_us: AtomicU64,
 }
+
+/// Upper bounds of the loop-turn histogram, in microseconds. A turn is the time a message that
+/// arrives while the shard works waits at most before it is read: the tail of this histogram
+/// is the latency the server adds under load.
+pub const TURN_BUCKETS_US: [u64; 10] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000,
+];
 
 impl Default for ShardStats {
     fn default() -> Self {
@@ -181,6 +191,8 @@ impl Default for ShardStats {
             refused: std::array::from_fn(|_| AtomicU64::new(0)),
             open: AtomicU64::new(0),
             loop_lag_us: AtomicU64::new(0),
+            turn_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            turn_busy_us: AtomicU64::new(0),
         }
     }
 }
@@ -194,6 +206,18 @@ impl ShardStats {
     #[inline]
     pub fn inc(&self, c: Counter) {
         self.add(c, 1);
+    }
+
+    /// Records a loop turn that worked for `us` microseconds.
+    #[inline]
+    pub fn turn(&self, us: u64) {
+        self.loop_lag_us.store(us, Relaxed);
+        let i = TURN_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(TURN_BUCKETS_US.len());
+        self.turn_buckets[i].fetch_add(1, Relaxed);
+        self.turn_busy_us.fetch_add(us, Relaxed);
     }
 
     pub fn get(&self, c: Counter) -> u64 {
@@ -283,10 +307,80 @@ pub fn render_metrics(shards: &[Arc<ShardStats>], app_lines: &str) -> String {
             s.open.load(Relaxed)
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP fanout_loop_turn_seconds time each loop turn spent working (all shards): what a message arriving during a turn waits at most before it is read\n# TYPE fanout_loop_turn_seconds histogram"
+    );
+    let mut cum = 0;
+    for (i, le) in TURN_BUCKETS_US.iter().enumerate() {
+        cum += shards
+            .iter()
+            .map(|s| s.turn_buckets[i].load(Relaxed))
+            .sum::<u64>();
+        let _ = writeln!(
+            out,
+            "fanout_loop_turn_seconds_bucket{{le=\"{}\"}} {cum}",
+            *le as f64 / 1e6
+        );
+    }
+    let count: u64 = shards
+        .iter()
+        .flat_map(|s| s.turn_buckets.iter())
+        .map(|b| b.load(Relaxed))
+        .sum();
+    let busy: u64 = shards.iter().map(|s| s.turn_busy_us.load(Relaxed)).sum();
+    let _ = writeln!(
+        out,
+        "fanout_loop_turn_seconds_bucket{{le=\"+Inf\"}} {count}\nfanout_loop_turn_seconds_sum {}\nfanout_loop_turn_seconds_count {count}",
+        busy as f64 / 1e6
+    );
     if let Some(rss) = rss_bytes() {
         let _ = writeln!(out, "# TYPE fanout_resident_memory_bytes gauge");
         let _ = writeln!(out, "fanout_resident_memory_bytes {rss}");
     }
     out.push_str(app_lines);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(text: &'a str, key: &str) -> &'a str {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {key} in\n{text}"))
+    }
+
+    #[test]
+    fn loop_turns_land_in_their_bucket_cumulated_over_shards() {
+        let shards = [
+            Arc::new(ShardStats::default()),
+            Arc::new(ShardStats::default()),
+        ];
+        shards[0].turn(10);
+        shards[0].turn(600);
+        shards[1].turn(3_000);
+        shards[1].turn(200_000);
+        let text = render_metrics(&shards, "");
+        let bucket = |le: &str| {
+            line(
+                &text,
+                &format!("fanout_loop_turn_seconds_bucket{{le=\"{le}\"}}"),
+            )
+        };
+        assert_eq!(bucket("0.00005"), "1");
+        assert_eq!(bucket("0.0005"), "1");
+        assert_eq!(bucket("0.001"), "2");
+        assert_eq!(bucket("0.005"), "3");
+        assert_eq!(bucket("0.1"), "3");
+        assert_eq!(bucket("+Inf"), "4");
+        assert_eq!(line(&text, "fanout_loop_turn_seconds_count"), "4");
+        assert_eq!(line(&text, "fanout_loop_turn_seconds_sum"), "0.20361");
+        // The last turn of each shard stays the gauge it was.
+        assert_eq!(
+            line(&text, "fanout_loop_busy_microseconds{shard=\"1\"}"),
+            "200000"
+        );
+    }
 }

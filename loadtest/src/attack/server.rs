@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use serde_json::{json, Value};
+
 use super::{raw, App, JWT_SECRET, PUBLISH_KEY};
 
 /// The source address of the harness's own HTTP requests (/healthz, /metrics): apart from
@@ -186,6 +188,38 @@ pub fn metrics(addr: SocketAddr) -> Option<BTreeMap<String, f64>> {
             })
             .collect(),
     )
+}
+
+/// The server's loop turns between two `/metrics` reads (`fanout_loop_turn_seconds`): how
+/// many, how many worked longer than 1 ms, and the bound of the longest. A good client's
+/// message that arrives during a turn waits for it: a p99 well above the longest turn was
+/// spent outside the server (the scheduler of a shared box, the client itself).
+pub fn turns_between(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> Value {
+    let moved =
+        |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
+    let count = moved("fanout_loop_turn_seconds_count");
+    let mut les: Vec<(f64, f64)> = after
+        .keys()
+        .filter_map(|k| {
+            let le = k
+                .strip_prefix("fanout_loop_turn_seconds_bucket{le=\"")?
+                .strip_suffix("\"}")?;
+            let le: f64 = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, moved(k)))
+        })
+        .collect();
+    les.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let within = |bound: f64| les.iter().find(|(le, _)| *le >= bound).map_or(0.0, |x| x.1);
+    let longest = les.iter().find(|(_, n)| *n >= count).map(|x| x.0);
+    json!({
+        "count": count,
+        "over_1ms": count - within(0.001),
+        "longest_at_most_ms": longest.filter(|l| l.is_finite()).map(|l| l * 1e3),
+    })
 }
 
 /// The peak RSS of a process since start or the last `reset_peak` (VmHWM): catches what

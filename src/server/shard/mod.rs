@@ -249,7 +249,7 @@ impl<H: Handler> Shard<H> {
                 return;
             }
             let busy = busy_from.elapsed().as_micros() as u64;
-            self.core.stats.loop_lag_us.store(busy, Relaxed);
+            self.core.stats.turn(busy);
         }
     }
 
