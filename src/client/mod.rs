@@ -189,6 +189,10 @@ struct Compressor {
     deflater: Option<Deflater>,
     /// Compressors of connections that keep their context, by key.
     own: HashMap<usize, Deflater>,
+    /// Connections whose server capped our window below 15 (`client_max_window_bits`), by
+    /// key: their own compressor with that window (reset after every message unless they
+    /// keep their context), or None at 8, which zlib cannot produce: sent uncompressed.
+    capped: HashMap<usize, Option<Deflater>>,
     min_size: usize,
 }
 
@@ -333,19 +337,24 @@ impl ClientOut<'_> {
                 if matches!(opcode, OpCode::Text | OpCode::Binary)
                     && payload.len() >= d.c.min_size =>
             {
-                self.scratch.clear();
-                if d.own {
-                    d.c.own
-                        .entry(self.key)
-                        .or_insert_with(|| Deflater::new(15, 1))
-                        .compress(payload, self.scratch, false);
-                } else {
-                    d.c.deflater
-                        .get_or_insert_with(|| Deflater::new(15, 1))
-                        .compress(payload, self.scratch, true);
+                let z = match d.c.capped.get_mut(&self.key) {
+                    Some(capped) => capped.as_mut(),
+                    None if d.own => Some(
+                        d.c.own
+                            .entry(self.key)
+                            .or_insert_with(|| Deflater::new(15, 1)),
+                    ),
+                    None => Some(d.c.deflater.get_or_insert_with(|| Deflater::new(15, 1))),
+                };
+                match z {
+                    Some(z) => {
+                        self.scratch.clear();
+                        z.compress(payload, self.scratch, !d.own);
+                        rsv = deflate::RSV1;
+                        &self.scratch[..]
+                    }
+                    None => payload,
                 }
-                rsv = deflate::RSV1;
-                &self.scratch[..]
             }
             _ => payload,
         };
@@ -717,6 +726,7 @@ impl<H: ClientHandler> Client<H> {
             if conn.flags & DEFLATE != 0 {
                 self.deflate.own_in.remove(&key);
                 self.deflate.out.own.remove(&key);
+                self.deflate.out.capped.remove(&key);
             }
             // Dropping the socket closes it: with a zero linger, a reset.
         }
@@ -1112,6 +1122,10 @@ impl<H: ClientHandler> Client<H> {
                                 if !p.client_no_context_takeover {
                                     conn.flags |= DEFLATE_OWN_OUT;
                                 }
+                                if let Some(bits) = p.client_max_window_bits.filter(|&b| b < 15) {
+                                    let z = (bits >= 9).then(|| Deflater::new(bits, 1));
+                                    self.deflate.out.capped.insert(key, z);
+                                }
                             }
                             Err(why) => {
                                 let e = ClientHandshakeError::BadExtension(why);
@@ -1322,6 +1336,7 @@ impl<H: ClientHandler> Client<H> {
             if conn.flags & DEFLATE != 0 {
                 self.deflate.own_in.remove(&key);
                 self.deflate.out.own.remove(&key);
+                self.deflate.out.capped.remove(&key);
             }
         }
     }

@@ -170,16 +170,18 @@ pub fn negotiate<'a>(
 }
 
 /// The offer a client makes when it wants to share its contexts: neither side keeps one
-/// between messages.
-pub const CLIENT_OFFER: &str =
-    "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+/// between messages. Both offers say the client can compress with a smaller window if the
+/// server asks (`client_max_window_bits`, RFC 7692 §7.1.2.2).
+pub const CLIENT_OFFER: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover; client_max_window_bits";
 
 /// The offer of a client that lets both sides keep their contexts.
-pub const TAKEOVER_OFFER: &str = "permessage-deflate";
+pub const TAKEOVER_OFFER: &str = "permessage-deflate; client_max_window_bits";
 
 /// Checks a server's answer to `CLIENT_OFFER` (`shared`) or `TAKEOVER_OFFER` (RFC 7692 §5.2,
 /// §7.1): a single permessage-deflate with valid parameters, `server_no_context_takeover` kept
-/// when it was requested, and no `client_max_window_bits`, which was not offered.
+/// when it was requested, and a `client_max_window_bits` only with a value (8 to 15: the
+/// window our compressor must keep within; with 8, which zlib cannot produce, the client
+/// sends every message uncompressed).
 pub fn check_response(value: &str, shared: bool) -> Result<Params, &'static str> {
     let mut exts = split_outside_quotes(value, b',');
     let ext = exts.next().unwrap_or("");
@@ -199,15 +201,17 @@ pub fn check_response(value: &str, shared: bool) -> Result<Params, &'static str>
     if shared && !o.server_no_context_takeover {
         return Err("server_no_context_takeover was requested but not accepted");
     }
-    if o.client_max_window_bits.is_some() {
-        return Err("client_max_window_bits was not offered");
-    }
+    let client_max_window_bits = match o.client_max_window_bits {
+        None => None,
+        Some(None) => return Err("client_max_window_bits without a value in the response"),
+        Some(bits) => bits,
+    };
     Ok(Params {
         server_no_context_takeover: o.server_no_context_takeover,
         client_no_context_takeover: o.client_no_context_takeover || shared,
         server_max_window_bits: o.server_max_window_bits.unwrap_or(15),
         announce_server_window: o.server_max_window_bits.is_some(),
-        client_max_window_bits: None,
+        client_max_window_bits,
     })
 }
 
@@ -657,18 +661,40 @@ mod tests {
             .server_max_window_bits,
             10
         );
+        // The server caps our window: offered, so accepted with a value, refused without.
+        assert_eq!(
+            check_response(
+                "permessage-deflate; server_no_context_takeover; client_max_window_bits=10",
+                true
+            )
+            .unwrap()
+            .client_max_window_bits,
+            Some(10)
+        );
         for bad in [
             "permessage-deflate",
-            "permessage-deflate; server_no_context_takeover; client_max_window_bits=10",
+            "permessage-deflate; server_no_context_takeover; client_max_window_bits",
+            "permessage-deflate; server_no_context_takeover; client_max_window_bits=16",
             "permessage-deflate; server_no_context_takeover; x=1",
             "x-other",
             "permessage-deflate; server_no_context_takeover, permessage-deflate; server_no_context_takeover",
         ] {
             assert!(check_response(bad, true).is_err(), "{bad}");
         }
-        // What this server answers to the client's offer passes the client's check.
+        // What this server answers to the client's offers passes the client's check, with
+        // its own window or a smaller one.
         let p = negotiate([CLIENT_OFFER], &cfg()).unwrap();
         assert_eq!(check_response(&p.response(), true).unwrap(), p);
+        assert_eq!(p.client_max_window_bits, None);
+        let small = DeflateConfig {
+            window_bits: 10,
+            ..cfg()
+        };
+        for (offer, shared) in [(CLIENT_OFFER, true), (TAKEOVER_OFFER, false)] {
+            let p = negotiate([offer], &small).unwrap();
+            assert_eq!(p.client_max_window_bits, Some(10), "{offer}");
+            assert_eq!(check_response(&p.response(), shared).unwrap(), p);
+        }
         // With the takeover offer, a plain answer means both keep their contexts.
         let p = check_response("permessage-deflate", false).unwrap();
         assert!(!p.server_no_context_takeover && !p.client_no_context_takeover);
