@@ -28,7 +28,7 @@ const STATUSES: &str = "\
 Statuses (check):
   OK            enough for N connections
   LOW           blocks N connections; `apply` raises it (ulimit: advice only)
-  WARN          does not block, but hurts a run (drops, slow port reuse);
+  WARN          does not block, but hurts a run (drops, slow port reuse, buffer memory);
                 `apply` sets it
   CANNOT-RAISE  cannot be raised from here (e.g. the hard RLIMIT_NOFILE without
                 CAP_SYS_RESOURCE); not blocking when the work can be split across

@@ -25,6 +25,16 @@ pub const PORT_SHARE_DIV: u64 = 4;
 pub const KERNEL_BYTES_DEFAULT: u64 = 5120;
 /// fanout's design target per idle connection.
 pub const USER_BYTES_DEFAULT: u64 = 256;
+/// TCP buffer bytes per socket `tcp_mem` is sized for: closing a million loopback connections
+/// at once queued 890,000 pages for 2M sockets, two million 1.88M pages for 4M sockets
+/// (1,820-1,930 B per socket; docs/limits.md, docs/benchmarks.md). An idle socket holds
+/// almost none.
+pub const TCP_BUFFER_BYTES_PER_SOCKET: u64 = 2048;
+/// `tcp_mem[2]` is never sized past this fraction of RAM (1/8; the kernel's own default is
+/// 3/32 of the memory it can use for buffers). Past it the kernel refuses buffer memory
+/// (resets orphaned sockets, drops input) instead of the box running out of memory.
+pub const TCP_MEM_RAM_DIV: u64 = 8;
+
 /// The listen backlog floor: fanout's default `--backlog` (the kernel caps it at somaxconn).
 pub fn backlog_min() -> u64 {
     u64::from(crate::server::Config::default().backlog)
@@ -236,6 +246,39 @@ pub fn kernel_estimate_note(kernel_bytes: u64) -> String {
     format!(
         "per idle loopback TCP socket about 5 KiB of kernel slab, measured by bench-connections.sh at a million connections: 5,061-5,114 B (TCP 2.5 KiB, socket inode 0.86 KiB, dentry, file, epoll item; docs/limits.md); {kernel_bytes} B used (--kernel-bytes-per-socket B to change). MemAvailable counts the inodes and dentries of open sockets as reclaimable: leave a few GiB spare"
     )
+}
+
+/// What `apply` sets `tcp_mem[2]` to and what `check` requires of it, in pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpMemPlan {
+    /// Every socket holding [`TCP_BUFFER_BYTES_PER_SOCKET`] at once.
+    pub need_pages: u64,
+    /// 1/[`TCP_MEM_RAM_DIV`] of RAM (`u64::MAX` if RAM is unknown).
+    pub cap_pages: u64,
+    /// `check`: LOW below min(need, cap).
+    pub required_pages: u64,
+    /// `apply`: min(need + 25%, cap).
+    pub target_pages: u64,
+}
+
+/// The tcp_mem rule: size for what N connections' sockets queue when they all close at once
+/// (2 KiB each, measured), plus 25%, never past an eighth of RAM.
+pub fn tcp_mem_plan(sockets: u64, page_size: u64, mem_total: u64) -> TcpMemPlan {
+    let page = page_size.max(1);
+    let need_pages = sockets
+        .saturating_mul(TCP_BUFFER_BYTES_PER_SOCKET)
+        .div_ceil(page);
+    let cap_pages = if mem_total == 0 {
+        u64::MAX
+    } else {
+        mem_total / TCP_MEM_RAM_DIV / page
+    };
+    TcpMemPlan {
+        need_pages,
+        cap_pages,
+        required_pages: need_pages.min(cap_pages),
+        target_pages: (need_pages.saturating_mul(5) / 4).min(cap_pages),
+    }
 }
 
 /// Scales (min, pressure, max) to a new max, keeping their proportions (rounded up).
@@ -571,21 +614,39 @@ impl Eval<'_> {
             return;
         };
         let page = self.inp.page_size.max(1);
-        let kernel = self.plan.kernel_bytes();
-        let need_pages = kernel.div_ceil(page);
+        let sockets = self.plan.sockets();
+        let p = tcp_mem_plan(sockets, page, self.inp.mem_total);
         let cur = format!(
             "{a} {b} {c} pages (max {})",
             human_bytes(c.saturating_mul(page))
         );
-        let needed = format!(">= {need_pages} pages max ({})", human_bytes(kernel));
-        if c >= need_pages {
+        let capped = p.need_pages > p.cap_pages;
+        let needed = format!(
+            ">= {} pages max ({}{})",
+            p.required_pages,
+            human_bytes(p.required_pages.saturating_mul(page)),
+            if capped {
+                format!(", 1/{TCP_MEM_RAM_DIV} of RAM")
+            } else {
+                String::new()
+            }
+        );
+        if c >= p.required_pages {
             self.ok(name, cur, needed);
         } else {
-            // Keep the min/pressure/max proportions; the max gets 25% over the estimate.
-            let [na, nb, nc] = scale_tcp_mem([a, b, c], need_pages.saturating_mul(5) / 4);
-            self.settable(name, cur, needed, Status::Low, format!("{na}\t{nb}\t{nc}"));
+            let [na, nb, nc] = scale_tcp_mem([a, b, c], p.target_pages);
+            self.settable(name, cur, needed, Status::Warn, format!("{na}\t{nb}\t{nc}"));
         }
-        self.note(format!("{name}: compared with the whole kernel estimate ({} sockets x {} B). tcp_mem itself counts only socket buffer pages, so this is conservative; LOW only if the estimate exceeds tcp_mem[2].", self.plan.sockets(), self.plan.kernel_bytes_per_socket));
+        let cap = if p.cap_pages == u64::MAX {
+            "RAM unknown".to_string()
+        } else {
+            format!(
+                "{} pages = {}",
+                p.cap_pages,
+                human_bytes(p.cap_pages.saturating_mul(page))
+            )
+        };
+        self.note(format!("{name}: counts socket buffer pages only; an idle socket holds almost none, but closing every connection at once queues about {TCP_BUFFER_BYTES_PER_SOCKET} B per socket (measured at 1M and 2M connections: docs/operations.md). Needed: {sockets} sockets x {TCP_BUFFER_BYTES_PER_SOCKET} B = {} pages; apply sets the max to that + 25%, never past 1/{TCP_MEM_RAM_DIV} of RAM ({cap}), keeping the min/pressure proportions. Past tcp_mem[2] the kernel refuses buffer memory (drops input, resets orphaned sockets) rather than letting the box run out of memory. WARN, not blocking: held idle connections do not need it.", p.need_pages));
     }
 
     fn buffers(&mut self) {

@@ -359,19 +359,46 @@ fn conntrack_only_when_loaded() {
 }
 
 #[test]
-fn tcp_mem_against_the_kernel_estimate() {
+fn tcp_mem_sized_from_the_connections_and_capped_by_ram() {
     let b = FakeBox::vm();
-    // 50,000 connections: 100,000 sockets x 5,120 B = 125,000 pages, under the stock 575,802.
+    // 50,000 connections: 100,000 sockets x 2 KiB = 50,000 pages, under the stock 575,802.
     let r = eval(&b, 50_000);
     let x = row(&r, "net.ipv4.tcp_mem");
     assert_eq!(x.status, Status::Ok);
     assert_eq!(x.current, "287901 383868 575802 pages (max 2.2 GiB)");
-    assert_eq!(x.needed, ">= 125000 pages max (488.3 MiB)");
-    // 400,000: 1,000,000 pages; the max gets 25% over, min and pressure keep their proportions.
-    let r = eval(&b, 400_000);
+    assert_eq!(x.needed, ">= 50000 pages max (195.3 MiB)");
+
+    // 400,000: 400,000 pages, still under.
+    assert_eq!(
+        row(&eval(&b, 400_000), "net.ipv4.tcp_mem").status,
+        Status::Ok
+    );
+
+    // 800,000: 800,000 pages needed, 24 GiB / 8 = 786,432 pages cap.
+    let p = tcp_mem_plan(1_600_000, 4096, 24 << 30);
+    assert_eq!(p.need_pages, 800_000);
+    assert_eq!(p.cap_pages, 786_432);
+    assert_eq!((p.required_pages, p.target_pages), (786_432, 786_432));
+
+    // 600,000: 1.2M sockets, 600,000 pages needed, +25% = 750,000, under the cap.
+    let r = eval(&b, 600_000);
     let x = row(&r, "net.ipv4.tcp_mem");
-    assert_eq!((x.status, x.blocking), (Status::Low, true));
-    assert_eq!(x.set.as_deref(), Some("625000\t833334\t1250000"));
+    assert_eq!((x.status, x.blocking), (Status::Warn, false));
+    assert_eq!(x.set.as_deref(), Some("375000\t500000\t750000"));
+    assert_eq!(x.fix, "sysctl -w net.ipv4.tcp_mem='375000 500000 750000'");
+
+    // Two million (the 7.3 GB teardown): capped at an eighth of RAM, 3 GiB, not 25 GB.
+    let r = eval(&b, 2_000_000);
+    let x = row(&r, "net.ipv4.tcp_mem");
+    assert_eq!(x.needed, ">= 786432 pages max (3.0 GiB, 1/8 of RAM)");
+    assert_eq!(x.set.as_deref(), Some("393216\t524288\t786432"));
+
+    // Already at or past the cap: OK, never lowered.
+    b.set("net.ipv4.tcp_mem", "500000\t600000\t900000");
+    assert_eq!(
+        row(&eval(&b, 2_000_000), "net.ipv4.tcp_mem").status,
+        Status::Ok
+    );
 }
 
 #[test]
@@ -532,7 +559,7 @@ fn apply_saves_then_revert_restores_exactly() {
     let (code, out, err) = run_apply(&b, &apply_args(600_000, &state));
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(b.get("net.core.somaxconn"), "4096");
-    assert_eq!(b.get("net.ipv4.tcp_mem"), "937500 1250000 1875000");
+    assert_eq!(b.get("net.ipv4.tcp_mem"), "375000 500000 750000");
     assert_eq!(b.get("net.core.netdev_max_backlog"), "16384");
     assert_eq!(b.get("net.ipv4.tcp_fin_timeout"), "30");
     // 600,000 from one address: no range holds them, the fix is source addresses.
