@@ -76,17 +76,6 @@ impl Host {
         }
     }
 
-    /// A field of `/proc/meminfo` in bytes (`MemAvailable`, `MemTotal`), 0 if absent.
-    fn meminfo(&self, text: &str, key: &str) -> u64 {
-        let _ = self;
-        text.lines()
-            .find_map(|l| {
-                let rest = l.strip_prefix(key)?.strip_prefix(':')?;
-                rest.split_whitespace().next()?.parse::<u64>().ok()
-            })
-            .map_or(0, |kb| kb.saturating_mul(1024))
-    }
-
     /// Does this process hold CAP_SYS_RESOURCE (bit 24 of CapEff in /proc/self/status)?
     fn cap_sys_resource(&self) -> bool {
         let Ok(status) = std::fs::read_to_string(self.proc.join("self/status")) else {
@@ -122,8 +111,8 @@ impl Host {
             cap_sys_resource: self.cap_sys_resource(),
             sysctls,
             page_size: page_size(),
-            mem_available: self.meminfo(&meminfo, "MemAvailable"),
-            mem_total: self.meminfo(&meminfo, "MemTotal"),
+            mem_available: meminfo_bytes(&meminfo, "MemAvailable"),
+            mem_total: meminfo_bytes(&meminfo, "MemTotal"),
         }
     }
 }
@@ -159,6 +148,16 @@ impl Inputs {
     pub fn number(&self, name: &str) -> Option<u64> {
         self.numbers(name)?.first().copied()
     }
+}
+
+/// A field of `/proc/meminfo` in bytes (`MemAvailable`, `MemTotal`), 0 if absent.
+fn meminfo_bytes(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix(key)?.strip_prefix(':')?;
+            rest.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .map_or(0, |kb| kb.saturating_mul(1024))
 }
 
 /// "a\tb  c" -> "a b c": how values are compared, printed and written.
