@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Tests scripts/tune-limits.sh for real on this machine: check, apply, revert against the
-# live /proc/sys (needs root), --persist under a temporary root (TUNE_LIMITS_ROOT). Every
-# sysctl it touches is saved first and restored on exit, whatever happens.
+# Tests scripts/tune-limits.sh (the wrapper of `fanout limits`) for real on this machine:
+# check, apply, revert against the live /proc/sys (needs root), --persist under a temporary
+# root (TUNE_LIMITS_ROOT). Every sysctl it touches is saved first and restored on exit,
+# whatever happens.
 # Prints "tune-limits tests: N passed, M failed"; exits non-zero on any failure.
 set -uo pipefail # no -e: a failed assertion is counted, not fatal
 cd "$(dirname "$0")/.." || exit 1
@@ -151,6 +152,15 @@ run badopt check --connections many
 expect "bad --connections exits 2" test "$RC" = 2
 run badopt2 revert --persist
 expect "option of another command exits 2" test "$RC" = 2
+# The script is a wrapper: `fanout limits` itself prints the same table.
+run wrapped check --connections 1000
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/fanout
+"$BIN" limits check --connections 1000 >"$TMP/direct.out" 2>&1
+expect "fanout limits check exits as the script does ($RC)" test "$?" = "$RC"
+# Less what moves between two runs (open file handles, MemAvailable) and the program's name.
+stable() { grep -v -e 'fs.file-max' -e 'MemAvailable' -e '^Result' -e 'building' "$1"; }
+expect "fanout limits check prints the script's table" \
+    test "$(stable "$TMP/direct.out")" = "$(stable "$TMP/wrapped.out")"
 
 # ---------------------------------------------------------------------------------------
 echo "== (1) check on this machine as it is"
