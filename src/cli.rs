@@ -29,9 +29,12 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
     /// Run the server.
     Serve(ServeArgs),
+    /// Check, apply and revert the OS limits for N connections (`fanout limits check --help`).
+    Limits(crate::limits::LimitsArgs),
 }
 
 #[derive(ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -609,7 +612,9 @@ mod tests {
         let parse = |extra: &[&str]| {
             let mut argv = vec!["fanout", "serve", "--config", path.to_str().unwrap()];
             argv.extend_from_slice(extra);
-            let Command::Serve(args) = Cli::parse_from(argv).command;
+            let Command::Serve(args) = Cli::parse_from(argv).command else {
+                unreachable!("parsed as serve")
+            };
             args.merged()
         };
         let h = parse(&[]).unwrap().history_config();
@@ -665,7 +670,9 @@ mod tests {
             "--shards",
             "2",
         ]);
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            unreachable!("parsed as serve")
+        };
         let cfg = args.merged().unwrap().config();
         assert_eq!(cfg.shards, 2);
         assert_eq!(cfg.listen.port(), 7000);
@@ -675,7 +682,9 @@ mod tests {
         assert_eq!(cfg.slow_consumer, SlowConsumerPolicy::Disconnect);
         std::fs::write(&path, "no-such-key = 1\n").unwrap();
         let cli = Cli::parse_from(["fanout", "serve", "--config", path.to_str().unwrap()]);
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            unreachable!("parsed as serve")
+        };
         let err = args.merged().unwrap_err();
         assert!(err.contains("no-such-key"), "{err}");
     }
@@ -685,7 +694,9 @@ mod tests {
         let parse = |extra: &[&str]| {
             let mut argv = vec!["fanout", "serve"];
             argv.extend_from_slice(extra);
-            let Command::Serve(args) = Cli::parse_from(argv).command;
+            let Command::Serve(args) = Cli::parse_from(argv).command else {
+                unreachable!("parsed as serve")
+            };
             args.merged().map(|a| a.config())
         };
         let cfg = parse(&[
@@ -744,7 +755,9 @@ mod tests {
         let args = |extra: &[&str]| {
             let mut argv = vec!["fanout", "serve"];
             argv.extend_from_slice(extra);
-            let Command::Serve(args) = Cli::parse_from(argv).command;
+            let Command::Serve(args) = Cli::parse_from(argv).command else {
+                unreachable!("parsed as serve")
+            };
             args.merged()
         };
         let a = args(&["--app", "push"]).unwrap();

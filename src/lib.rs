@@ -7,6 +7,7 @@ pub mod apps;
 pub mod cli;
 pub mod client;
 pub mod common;
+pub mod limits;
 pub mod parse;
 pub mod proto;
 pub mod pubsub;

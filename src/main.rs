@@ -1,5 +1,5 @@
 //! `fanout serve`: parses flags, raises the fd limit, starts the shards, prints stats, and
-//! turns SIGINT/SIGTERM into a graceful shutdown.
+//! turns SIGINT/SIGTERM into a graceful shutdown. `fanout limits` runs `fanout::limits`.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -28,6 +28,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Limits(args) => ExitCode::from(fanout::limits::run(args) as u8),
     }
 }
 

@@ -29,7 +29,9 @@ import time
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 HZ = os.sysconf("SC_CLK_TCK")
-RESERVED_FDS = 64  # fds a process keeps besides sockets (src/rt/limits.rs)
+# fds a process keeps besides sockets: RESERVED_FDS of src/rt/limits.rs, read from
+# `fanout limits check --json` (--limits-json) when given; this is the fallback.
+RESERVED_FDS = 64
 # A connect() searches the ephemeral range of its source address for a free port, even ports
 # first (Linux __inet_hash_connect): once half the range of an address is taken, every connect
 # walks all of its even ports first. Keep each address to a quarter of the range.
@@ -213,9 +215,18 @@ def loopback(k):
 # --------------------------------------------------------------------------------------
 # The plan
 
+def reserved_fds(limits_json):
+    """RESERVED_FDS as `fanout limits check --json` reports it (nofile.reserved_fds)."""
+    try:
+        with open(limits_json) as f:
+            return int(json.load(f)["nofile"]["reserved_fds"])
+    except (TypeError, OSError, ValueError, KeyError):
+        return RESERVED_FDS
+
+
 def make_plan(a):
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    per_process = max(1, soft - RESERVED_FDS)
+    per_process = max(1, soft - reserved_fds(a.limits_json))
     lo, hi = map(int, sysctl("net.ipv4.ip_local_port_range") or ["32768", "60999"])
     ports = hi - lo + 1
     n = a.connections

@@ -37,3 +37,33 @@ pub fn socket_capacity() -> usize {
     let (soft, _) = nofile();
     soft.saturating_sub(RESERVED_FDS) as usize
 }
+
+/// File descriptors one process needs to hold `connections` sockets.
+pub fn fds_needed(connections: u64) -> u64 {
+    connections.saturating_add(RESERVED_FDS)
+}
+
+/// How many processes hold `connections` sockets when each may open `hard` fds (its hard
+/// RLIMIT_NOFILE): ceil(connections / (hard - RESERVED_FDS)). `None` if `hard` leaves no
+/// room for a socket.
+pub fn processes_needed(connections: u64, hard: u64) -> Option<u64> {
+    let per_process = hard.checked_sub(RESERVED_FDS).filter(|&n| n > 0)?;
+    Some(connections.div_ceil(per_process).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fds_and_processes() {
+        assert_eq!(fds_needed(50_000), 50_064);
+        // The project's VM: hard 20,000 without CAP_SYS_RESOURCE.
+        assert_eq!(processes_needed(50_000, 20_000), Some(3));
+        assert_eq!(processes_needed(1_000_000, 20_000), Some(51));
+        assert_eq!(processes_needed(19_936, 20_000), Some(1));
+        assert_eq!(processes_needed(19_937, 20_000), Some(2));
+        assert_eq!(processes_needed(1, 64), None);
+        assert_eq!(processes_needed(1, 10), None);
+    }
+}
