@@ -376,17 +376,24 @@ impl Eval<'_> {
             self.info(name, "(absent)", format!(">= {min}"));
             return;
         };
+        self.at_least(name, cur, min, severity);
+    }
+
+    /// The row of a sysctl whose value `cur` must be at least `min`: OK, or `severity` with
+    /// the fix that sets `min`. Returns whether it was OK.
+    fn at_least(&mut self, name: &str, cur: u64, min: u64, severity: Status) -> bool {
         if cur >= min {
             self.ok(name, cur.to_string(), format!(">= {min}"));
-        } else {
-            self.settable(
-                name,
-                cur.to_string(),
-                format!(">= {min}"),
-                severity,
-                min.to_string(),
-            );
+            return true;
         }
+        self.settable(
+            name,
+            cur.to_string(),
+            format!(">= {min}"),
+            severity,
+            min.to_string(),
+        );
+        false
     }
 
     /// The two RLIMIT_NOFILE rows; returns the processes each side needs.
@@ -488,17 +495,7 @@ impl Eval<'_> {
         self.note(format!(
             "fs.file-max: needed = ({sockets} sockets + {in_use} file handles open now) + 10%."
         ));
-        if cur >= need {
-            self.ok(name, cur.to_string(), format!(">= {need}"));
-        } else {
-            self.settable(
-                name,
-                cur.to_string(),
-                format!(">= {need}"),
-                Status::Low,
-                need.to_string(),
-            );
-        }
+        self.at_least(name, cur, need, Status::Low);
     }
 
     fn port_range(&mut self) {
@@ -689,16 +686,7 @@ impl Eval<'_> {
             .saturating_mul(11)
             / 10
             + 1;
-        if cur >= need {
-            self.ok(name, cur.to_string(), format!(">= {need}"));
-        } else {
-            self.settable(
-                name,
-                cur.to_string(),
-                format!(">= {need}"),
-                Status::Low,
-                need.to_string(),
-            );
+        if !self.at_least(name, cur, need, Status::Low) {
             self.note(format!("{name}: a full conntrack table drops new connections (\"nf_conntrack: table full\" in dmesg)."));
         }
     }
