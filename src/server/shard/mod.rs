@@ -9,8 +9,10 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 mod accept;
+mod close;
 mod deadlines;
 mod gate;
+mod http;
 mod read;
 mod refusals;
 mod status;
