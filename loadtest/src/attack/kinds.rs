@@ -338,13 +338,7 @@ fn huge_length(c: &Ctx) -> Outcome {
         let _ = s.write_all(&f);
         sent.push(s);
     }
-    for mut s in sent {
-        o.saw(read_close(
-            &mut s,
-            Instant::now() + Duration::from_secs(2),
-            1 << 20,
-        ));
-    }
+    o.saw_closes(sent.iter_mut(), Duration::from_secs(2), 1 << 20);
     o.refusal_ok = o.only(&["close 1002", "close 1009"]);
     o
 }
@@ -394,13 +388,7 @@ fn fragment_flood(c: &Ctx) -> Outcome {
             }
         }
     }
-    for s in socks.iter_mut() {
-        o.saw(read_close(
-            s,
-            Instant::now() + Duration::from_secs(3),
-            64 << 20,
-        ));
-    }
+    o.saw_closes(socks.iter_mut(), Duration::from_secs(3), 64 << 20);
     o.extra = json!({ "bytes_sent": done, "write_stops": stopped });
     o.refusal_ok = o.only(&["close 1009"]);
     o
@@ -428,13 +416,7 @@ fn invalid_utf8(c: &Ctx) -> Outcome {
         let _ = s.write_all(&bytes);
         sent.push(s);
     }
-    for mut s in sent {
-        o.saw(read_close(
-            &mut s,
-            Instant::now() + Duration::from_secs(2),
-            1 << 20,
-        ));
-    }
+    o.saw_closes(sent.iter_mut(), Duration::from_secs(2), 1 << 20);
     o.refusal_ok = o.only(&["close 1007"]);
     o
 }
@@ -706,13 +688,7 @@ fn protocol(c: &Ctx) -> Outcome {
         let _ = s.write_all(&bytes);
         sent.push(s);
     }
-    for mut s in sent {
-        o.saw(read_close(
-            &mut s,
-            Instant::now() + Duration::from_secs(2),
-            1 << 20,
-        ));
-    }
+    o.saw_closes(sent.iter_mut(), Duration::from_secs(2), 1 << 20);
     o.refusal_ok = o.only(&["close 1002"]);
     o
 }
@@ -740,13 +716,7 @@ fn deflate_bomb(c: &Ctx) -> Outcome {
         );
         sent.push(s);
     }
-    for mut s in sent {
-        o.saw(read_close(
-            &mut s,
-            Instant::now() + Duration::from_secs(3),
-            1 << 20,
-        ));
-    }
+    o.saw_closes(sent.iter_mut(), Duration::from_secs(3), 1 << 20);
     o.extra = json!({ "inflated_bytes": size, "compressed_bytes": z.len() });
     o.refusal_ok = o.only(&["close 1009"]);
     o

@@ -106,6 +106,19 @@ impl Outcome {
         *self.outcomes.entry(what.into()).or_insert(0) += 1;
     }
 
+    /// Reads each socket until the server closes it (each within `within` of when its turn
+    /// comes, reading at most `max_bytes`) and counts what each saw (`read_close`).
+    pub fn saw_closes<'s>(
+        &mut self,
+        socks: impl IntoIterator<Item = &'s mut std::net::TcpStream>,
+        within: Duration,
+        max_bytes: usize,
+    ) {
+        for s in socks {
+            self.saw(raw::read_close(s, Instant::now() + within, max_bytes));
+        }
+    }
+
     pub fn count(&self, what: &str) -> u64 {
         self.outcomes.get(what).copied().unwrap_or(0)
     }
