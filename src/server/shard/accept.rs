@@ -4,18 +4,32 @@
 
 use super::*;
 
+/// A shard's side of the listening port: its SO_REUSEPORT listener (dropped when draining) and
+/// when to accept again.
+pub(super) struct Acceptor {
+    pub(super) listener: Option<TcpListener>,
+    /// More may be waiting (a batch cap was hit, or the EMFILE back-off ended): the listener's
+    /// edge will not fire again for them.
+    pub(super) more: bool,
+    /// Accepting pauses after EMFILE/ENFILE until this tick.
+    pub(super) paused_until: Option<u32>,
+    /// EMFILE failures since the last log line, and when it was written (one a second).
+    pub(super) emfile_since_log: u64,
+    pub(super) emfile_logged_at: Option<Instant>,
+}
+
 impl<H: Handler> Shard<H> {
     // ----- accepting -----
 
     pub(super) fn accept(&mut self) {
         let c = &mut self.core;
-        c.accept_more = false;
-        if c.accept_paused_until.is_some() || c.draining_until.is_some() {
+        c.accept.more = false;
+        if c.accept.paused_until.is_some() || c.draining_until.is_some() {
             return;
         }
         let max = c.global.max_connections;
         for _ in 0..c.cfg.accept_batch {
-            let Some(listener) = c.listener.as_ref() else {
+            let Some(listener) = c.accept.listener.as_ref() else {
                 return;
             };
             let (mut sock, peer) = match listener.accept() {
@@ -105,10 +119,10 @@ impl<H: Handler> Shard<H> {
                 state: None,
             });
             if let Some(t) = tls {
-                if c.tls.len() <= key {
-                    c.tls.resize_with(key + 1, || None);
+                if c.tls.conns.len() <= key {
+                    c.tls.conns.resize_with(key + 1, || None);
                 }
-                c.tls[key] = Some(t);
+                c.tls.conns[key] = Some(t);
             }
             if counted_ip.is_some() {
                 c.ext_mut(key).counted_ip = counted_ip;
@@ -117,7 +131,7 @@ impl<H: Handler> Shard<H> {
             c.schedule(key, conn);
         }
         // The batch cap was hit: more may be waiting, and the edge will not fire again.
-        c.accept_more = true;
+        c.accept.more = true;
     }
 }
 
@@ -177,19 +191,20 @@ impl<H: Handler> Core<H> {
 
     pub(super) fn accept_failed_emfile(&mut self, e: &io::Error) {
         self.stats.inc(Counter::AcceptEmfile);
-        self.emfile_since_log += 1;
-        self.accept_paused_until = Some(self.now + ms_to_ticks(ACCEPT_BACKOFF_MS));
+        self.accept.emfile_since_log += 1;
+        self.accept.paused_until = Some(self.now + ms_to_ticks(ACCEPT_BACKOFF_MS));
         let due = self
+            .accept
             .emfile_logged_at
             .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
         if due {
             tracing::warn!(
                 shard = self.index,
-                count = self.emfile_since_log,
+                count = self.accept.emfile_since_log,
                 "accept: {e}; pausing accepts for {ACCEPT_BACKOFF_MS} ms (open connections keep being served)"
             );
-            self.emfile_since_log = 0;
-            self.emfile_logged_at = Some(Instant::now());
+            self.accept.emfile_since_log = 0;
+            self.accept.emfile_logged_at = Some(Instant::now());
         }
     }
 }

@@ -150,7 +150,7 @@ impl<H: Handler> Core<H> {
                 self.deflate.remove(key);
             }
             if conn.flags & TLS != 0 {
-                if let Some(slot) = self.tls.get_mut(key) {
+                if let Some(slot) = self.tls.conns.get_mut(key) {
                     *slot = None;
                 }
             }

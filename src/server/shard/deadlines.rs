@@ -10,10 +10,10 @@ impl<H: Handler> Shard<H> {
 
     pub(super) fn fire_timers(&mut self) {
         let Self { conns, core, .. } = self;
-        if let Some(until) = core.accept_paused_until {
+        if let Some(until) = core.accept.paused_until {
             if core.now >= until {
-                core.accept_paused_until = None;
-                core.accept_more = true;
+                core.accept.paused_until = None;
+                core.accept.more = true;
             }
         }
         let mut due = std::mem::take(&mut core.due);

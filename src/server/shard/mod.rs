@@ -73,13 +73,7 @@ pub(crate) struct Core<H: Handler> {
     inflated: Vec<u8>,
     /// The `Sec-WebSocket-Extensions` answer being written.
     ext_buf: Vec<u8>,
-    /// TLS state of the connections with the TLS flag, by slab key (empty on a plaintext
-    /// server, so a plaintext connection pays nothing for TLS).
-    tls: Vec<Option<Box<TlsConn>>>,
-    /// TLS scratch: decrypted input, sealed output, and a writev's slices gathered for sealing.
-    plain: Vec<u8>,
-    sealed: Vec<u8>,
-    gather: Vec<u8>,
+    tls: tls::TlsConns,
     wheel: TimerWheel,
     start: Instant,
     /// The current tick.
@@ -100,12 +94,7 @@ pub(crate) struct Core<H: Handler> {
     timeouts: Timeouts,
     /// `--max-lifetime` in ticks; 0: off.
     lifetime_ticks: u32,
-    // Accepting.
-    listener: Option<TcpListener>,
-    accept_more: bool,
-    accept_paused_until: Option<u32>,
-    emfile_since_log: u64,
-    emfile_logged_at: Option<Instant>,
+    accept: accept::Acceptor,
     // Shutting down.
     draining_until: Option<u32>,
     /// The rate limit of the refused-upgrade log.
@@ -163,10 +152,7 @@ impl<H: Handler> Shard<H> {
             deflate: ShardDeflate::new(cfg.deflate),
             inflated: Vec::new(),
             ext_buf: Vec::new(),
-            tls: Vec::new(),
-            plain: Vec::new(),
-            sealed: Vec::new(),
-            gather: Vec::new(),
+            tls: tls::TlsConns::default(),
             wheel: TimerWheel::new(0),
             start: Instant::now(),
             now: 0,
@@ -184,11 +170,13 @@ impl<H: Handler> Shard<H> {
                 close: to_ticks(cfg.close_timeout).max(1),
             },
             lifetime_ticks: to_ticks(cfg.max_lifetime),
-            listener: Some(listener),
-            accept_more: false,
-            accept_paused_until: None,
-            emfile_since_log: 0,
-            emfile_logged_at: None,
+            accept: accept::Acceptor {
+                listener: Some(listener),
+                more: false,
+                paused_until: None,
+                emfile_since_log: 0,
+                emfile_logged_at: None,
+            },
             draining_until: None,
             refusals: Default::default(),
             status: Default::default(),
@@ -236,7 +224,7 @@ impl<H: Handler> Shard<H> {
                     }
                 }
             }
-            if self.core.accept_more {
+            if self.core.accept.more {
                 // A batch cap was hit or the EMFILE back-off ended: the listener's edge will
                 // not fire again for connections already waiting.
                 self.accept();
@@ -314,7 +302,7 @@ impl<H: Handler> Shard<H> {
 
     fn poll_timeout(&self) -> Option<Duration> {
         let c = &self.core;
-        if !c.pending_read.is_empty() || !c.dirty.is_empty() || c.accept_more {
+        if !c.pending_read.is_empty() || !c.dirty.is_empty() || c.accept.more {
             return Some(Duration::ZERO);
         }
         // The status feed's next sample, while someone watches.
@@ -333,7 +321,7 @@ impl<H: Handler> Shard<H> {
     fn wheel_timeout(&self) -> Option<Duration> {
         let c = &self.core;
         if c.wheel.is_empty()
-            && c.accept_paused_until.is_none()
+            && c.accept.paused_until.is_none()
             && c.draining_until.is_none()
             && !c.global.shutdown.load(Relaxed)
         {
@@ -354,7 +342,7 @@ impl<H: Handler> Shard<H> {
         }
         if core.draining_until.is_none() {
             core.draining_until = Some(core.now + to_ticks(core.cfg.drain_timeout).max(1));
-            if let Some(mut l) = core.listener.take() {
+            if let Some(mut l) = core.accept.listener.take() {
                 let _ = core.poll.registry().deregister(&mut l);
             }
             let keys: Vec<usize> = conns.iter().map(|(k, _)| k).collect();

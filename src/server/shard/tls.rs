@@ -5,6 +5,18 @@
 
 use super::*;
 
+/// The TLS sessions of a shard's connections and the scratch they share.
+#[derive(Default)]
+pub(super) struct TlsConns {
+    /// By slab key, for the connections with the TLS flag (empty on a plaintext server, so a
+    /// plaintext connection pays nothing for TLS).
+    pub(super) conns: Vec<Option<Box<TlsConn>>>,
+    /// Decrypted input, sealed output, and a writev's slices gathered for sealing.
+    pub(super) plain: Vec<u8>,
+    pub(super) sealed: Vec<u8>,
+    pub(super) gather: Vec<u8>,
+}
+
 impl<H: Handler> Shard<H> {
     /// `read` for a TLS connection: the same loop, with records decrypted before `process`.
     pub(super) fn read_tls(&mut self, key: usize, to_eof: bool) {
@@ -102,12 +114,13 @@ const TLS_MIN_READ: usize = 4096;
 impl<H: Handler> Core<H> {
     /// The TLS state of connection `key` (None for plaintext ones).
     pub(super) fn tls_of(&mut self, key: usize) -> Option<&mut TlsConn> {
-        self.tls.get_mut(key)?.as_deref_mut()
+        self.tls.conns.get_mut(key)?.as_deref_mut()
     }
 
     /// Records sealed for connection `key` and not yet written.
     pub(super) fn tls_pending(&self, key: usize) -> usize {
         self.tls
+            .conns
             .get(key)
             .and_then(|t| t.as_ref())
             .map_or(0, |t| t.pending())
@@ -131,11 +144,11 @@ impl<H: Handler> Core<H> {
         reuse: Option<Box<Vec<u8>>>,
     ) -> TlsInput {
         // Out of the side table while the plaintext is processed (which never writes).
-        let Some(mut tls) = self.tls.get_mut(key).and_then(Option::take) else {
+        let Some(mut tls) = self.tls.conns.get_mut(key).and_then(Option::take) else {
             return TlsInput::More;
         };
         let input = self.decrypt_with(key, conn, &mut tls, data, reuse);
-        self.tls[key] = Some(tls);
+        self.tls.conns[key] = Some(tls);
         input
     }
 
@@ -160,7 +173,7 @@ impl<H: Handler> Core<H> {
             tls.plain.set(big);
             return input;
         }
-        let mut plain = std::mem::take(&mut self.plain);
+        let mut plain = std::mem::take(&mut self.tls.plain);
         plain.clear();
         if let Some(p) = &prev {
             plain.extend_from_slice(p);
@@ -174,7 +187,7 @@ impl<H: Handler> Core<H> {
         if plain.capacity() > 4 * TLS_MIN_READ_BUFFER {
             plain = Vec::new(); // after a large HTTP body
         }
-        self.plain = plain;
+        self.tls.plain = plain;
         input
     }
 
@@ -182,11 +195,11 @@ impl<H: Handler> Core<H> {
     /// and the queue sealed into records (up to a budget per round), then close_notify once a
     /// finishing connection has written everything. False: the connection failed.
     pub(super) fn write_tls(&mut self, key: usize, conn: &mut Conn<H::State>) -> bool {
-        let Some(mut tls) = self.tls.get_mut(key).and_then(Option::take) else {
+        let Some(mut tls) = self.tls.conns.get_mut(key).and_then(Option::take) else {
             return true;
         };
         let error = self.seal_and_write(conn, &mut tls);
-        self.tls[key] = Some(tls);
+        self.tls.conns[key] = Some(tls);
         if let Some(e) = error {
             self.fail_io(key, conn, e);
             return false;
@@ -204,7 +217,7 @@ impl<H: Handler> Core<H> {
         // Records are sealed into the connection's own buffer while it has a backlog, else into
         // the shard's scratch (so an idle connection holds no buffer).
         let mut out = if tls.out.is_empty() {
-            std::mem::take(&mut self.sealed)
+            std::mem::take(&mut self.tls.sealed)
         } else {
             std::mem::take(&mut tls.out)
         };
@@ -250,7 +263,7 @@ impl<H: Handler> Core<H> {
                     let mut sealer = Sealer {
                         tls,
                         out: &mut out,
-                        gather: &mut self.gather,
+                        gather: &mut self.tls.gather,
                         error: None,
                     };
                     if q.flush(&mut sealer).is_err() {
@@ -272,7 +285,7 @@ impl<H: Handler> Core<H> {
         out.drain(..pos);
         if out.is_empty() {
             if out.capacity() <= CORK_FLUSH_AT * 2 {
-                self.sealed = out;
+                self.tls.sealed = out;
             }
         } else if out.capacity() > 2 * out.len().max(crate::server::tls::SEAL_BUDGET) {
             // A blocked connection keeps a copy of its few records, not the shard's large
@@ -280,13 +293,13 @@ impl<H: Handler> Core<H> {
             tls.out = out.clone();
             out.clear();
             if out.capacity() <= CORK_FLUSH_AT * 2 {
-                self.sealed = out;
+                self.tls.sealed = out;
             }
         } else {
             tls.out = out;
         }
-        if self.gather.capacity() > CORK_FLUSH_AT * 2 {
-            self.gather = Vec::new();
+        if self.tls.gather.capacity() > CORK_FLUSH_AT * 2 {
+            self.tls.gather = Vec::new();
         }
         error
     }
