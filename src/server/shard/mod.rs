@@ -49,6 +49,8 @@ const CORK_FLUSH_AT: usize = 256 << 10;
 const CORK_CAPACITY: usize = 64 << 10;
 /// The smallest read buffer with TLS: two records of the largest size (16 KiB + 2 KiB + 5).
 const TLS_MIN_READ_BUFFER: usize = 40 << 10;
+/// Room a TLS read needs past the unfinished records it keeps.
+const TLS_MIN_READ: usize = 4096;
 /// Accepting pauses this long after EMFILE/ENFILE.
 const ACCEPT_BACKOFF_MS: u64 = 100;
 

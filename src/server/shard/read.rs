@@ -9,6 +9,11 @@ impl<H: Handler> Shard<H> {
 
     /// Reads what the socket has and processes it, up to the fairness cap. `to_eof`: keep
     /// reading past short reads (the peer has shut down its side).
+    ///
+    /// One path for plaintext and TLS: TLS is a layer between the socket and `process`. Its
+    /// unfinished ciphertext waits in the session (rustls may refer to it) where plaintext's
+    /// unfinished input waits in the connection's stash, and its records are decrypted in the
+    /// read buffer before the plaintext goes through the same `process`.
     pub(super) fn read(&mut self, key: usize, to_eof: bool) {
         let Self { conns, rbuf, core } = self;
         let Some(conn) = conns.get_mut(key) else {
@@ -25,24 +30,31 @@ impl<H: Handler> Shard<H> {
             }
             return;
         }
-        if conn.flags & TLS != 0 {
-            return self.read_tls(key, to_eof);
-        }
+        let tls = conn.flags & TLS != 0;
         for round in 0.. {
             if round == MAX_READS_PER_EVENT {
                 conn.flags |= PENDING_READ;
                 core.pending_read.push((key, conn.gen));
                 break;
             }
-            let stash = conn.stash.take();
+            let stash = if tls {
+                core.tls_of(key).and_then(|t| t.incoming.take())
+            } else {
+                conn.stash.take()
+            };
             let kept = stash.as_ref().map_or(0, |s| s.len());
-            let (result, space) = if kept * 2 > rbuf.len() {
+            if tls && kept + TLS_MIN_READ > rbuf.len() {
+                // Unfinished records larger than any handshake message rustls accepts.
+                core.stats.inc(Counter::TlsErrors);
+                tracing::debug!(shard = core.index, kept, "TLS: unfinished input too large");
+                core.abort(conns, key);
+                return;
+            }
+            let (n, space) = if !tls && kept * 2 > rbuf.len() {
                 // A large unfinished HTTP request: grow it in place rather than through the
                 // read buffer.
                 let mut big = stash.unwrap_or_default();
-                let r = read_append(&mut conn.sock, &mut big, rbuf);
-                let space = rbuf.len();
-                let n = match r {
+                let n = match read_append(&mut conn.sock, &mut big, rbuf) {
                     Ok(n) if n > 0 => n,
                     other => {
                         conn.stash.set(big);
@@ -64,7 +76,7 @@ impl<H: Handler> Shard<H> {
                 let used = core.process(key, conn, &mut big[..len]);
                 big.drain(..used);
                 conn.stash.set(big);
-                (n, space)
+                (n, rbuf.len())
             } else {
                 if let Some(s) = &stash {
                     rbuf[..kept].copy_from_slice(s);
@@ -72,17 +84,26 @@ impl<H: Handler> Shard<H> {
                 let space = rbuf.len() - kept;
                 let n = match conn.sock.read(&mut rbuf[kept..]) {
                     Ok(0) => {
-                        // The peer may still read (half-close): what its input produced is sent.
+                        // The peer may still read (half-close): what its input produced is
+                        // sent.
                         core.peer_eof(conns, key);
                         return;
                     }
                     Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        conn.stash.keep(&rbuf[..kept], stash);
-                        break;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                        conn.stash.keep(&rbuf[..kept], stash);
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                        ) =>
+                    {
+                        if tls {
+                            core.keep_incoming(key, &rbuf[..kept], stash);
+                        } else {
+                            conn.stash.keep(&rbuf[..kept], stash);
+                        }
+                        if e.kind() == io::ErrorKind::WouldBlock {
+                            break;
+                        }
                         continue;
                     }
                     Err(e) => {
@@ -94,15 +115,31 @@ impl<H: Handler> Shard<H> {
                 core.stats.add(Counter::BytesIn, n as u64);
                 core.touch(conn);
                 let total = kept + n;
-                let used = core.process(key, conn, &mut rbuf[..total]);
-                conn.stash.keep(&rbuf[used..total], stash);
+                if tls {
+                    // Records are decrypted in every phase, so rustls' state stays whole; after
+                    // the last answer the plaintext is discarded (`process`), as for plaintext.
+                    match core.decrypt_and_process(key, conn, &mut rbuf[..total], stash) {
+                        TlsInput::More => {}
+                        TlsInput::PeerClosed => {
+                            core.peer_eof(conns, key);
+                            return;
+                        }
+                        TlsInput::Failed(e) => {
+                            core.tls_failed(key, conn, &e);
+                            break;
+                        }
+                    }
+                } else {
+                    let used = core.process(key, conn, &mut rbuf[..total]);
+                    conn.stash.keep(&rbuf[used..total], stash);
+                }
                 (n, space)
             };
             if core.cork.len() >= CORK_FLUSH_AT && !core.flush_conn(key, conn) {
                 core.remove(conns, key);
                 return;
             }
-            if conn.flags & READ_PAUSED != 0 || (result < space && !to_eof) {
+            if conn.flags & READ_PAUSED != 0 || (n < space && !to_eof) {
                 // A short read drained the socket: the next byte brings a new edge.
                 break;
             }

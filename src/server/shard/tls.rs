@@ -1,7 +1,7 @@
-//! The shard's TLS paths: read records into the read buffer and decrypt them there, run the
-//! plaintext through the same handshake and frame code as plaintext connections, and seal
-//! the cork and the write queue into records on the way out. Plaintext connections never
-//! enter this file.
+//! TLS, the layer between a connection's socket and its WebSocket: records read by the one
+//! read path (`read.rs`) are decrypted in the read buffer and their plaintext goes through the
+//! same handshake and frame code as a plaintext connection's; on the way out the cork and the
+//! write queue are sealed into records. Plaintext connections never enter this file.
 
 use super::*;
 
@@ -17,99 +17,8 @@ pub(super) struct TlsConns {
     pub(super) gather: Vec<u8>,
 }
 
-impl<H: Handler> Shard<H> {
-    /// `read` for a TLS connection: the same loop, with records decrypted before `process`.
-    pub(super) fn read_tls(&mut self, key: usize, to_eof: bool) {
-        let Self { conns, rbuf, core } = self;
-        let Some(conn) = conns.get_mut(key) else {
-            return;
-        };
-        for round in 0.. {
-            if round == MAX_READS_PER_EVENT {
-                conn.flags |= PENDING_READ;
-                core.pending_read.push((key, conn.gen));
-                break;
-            }
-            // The unconsumed ciphertext lives in the TLS state: rustls may refer to it.
-            let stash = core.tls_of(key).and_then(|t| t.incoming.take());
-            let kept = stash.as_ref().map_or(0, |s| s.len());
-            if kept + TLS_MIN_READ > rbuf.len() {
-                // Unfinished records larger than any handshake message rustls accepts.
-                core.stats.inc(Counter::TlsErrors);
-                tracing::debug!(shard = core.index, kept, "TLS: unfinished input too large");
-                core.abort(conns, key);
-                return;
-            }
-            if let Some(s) = &stash {
-                rbuf[..kept].copy_from_slice(s);
-            }
-            let space = rbuf.len() - kept;
-            let n = match conn.sock.read(&mut rbuf[kept..]) {
-                Ok(0) => {
-                    core.peer_eof(conns, key);
-                    return;
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    core.keep_incoming(key, &rbuf[..kept], stash);
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    core.keep_incoming(key, &rbuf[..kept], stash);
-                    continue;
-                }
-                Err(e) => {
-                    core.fail_io(key, conn, e);
-                    core.remove(conns, key);
-                    return;
-                }
-            };
-            core.stats.add(Counter::BytesIn, n as u64);
-            core.touch(conn);
-            let total = kept + n;
-            // Records are decrypted in every phase, so rustls' state stays whole; after the
-            // last answer the plaintext is discarded (`process`), as for plaintext connections.
-            let input = core.decrypt_and_process(key, conn, &mut rbuf[..total], stash);
-            match input {
-                TlsInput::More => {}
-                TlsInput::PeerClosed => {
-                    core.peer_eof(conns, key);
-                    return;
-                }
-                TlsInput::Failed(e) => {
-                    core.stats.inc(Counter::TlsErrors);
-                    tracing::debug!(shard = core.index, "TLS error: {e}");
-                    if matches!(conn.phase(), Phase::Open | Phase::Closing) {
-                        core.stats.inc(Counter::ClosedAbnormal);
-                    }
-                    core.notify_close(key, conn, close_code::ABNORMAL, "TLS error");
-                    // Send the alert, if any, then shut down and drain. Nothing more can be
-                    // sealed: the queue is dropped so the shutdown is not held up by it.
-                    core.cork.clear();
-                    conn.queue = None;
-                    core.finish(key, conn);
-                    break;
-                }
-            }
-            if core.cork.len() >= CORK_FLUSH_AT && !core.flush_conn(key, conn) {
-                core.remove(conns, key);
-                return;
-            }
-            if conn.flags & READ_PAUSED != 0 || (n < space && !to_eof) {
-                break;
-            }
-        }
-        if !core.flush_conn(key, conn) {
-            core.remove(conns, key);
-        }
-    }
-}
-
 /// Unconsumed plaintext from this size on is grown in place rather than re-copied per read.
 const BIG_PLAIN: usize = 16 << 10;
-
-/// Room a TLS read needs past the unfinished records it keeps.
-const TLS_MIN_READ: usize = 4096;
 
 impl<H: Handler> Core<H> {
     /// The TLS state of connection `key` (None for plaintext ones).
@@ -126,8 +35,28 @@ impl<H: Handler> Core<H> {
             .map_or(0, |t| t.pending())
     }
 
+    /// A TLS error on input: counted, the app told (1006), the alert (if any) sent, then shut
+    /// down and drained. Nothing more can be sealed: the queue is dropped so the shutdown is
+    /// not held up by it.
+    pub(super) fn tls_failed(
+        &mut self,
+        key: usize,
+        conn: &mut Conn<H::State>,
+        e: &dyn std::fmt::Display,
+    ) {
+        self.stats.inc(Counter::TlsErrors);
+        tracing::debug!(shard = self.index, "TLS error: {e}");
+        if matches!(conn.phase(), Phase::Open | Phase::Closing) {
+            self.stats.inc(Counter::ClosedAbnormal);
+        }
+        self.notify_close(key, conn, close_code::ABNORMAL, "TLS error");
+        self.cork.clear();
+        conn.queue = None;
+        self.finish(key, conn);
+    }
+
     #[allow(clippy::box_collection)]
-    fn keep_incoming(&mut self, key: usize, bytes: &[u8], reuse: Option<Box<Vec<u8>>>) {
+    pub(super) fn keep_incoming(&mut self, key: usize, bytes: &[u8], reuse: Option<Box<Vec<u8>>>) {
         if let Some(t) = self.tls_of(key) {
             t.incoming.keep(bytes, reuse);
         }
@@ -136,7 +65,7 @@ impl<H: Handler> Core<H> {
     /// Decrypts the records in `data` (unfinished bytes are kept in the stash) and processes
     /// the plaintext after what was left of it last time.
     #[allow(clippy::box_collection)]
-    fn decrypt_and_process(
+    pub(super) fn decrypt_and_process(
         &mut self,
         key: usize,
         conn: &mut Conn<H::State>,
