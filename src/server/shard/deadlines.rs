@@ -16,7 +16,7 @@ impl<H: Handler> Shard<H> {
                 core.accept.more = true;
             }
         }
-        let mut due = std::mem::take(&mut core.due);
+        let mut due = std::mem::take(&mut core.turn.due);
         let now = core.now;
         core.wheel.advance(now, |e, tick| {
             let c = conns.get_mut(e.key as usize)?;
@@ -43,7 +43,7 @@ impl<H: Handler> Shard<H> {
                 core.remove(conns, key);
             }
         }
-        core.due = due;
+        core.turn.due = due;
     }
 }
 

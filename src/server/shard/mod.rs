@@ -65,10 +65,7 @@ pub(crate) struct Core<H: Handler> {
     stats: Arc<ShardStats>,
     all_stats: Arc<[Arc<ShardStats>]>,
     global: Arc<Global>,
-    links: Arc<[ShardLink<H::Msg>]>,
-    inbox: mpsc::Receiver<H::Msg>,
-    /// Shards posted to this turn, woken once at its end.
-    wake: Vec<bool>,
+    peers: Peers<H::Msg>,
     cork: Vec<u8>,
     /// permessage-deflate contexts, and where a compressed message is inflated.
     deflate: ShardDeflate,
@@ -81,14 +78,7 @@ pub(crate) struct Core<H: Handler> {
     /// The current tick.
     now: u32,
     next_gen: u32,
-    /// Connections with output to flush at the end of the turn, as (key, gen).
-    dirty: Vec<(usize, u32)>,
-    /// Connections with input left unread (fairness cap, or reading resumed).
-    pending_read: Vec<(usize, u32)>,
-    /// Connections a broadcast found full under the `disconnect` policy, closed after the
-    /// app's hooks.
-    slow: Vec<(usize, u32)>,
-    due: Vec<Entry>,
+    turn: TurnWork,
     /// Per-connection extensions (token, per-IP count) by slab key; empty while every upgrade
     /// policy is off. A slot is cleared when its connection is removed.
     exts: Vec<Option<Box<ConnExt>>>,
@@ -103,6 +93,29 @@ pub(crate) struct Core<H: Handler> {
     refusals: refusals::RefusalLog,
     /// Viewers of the status page's feed, and its sampler.
     status: crate::server::status::StatusFeed,
+}
+
+/// The other shards: their message channels, this shard's inbox, and which of them this turn
+/// posted to (woken once, at its end).
+struct Peers<M> {
+    links: Arc<[ShardLink<M>]>,
+    inbox: mpsc::Receiver<M>,
+    wake: Vec<bool>,
+}
+
+/// Work a loop turn collects for later in the turn (or the next), by (key, gen): a
+/// connection removed meanwhile is skipped. Each list keeps its allocation.
+#[derive(Default)]
+struct TurnWork {
+    /// Connections with output to flush at the end of the turn.
+    dirty: Vec<(usize, u32)>,
+    /// Connections with input left unread (fairness cap, or reading resumed).
+    pending_read: Vec<(usize, u32)>,
+    /// Connections a broadcast found full under the `disconnect` policy, closed after the
+    /// app's hooks.
+    slow: Vec<(usize, u32)>,
+    /// Timer entries that came due, handled after the wheel's visit.
+    due: Vec<Entry>,
 }
 
 /// What a shard shares with the others.
@@ -145,11 +158,13 @@ impl<H: Handler> Shard<H> {
             poll,
             dec_cfg,
             stats: shared.stats[index as usize].clone(),
-            wake: vec![false; shared.links.len()],
             all_stats: shared.stats,
             global: shared.global,
-            links: shared.links,
-            inbox: shared.inbox,
+            peers: Peers {
+                wake: vec![false; shared.links.len()],
+                links: shared.links,
+                inbox: shared.inbox,
+            },
             cork: Vec::with_capacity(CORK_CAPACITY),
             deflate: ShardDeflate::new(cfg.deflate),
             inflated: Vec::new(),
@@ -159,10 +174,7 @@ impl<H: Handler> Shard<H> {
             start: Instant::now(),
             now: 0,
             next_gen: 0,
-            dirty: Vec::new(),
-            pending_read: Vec::new(),
-            slow: Vec::new(),
-            due: Vec::new(),
+            turn: TurnWork::default(),
             exts: Vec::new(),
             timeouts: Timeouts {
                 handshake: to_ticks(cfg.handshake_timeout).max(1),
@@ -251,16 +263,13 @@ impl<H: Handler> Shard<H> {
         let Core {
             handler,
             index,
-            dirty,
+            turn: TurnWork { dirty, slow, .. },
             stats,
             all_stats,
             cfg,
-            links,
-            wake,
-            inbox,
+            peers: Peers { links, wake, inbox },
             now,
             deflate,
-            slow,
             exts,
             status,
             ..
@@ -288,7 +297,7 @@ impl<H: Handler> Shard<H> {
             status::send_samples(status, handler, &mut api);
         }
         api.deflate.end_turn();
-        for (key, gen) in std::mem::take(&mut core.slow) {
+        for (key, gen) in std::mem::take(&mut core.turn.slow) {
             if let Some(conn) = conns.get_mut(key).filter(|c| c.gen == gen) {
                 core.disconnect_slow(key, conn);
                 core.remove(conns, key);
@@ -299,12 +308,12 @@ impl<H: Handler> Shard<H> {
     /// Wakes the shards posted to this turn.
     fn wake_peers(&mut self) {
         let c = &mut self.core;
-        crate::server::api::wake_marked(&mut c.wake, &c.links);
+        crate::server::api::wake_marked(&mut c.peers.wake, &c.peers.links);
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
         let c = &self.core;
-        if !c.pending_read.is_empty() || !c.dirty.is_empty() || c.accept.more {
+        if !c.turn.pending_read.is_empty() || !c.turn.dirty.is_empty() || c.accept.more {
             return Some(Duration::ZERO);
         }
         // The status feed's next sample, while someone watches.
@@ -424,7 +433,7 @@ impl<H: Handler> Core<H> {
     fn mark_dirty(&mut self, key: usize, conn: &mut Conn<H::State>) {
         if conn.flags & DIRTY == 0 {
             conn.flags |= DIRTY;
-            self.dirty.push((key, conn.gen));
+            self.turn.dirty.push((key, conn.gen));
         }
     }
 }

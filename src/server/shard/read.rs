@@ -34,7 +34,7 @@ impl<H: Handler> Shard<H> {
         for round in 0.. {
             if round == MAX_READS_PER_EVENT {
                 conn.flags |= PENDING_READ;
-                core.pending_read.push((key, conn.gen));
+                core.turn.pending_read.push((key, conn.gen));
                 break;
             }
             let stash = if tls {
@@ -151,7 +151,7 @@ impl<H: Handler> Shard<H> {
 
     /// Continues connections with input left unread.
     pub(super) fn resume_pending(&mut self) {
-        let pending = std::mem::take(&mut self.core.pending_read);
+        let pending = std::mem::take(&mut self.core.turn.pending_read);
         for (key, gen) in pending {
             match self.conns.get_mut(key) {
                 Some(c) if c.gen == gen && c.flags & PENDING_READ != 0 => {

@@ -17,7 +17,7 @@ impl<H: Handler> Shard<H> {
     /// Writes every connection given output this turn outside its own read (deliveries from
     /// the app or other shards, late answers).
     pub(super) fn flush_dirty(&mut self) {
-        let dirty = std::mem::take(&mut self.core.dirty);
+        let dirty = std::mem::take(&mut self.core.turn.dirty);
         for &(key, gen) in &dirty {
             match self.conns.get_mut(key) {
                 Some(c) if c.gen == gen => c.flags &= !DIRTY,
@@ -28,8 +28,8 @@ impl<H: Handler> Shard<H> {
         // Keep the list's allocation.
         let mut dirty = dirty;
         dirty.clear();
-        if self.core.dirty.is_empty() {
-            self.core.dirty = dirty;
+        if self.core.turn.dirty.is_empty() {
+            self.core.turn.dirty = dirty;
         }
     }
 }
@@ -114,7 +114,7 @@ impl<H: Handler> Core<H> {
             }
             if conn.flags & READ_PAUSED != 0 {
                 conn.flags = (conn.flags & !READ_PAUSED) | PENDING_READ;
-                self.pending_read.push((key, conn.gen));
+                self.turn.pending_read.push((key, conn.gen));
             }
             if conn.phase() == Phase::Finishing {
                 let _ = conn.sock.shutdown(Shutdown::Write);
