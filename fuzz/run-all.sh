@@ -9,7 +9,7 @@ RUNS="${1:-1000000}"
 shift || true
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-    TARGETS=(handshake_request handshake_response frames_server frames_client utf8_incremental upgrade_policies resp)
+    TARGETS=(handshake_request handshake_response frames_server frames_client utf8_incremental upgrade_policies resp deflate)
 fi
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     FUZZ=(cargo +nightly fuzz)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command (README): formatting, lints, unit, property and integration
 # tests, tune-limits.sh, the attack suite (short kinds and a 60 s soak), interop with
-# third-party clients (Python websockets, Node ws, headless Chromium), and the Autobahn
-# conformance suite over ws:// and wss://. Installs what it needs itself, idempotently.
+# third-party clients (Python websockets, Node ws, headless Chromium), the Autobahn
+# conformance suite over ws:// and wss://, and a short run of every fuzz target. Installs
+# what it needs itself, idempotently.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -99,5 +100,11 @@ scripts/autobahn.sh --tls
 
 step "Autobahn|Testsuite fuzzingserver against fanout's client: 1.*-10.*, then 12.* and 13.* with permessage-deflate"
 scripts/autobahn-client.sh --deflate-full
+
+step "fuzz targets: 20,000 runs each from their seeds and corpus (cargo-fuzz)"
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked -q
+fi
+fuzz/run-all.sh 20000
 
 step "all checks passed"

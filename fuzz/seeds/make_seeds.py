@@ -116,6 +116,14 @@ write(
     b"\x00HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\nConnection: close\r\n\r\nno\n",
 )
 
+# RESP replies as Redis sends them to a subscriber and a publisher, whole and pipelined.
+write("resp", "subscribe", b"*3\r\n$9\r\nsubscribe\r\n$10\r\nfanout:new\r\n:1\r\n")
+write("resp", "message", b"*3\r\n$7\r\nmessage\r\n$10\r\nfanout:new\r\n$5\r\nhello\r\n")
+write("resp", "pipelined", b":2\r\n:0\r\n+OK\r\n$-1\r\n*-1\r\n")
+write("resp", "error", b"-NOAUTH Authentication required.\r\n")
+write("resp", "nested", b"*2\r\n*2\r\n:1\r\n$1\r\na\r\n*0\r\n")
+write("resp", "cut", b"*3\r\n$7\r\nmessage\r\n$10\r\nfanout:n")
+
 with open(os.path.join(HERE, "..", "dict", "http.dict"), "w") as f:
     for tok in [
         "GET", "HTTP/1.1", "HTTP/1.0", "HTTP/1.1 101 Switching Protocols", "\\x0D\\x0A",
