@@ -117,6 +117,15 @@ impl<H: Handler> Core<H> {
                 self.turn.pending_read.push((key, conn.gen));
             }
             if conn.phase() == Phase::Finishing {
+                if conn.ws.phase() == WsPhase::CloseReceived && conn.flags & TLS == 0 {
+                    // The close handshake is complete and our last bytes are with the kernel:
+                    // the peer sends nothing more but its FIN, so the server closes the TCP
+                    // connection first (RFC 6455 7.1.1), now. close() sends our FIN after the
+                    // queued bytes, and nothing unread is left to turn it into a reset; no
+                    // shutdown, no wake-up and read for the peer's FIN. (Over TLS the peer's
+                    // close_notify may still come: that connection drains as below.)
+                    return false;
+                }
                 let _ = conn.sock.shutdown(Shutdown::Write);
                 conn.flags |= DRAINING;
                 conn.ws.finish(self.now);
