@@ -166,7 +166,20 @@ pub(crate) struct OutDeflate<'a> {
     pub ext: Packed,
 }
 
-impl Out<'_> {
+impl<'a> Out<'a> {
+    /// Control frames into a connection's queue, outside its read (no cork, no deflate: a
+    /// deadline's ping or close, a close the server starts).
+    pub fn to_queue<S>(conn: &'a mut Conn<S>, now: Tick, stats: &'a ShardStats) -> Self {
+        Out {
+            queue: &mut conn.queue,
+            cork: None,
+            ws: &mut conn.ws,
+            now,
+            stats,
+            deflate: None,
+        }
+    }
+
     pub fn queued(&self) -> usize {
         self.queue.as_ref().map_or(0, |q| q.len()) + self.cork.as_ref().map_or(0, |c| c.len())
     }

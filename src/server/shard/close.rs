@@ -40,14 +40,7 @@ impl<H: Handler> Core<H> {
         code: u16,
         reason: &str,
     ) {
-        let mut out = Out {
-            queue: &mut conn.queue,
-            cork: None,
-            ws: &mut conn.ws,
-            now: self.now,
-            stats: &self.stats,
-            deflate: None,
-        };
+        let mut out = Out::to_queue(conn, self.now, &self.stats);
         out.close(code, reason);
         self.stats.inc(Counter::ClosedByServer);
         self.schedule(key, conn);

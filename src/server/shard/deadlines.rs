@@ -133,14 +133,7 @@ impl<H: Handler> Core<H> {
                     // The app hears of it before the close frame is queued.
                     self.notify_close(key, conn, close_code::GOING_AWAY, "idle timeout");
                 }
-                let mut out = Out {
-                    queue: &mut conn.queue,
-                    cork: None,
-                    ws: &mut conn.ws,
-                    now: self.now,
-                    stats: &self.stats,
-                    deflate: None,
-                };
+                let mut out = Out::to_queue(conn, self.now, &self.stats);
                 let now = self.now;
                 let timeouts = self.timeouts;
                 match out.lifecycle(|ws, out| ws.on_timeout(now, &timeouts, out)) {
