@@ -15,6 +15,7 @@ mod read;
 mod refusals;
 mod status;
 mod tls;
+mod uring;
 mod write;
 
 use mio::net::{TcpListener, TcpStream};
@@ -110,6 +111,8 @@ pub(crate) struct Core<H: Handler> {
     refusals: refusals::RefusalLog,
     /// Viewers of the status page's feed, and its sampler.
     status: crate::server::status::StatusFeed,
+    /// `--io uring`: the ring and the turn's batched reads and writes; None: plain calls.
+    uring: Option<Box<uring::Uring>>,
 }
 
 /// What a shard shares with the others.
@@ -190,6 +193,10 @@ impl<H: Handler> Shard<H> {
             draining_until: None,
             refusals: Default::default(),
             status: Default::default(),
+            uring: match cfg.io {
+                crate::server::config::IoMode::Uring => uring::Uring::new(index),
+                crate::server::config::IoMode::Epoll => None,
+            },
             cfg,
         };
         // With TLS, the buffer must hold an unfinished record plus a whole one.
@@ -229,11 +236,18 @@ impl<H: Handler> Shard<H> {
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                             // With the peer's FIN already in, a short read does not mean
                             // drained: the EOF after the data brings no new edge.
-                            self.read(key, ev.is_read_closed() || ev.is_error());
+                            let to_eof = ev.is_read_closed() || ev.is_error();
+                            if self.batchable_read(key, to_eof) {
+                                self.queue_read(key);
+                            } else {
+                                self.read(key, to_eof);
+                            }
                         }
                     }
                 }
             }
+            // `--io uring`: the reads gathered above, in one submission, then their answers.
+            self.read_batched();
             if self.core.accept_more {
                 // A batch cap was hit or the EMFILE back-off ended: the listener's edge will
                 // not fire again for connections already waiting.

@@ -141,12 +141,16 @@ impl<H: Handler> Shard<H> {
 
     pub(super) fn flush_dirty(&mut self) {
         let dirty = std::mem::take(&mut self.core.dirty);
-        for &(key, gen) in &dirty {
-            match self.conns.get_mut(key) {
-                Some(c) if c.gen == gen => c.flags &= !DIRTY,
-                _ => continue,
+        if self.core.uring.is_some() {
+            self.flush_dirty_batched(&dirty);
+        } else {
+            for &(key, gen) in &dirty {
+                match self.conns.get_mut(key) {
+                    Some(c) if c.gen == gen => c.flags &= !DIRTY,
+                    _ => continue,
+                }
+                self.flush(key);
             }
-            self.flush(key);
         }
         // Keep the list's allocation.
         let mut dirty = dirty;

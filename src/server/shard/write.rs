@@ -236,7 +236,7 @@ impl<H: Handler> Core<H> {
 
     /// What follows a write: interest in WRITABLE, the slow-consumer policy, and the shutdown
     /// of a finished connection. False: the connection must be dropped.
-    fn after_write(&mut self, key: usize, conn: &mut Conn<H::State>) -> bool {
+    pub(super) fn after_write(&mut self, key: usize, conn: &mut Conn<H::State>) -> bool {
         let backlog = conn.queued() + self.tls_pending(key);
         if backlog == 0 {
             conn.queue = None;
