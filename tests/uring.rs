@@ -133,7 +133,7 @@ fn many_connections_answered_in_one_turn_each_get_their_own_bytes() {
     let mut conns: Vec<TcpStream> = (0..300).map(|_| raw_client(addr)).collect();
     for round in 0..6 {
         // Every connection's message is out before any answer is read: the shards find
-        // many readable in one turn. Sizes cross the read slot (4 KiB) and the 16-bit length.
+        // many readable in one turn. Sizes cross the read slots (512 B to 16 KiB) and the 16-bit length.
         let sizes: Vec<usize> = (0..conns.len())
             .map(|i| [1, 20, 125, 126, 4000, 4096, 5000, 70_000][(i + round) % 8])
             .collect();
@@ -191,8 +191,8 @@ fn replies_to_readers_that_stop_are_kept_whole_and_in_order_until_they_read() {
     let mut slow: Vec<TcpStream> = (0..24)
         .map(|_| raw_client_small_window(addr, 16 << 10, "/"))
         .collect();
-    // One message per connection per round, each read in a turn of its own (within the read
-    // slot), many connections a turn: about 300 KiB per connection in all.
+    // One message per connection per round, each read in a turn of its own (mostly within
+    // its read slot), many connections a turn: about 300 KiB per connection in all.
     const ROUNDS: usize = 150;
     let size = |c: usize, m: usize| 1000 + (c * 17 + m * 131) % 2000;
     let mut writers: Vec<TcpStream> = slow.iter().map(|s| s.try_clone().unwrap()).collect();

@@ -3,8 +3,8 @@
 //! or `writev` per connection. Readiness still comes from epoll; every operation completes
 //! during its submission (`MSG_DONTWAIT`), so no buffer is lent past the call.
 //!
-//! Memory: the reads land in a per-shard arena of `SLOT` bytes per connection read in the
-//! batch, and the replies they make are moved from the cork into a per-shard output arena until
+//! Memory: the reads land in a per-shard arena of `ARENA` bytes shared by the connections read
+//! in a batch (a slot each), and the replies they make are moved from the cork into a per-shard output arena until
 //! the write submission; both are the shard's, reused every turn. An idle connection still owns
 //! no buffer, and a broadcast frame is still one `Arc` shared by every subscriber's queue (the
 //! writes gather the queue's chunks as they are). Owns the batching only: what a read means and
@@ -17,17 +17,21 @@ use std::sync::Once;
 use super::*;
 use crate::rt::batch::{self, Batch, Op, SendMsg};
 
-/// Bytes of the read arena per connection: a read that fills its slot is continued with the
-/// plain reads into the shard's read buffer (a large message), so the slot needs to hold
-/// only the common case (a request head, a few small frames).
-const SLOT: usize = 4 << 10;
+/// The read arena, split between the connections of a batch: a read that fills its slot is
+/// continued with the plain reads into the shard's read buffer (a large message), so a slot
+/// needs to hold only the common case (a request head, a few small frames). Fixed, so what a
+/// shard touches for it does not grow with the batch: 256 reads get 512 bytes each, 8 get
+/// 16 KiB.
+const ARENA: usize = 128 << 10;
+const MIN_SLOT: usize = 512;
+const MAX_SLOT: usize = 16 << 10;
 /// Fewer reads (writes) than this in a turn go out as plain calls. One: a submission of one
 /// operation costs about what the plain call does (measured: docs/benchmarks.md), and every
 /// connection then takes the same path, which the tests run under `FANOUT_TEST_IO=uring`.
 const MIN_READS: usize = 1;
 const MIN_WRITES: usize = 1;
 /// A connection with more input kept than this (the start of a large message) reads plain.
-const MAX_KEPT: usize = SLOT / 4;
+const MAX_KEPT: usize = MIN_SLOT / 2;
 /// The output arena is given back past this size (after a turn of large replies).
 const OUT_KEEP: usize = 1 << 20;
 
@@ -129,14 +133,15 @@ impl<H: Handler> Shard<H> {
     }
 
     fn read_part(&mut self, u: &mut Uring, part: &[(usize, u32)]) {
-        if u.slots.len() < part.len() * SLOT {
-            u.slots.resize(part.len() * SLOT, 0);
+        let slot_len = (ARENA / part.len()).clamp(MIN_SLOT, MAX_SLOT);
+        if u.slots.len() < part.len() * slot_len {
+            u.slots.resize(part.len() * slot_len, 0);
         }
         // Each slot: what the connection kept (an unfinished frame), then the read.
         let mut kept = Vec::with_capacity(part.len());
         let mut ops: Vec<Op<'_, '_>> = part
             .iter()
-            .zip(u.slots.chunks_mut(SLOT))
+            .zip(u.slots.chunks_mut(slot_len))
             .map(|(&(key, _), slot)| {
                 let conn = &self.conns[key];
                 let k = conn.stash.bytes();
@@ -176,11 +181,11 @@ impl<H: Handler> Shard<H> {
             core.stats.add(Counter::BytesIn, n as u64);
             core.touch(conn);
             let total = kept[i] + n;
-            let slot = &mut u.slots[i * SLOT..i * SLOT + total];
+            let slot = &mut u.slots[i * slot_len..i * slot_len + total];
             let used = core.process(key, conn, slot);
             let reuse = conn.stash.take();
             conn.stash.keep(&slot[used..], reuse);
-            if total == SLOT && conn.flags & READ_PAUSED == 0 {
+            if total == slot_len && conn.flags & READ_PAUSED == 0 {
                 // Maybe more: the plain loop goes on from here and writes the cork (in order:
                 // nothing of this connection is pending).
                 self.read(key, false);
