@@ -417,6 +417,37 @@ pub struct Client<H: ClientHandler> {
     _ts_keeper: Option<std::net::UdpSocket>,
 }
 
+/// Waits (up to 200 ms) until the kernel stamps what `keeper` receives: it turns receive
+/// timestamps on for the whole system from a work queue, a while after the first socket asks,
+/// and a connection whose first answers came before that would have them unstamped (a fast
+/// server answers within that while). Probes with datagrams `keeper` sends itself.
+fn wait_for_rx_timestamps(keeper: &std::net::UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let Ok(me) = keeper.local_addr() else {
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < deadline {
+        if keeper.send_to(b"t", me).is_err() {
+            return;
+        }
+        let mut buf = [0u8; 8];
+        let mut stamped = false;
+        // Loopback delivers during the send; drain what is there.
+        loop {
+            let mut m = batch::RecvMsg::new(&mut buf);
+            match batch::recv_msg(keeper.as_raw_fd(), &mut m) {
+                Ok(_) => stamped |= m.timestamp_ns().is_some(),
+                Err(_) => break,
+            }
+        }
+        if stamped {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Bytes of the batch arena per connection: a read that fills its slot is continued with
 /// plain reads.
 const SLOT: usize = 16 << 10;
@@ -436,6 +467,7 @@ impl<H: ClientHandler> Client<H> {
             use std::os::fd::AsRawFd;
             let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
             batch::enable_rx_timestamps(s.as_raw_fd())?;
+            wait_for_rx_timestamps(&s);
             Some(s)
         } else {
             None
