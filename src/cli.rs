@@ -147,7 +147,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub accept_batch: Option<usize>,
     /// Socket reads and writes: one call each (epoll), or a turn's in one io_uring submission
-    /// (uring; falls back to epoll, logged, where the kernel refuses it) [default: epoll].
+    /// (uring; falls back to epoll, logged, where the kernel refuses it) [default: uring].
     #[arg(long, value_enum)]
     pub io: Option<Io>,
     /// push: the API key for POST /publish/{topic} (sent as `Authorization: Bearer KEY`);

@@ -358,7 +358,7 @@ fn broadcasts_to_subscribers_that_stop_reading_arrive_whole_once_they_read() {
 }
 
 #[test]
-fn the_default_config_and_epoll_make_no_batches() {
+fn epoll_makes_no_batches() {
     let server = echo_server(Config {
         io: IoMode::Epoll,
         ..config()

@@ -12,13 +12,14 @@ use std::time::Duration;
 use fanout::apps::echo::Echo;
 use fanout::server::{Config, IoMode, Server};
 
-/// The I/O path the test run asks for: `FANOUT_TEST_IO=uring` runs every in-process server of
-/// the suite on io_uring batches (`scripts/test.sh` does, once more); unset or `epoll`: plain
-/// calls.
+/// The I/O path the test run asks for: `FANOUT_TEST_IO=epoll` runs every in-process server of
+/// the suite on the plain calls (`scripts/test.sh` does, once more), `uring` on io_uring
+/// batches; unset: the default (`uring`).
 pub fn test_io() -> IoMode {
     match std::env::var("FANOUT_TEST_IO").as_deref() {
         Ok("uring") => IoMode::Uring,
-        Ok("epoll") | Ok("") | Err(_) => IoMode::Epoll,
+        Ok("epoll") => IoMode::Epoll,
+        Ok("") | Err(_) => IoMode::default(),
         Ok(other) => panic!("FANOUT_TEST_IO={other}: expected uring or epoll"),
     }
 }
