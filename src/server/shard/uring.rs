@@ -20,11 +20,12 @@ use crate::rt::batch::{self, Batch, Op, SendMsg};
 /// The read arena, split between the connections of a batch: a read that fills its slot is
 /// continued with the plain reads into the shard's read buffer (a large message), so a slot
 /// needs to hold only the common case (a request head, a few small frames). Fixed, so what a
-/// shard touches for it does not grow with the batch: 256 reads get 512 bytes each, 8 get
-/// 16 KiB.
-const ARENA: usize = 128 << 10;
+/// shard touches for it does not grow with the batch: a submission reads at most
+/// `READS_PER_SUBMISSION` connections of 512 bytes each, 4 get 16 KiB.
+const ARENA: usize = 64 << 10;
 const MIN_SLOT: usize = 512;
 const MAX_SLOT: usize = 16 << 10;
+const READS_PER_SUBMISSION: usize = ARENA / MIN_SLOT;
 /// Fewer reads (writes) than this in a turn go out as plain calls. One: a submission of one
 /// operation costs about what the plain call does (measured: docs/benchmarks.md), and every
 /// connection then takes the same path, which the tests run under `FANOUT_TEST_IO=uring`.
@@ -102,8 +103,8 @@ impl<H: Handler> Shard<H> {
         }
     }
 
-    /// Reads the connections gathered this turn in submissions of `BATCH`, processes each
-    /// one's bytes, then writes what they answered in one submission per `BATCH`.
+    /// Reads the connections gathered this turn, `READS_PER_SUBMISSION` a submission, processes each
+    /// one's bytes, then writes what they answered in one submission.
     pub(super) fn read_batched(&mut self) {
         let Some(mut u) = self.core.uring.take() else {
             return;
@@ -117,7 +118,7 @@ impl<H: Handler> Shard<H> {
                 self.read(key, false);
             }
         } else {
-            for part in ready.chunks(batch::BATCH) {
+            for part in ready.chunks(READS_PER_SUBMISSION.min(batch::BATCH)) {
                 self.read_part(&mut u, part);
                 self.write_pending(&mut u);
             }
