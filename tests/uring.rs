@@ -369,3 +369,49 @@ fn epoll_makes_no_batches() {
     assert_eq!(counter(&server, Counter::UringReads), 0);
     assert_eq!(counter(&server, Counter::UringWrites), 0);
 }
+
+#[test]
+fn the_io_flag_and_config_key_take_epoll_or_uring_only() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let bin = env!("CARGO_BIN_EXE_fanout");
+    let out = Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--io", "kqueue"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("epoll") && stderr.contains("uring"),
+        "{stderr}"
+    );
+    let dir = std::env::temp_dir().join(format!("fanout-io-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("fanout.toml");
+    std::fs::write(&path, "io = \"kqueue\"\n").unwrap();
+    let out = Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a wrong io key is refused");
+    for io in ["epoll", "uring"] {
+        std::fs::write(&path, format!("io = \"{io}\"\n")).unwrap();
+        let mut child = Command::new(bin)
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&path)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let started = std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("listening on"));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(started, "io = \"{io}\" starts a server");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
