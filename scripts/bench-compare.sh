@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# fanout against its peers, driven by the same client (fanout-load) in one run: two Rust echo
+# fanout against its peers, driven by the same client (fanout-load) in one run: fanout on its
+# two I/O paths (`fanout`: --io epoll, `fanout-uring`: --io uring), two Rust echo
 # servers (tokio-tungstenite, fastwebsockets; built from crates.io by scripts/build-peers.sh)
 # and, when it is built (bench/peers/uws-pubsub/build.sh; optional, never needed by the tests),
 # uWebSockets (`uws`: its EchoServer example, and uws-pubsub for the fan-out phase).
@@ -7,7 +8,7 @@
 #     reports opened/s, server CPU per handshake and server RSS per idle connection;
 #   - echo: 1,000 connections, pipelined echo for a few seconds; messages/s, server CPU per
 #     echoed message (user+system, and user only);
-#   - fanout (fanout and uws only): S subscribers (default 10,000) on one topic, a 100-byte
+#   - fanout (fanout, fanout-uring and uws only): S subscribers (default 10,000) on one topic, a 100-byte
 #     publish at a fixed rate for a fixed time (default 5/s for 30 s: slow enough that the
 #     subscribers' one core keeps up, so no server queue grows) (`fanout serve --app push` with
 #     THREADS shards vs uws-pubsub, one thread); server CPU per delivery (/proc/<pid>/stat
@@ -17,7 +18,7 @@
 # Prints a table with ratios and writes bench/results/<date>-compare.json (scripts/lib/bench_compare.py).
 #
 # usage: scripts/bench-compare.sh [--connections N] [--echo-connections N] [--echo-duration D]
-#                                 [--hold D] [--rounds R] [--threads T] [--servers "fanout tokio-tungstenite fastwebsockets uws"]
+#                                 [--hold D] [--rounds R] [--threads T] [--servers "fanout fanout-uring tokio-tungstenite fastwebsockets uws"]
 #                                 [--only connect|echo|fanout] [--subscribers S] [--publish-rate R]
 #                                 [--publish-seconds T] [--pin]
 # --pin puts the server on CPU 0 and the load generator on CPU 1 (taskset), so neither steals
@@ -33,7 +34,7 @@ ECHO_DURATION=10s
 HOLD=5s
 ROUNDS=3
 THREADS=""
-SERVERS="fanout tokio-tungstenite fastwebsockets"
+SERVERS="fanout fanout-uring tokio-tungstenite fastwebsockets"
 UWS_ECHO=target/uws/uws-echo
 UWS_PUBSUB=target/uws/uws-pubsub
 if [ -x "$UWS_ECHO" ] && [ -x "$UWS_PUBSUB" ]; then SERVERS="$SERVERS uws"; fi
@@ -57,7 +58,7 @@ while [ $# -gt 0 ]; do
         --publish-rate) PUBLISH_RATE=$2; shift 2 ;;
         --publish-seconds) PUBLISH_SECONDS=$2; shift 2 ;;
         --pin) PIN_SERVER=(taskset -c 0); PIN_LOAD=(taskset -c 1); shift ;;
-        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -108,6 +109,15 @@ port_of() {
         tokio-tungstenite) echo 9302 ;;
         fastwebsockets) echo 9303 ;;
         uws) echo 9304 ;;
+        fanout-uring) echo 9305 ;;
+    esac
+}
+
+# fanout's --io for a server name.
+io_of() {
+    case "$1" in
+        fanout-uring) echo uring ;;
+        *) echo epoll ;;
     esac
 }
 
@@ -117,10 +127,11 @@ start_server() {
     local name=$1 kind=${2:-echo} port
     port=$(port_of "$name")
     case "$name-$kind" in
-        fanout-echo) "${PIN_SERVER[@]}" target/release/fanout serve --listen "127.0.0.1:$port" --shards "$THREADS" \
-                    --ping-interval 0 2>"$WORK/$name.log" & ;;
-        fanout-pubsub) "${PIN_SERVER[@]}" target/release/fanout serve --app push --listen "127.0.0.1:$port" \
-                    --shards "$THREADS" --ping-interval 0 --publish-key "$KEY" --write-queue-limit 4MiB 2>"$WORK/$name.log" & ;;
+        fanout-echo|fanout-uring-echo) "${PIN_SERVER[@]}" target/release/fanout serve --listen "127.0.0.1:$port" --shards "$THREADS" \
+                    --ping-interval 0 --io "$(io_of "$name")" 2>"$WORK/$name.log" & ;;
+        fanout-pubsub|fanout-uring-pubsub) "${PIN_SERVER[@]}" target/release/fanout serve --app push --listen "127.0.0.1:$port" \
+                    --shards "$THREADS" --ping-interval 0 --publish-key "$KEY" --write-queue-limit 4MiB \
+                    --io "$(io_of "$name")" 2>"$WORK/$name.log" & ;;
         tokio-tungstenite-echo) "${PIN_SERVER[@]}" "${PEERS[0]}" --listen "127.0.0.1:$port" --threads "$THREADS" 2>"$WORK/$name.log" & ;;
         fastwebsockets-echo) "${PIN_SERVER[@]}" "${PEERS[1]}" --listen "127.0.0.1:$port" --threads "$THREADS" 2>"$WORK/$name.log" & ;;
         # EchoServer says "Listening on port N" on stdout; it listens on every address.
@@ -177,7 +188,7 @@ for round in $(seq "$ROUNDS"); do
                 --connections "$ECHO_CONNECTIONS" --duration "$ECHO_DURATION" --pipeline 1 --message-size 64
             stop_server
         fi
-        if wants fanout && { [ "$name" = fanout ] || [ "$name" = uws ]; }; then
+        if wants fanout && case $name in fanout|fanout-uring|uws) true ;; *) false ;; esac; then
             start_server "$name" pubsub
             measure "$name" fanout "$round" "${PIN_LOAD[@]}" "$LOAD" fanout \
                 --url "ws://127.0.0.1:$port/ws?topics=bench" --connections "$SUBSCRIBERS" --source-ips 127.0.0.1-127.0.0.8 \

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# System calls a server makes per unit of work, fanout against uWebSockets (the `uws` peer of
+# System calls a server makes per unit of work, fanout (`fanout`: --io epoll; `fanout-uring`:
+# --io uring, whose reads and writes are io_uring operations, not syscalls) against uWebSockets (the `uws` peer of
 # scripts/bench-compare.sh, built by bench/peers/uws-pubsub/build.sh), counted with perf's
 # syscall tracepoints on the server process (cheap, unlike strace, so timing barely moves):
 #   - connect: per connection over its whole life (open, close handshake, close), N=5,000;
@@ -11,7 +12,7 @@
 # (linux-perf) and root or perf_event_paranoid <= 1. Prints a table; raw counts stay in a
 # temporary directory that is removed.
 #
-# usage: scripts/bench-syscalls.sh [--servers "fanout uws"] [--phases "connect echo fanout"]
+# usage: scripts/bench-syscalls.sh [--servers "fanout fanout-uring uws"] [--phases "connect echo fanout"]
 #                                  [--rate R] [--subscribers S] [--pin]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +30,7 @@ while [ $# -gt 0 ]; do
         --rate) RATE=$2; shift 2 ;;
         --subscribers) SUBSCRIBERS=$2; shift 2 ;;
         --pin) PIN_SERVER=(taskset -c 0); PIN_LOAD=(taskset -c 1); shift ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -72,6 +73,10 @@ ticks() { # "utime stime" of the server (fields 14 and 15; neither command name 
 start() {
     local name=$1 phase=$2
     case "$name-$phase" in
+        fanout-uring-fanout) "${PIN_SERVER[@]}" target/release/fanout serve --app push --listen "127.0.0.1:$PORT" --shards 1 \
+                --ping-interval 0 --publish-key "$KEY" --write-queue-limit 4MiB --io uring 2>"$WORK/server.log" & ;;
+        fanout-uring-*) "${PIN_SERVER[@]}" target/release/fanout serve --listen "127.0.0.1:$PORT" --shards 1 \
+                --ping-interval 0 --io uring 2>"$WORK/server.log" & ;;
         fanout-fanout) "${PIN_SERVER[@]}" target/release/fanout serve --app push --listen "127.0.0.1:$PORT" --shards 1 \
                 --ping-interval 0 --publish-key "$KEY" --write-queue-limit 4MiB 2>"$WORK/server.log" & ;;
         fanout-*) "${PIN_SERVER[@]}" target/release/fanout serve --listen "127.0.0.1:$PORT" --shards 1 \

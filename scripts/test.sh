@@ -33,6 +33,12 @@ cargo build --release --workspace
 step "cargo test --workspace"
 cargo test --workspace
 
+step "the integration tests again, every test server on --io epoll (FANOUT_TEST_IO)"
+# echo, push, limits, lifecycle, auth, deflate, history, status, broker...: the same tests
+# through the plain calls, the path a kernel without io_uring gets (tests/common takes the
+# server's I/O path from the variable; the run above used the default, io_uring).
+FANOUT_TEST_IO=epoll cargo test -p fanout --tests
+
 step "tune-limits.sh: check, apply, revert on this machine (restores every sysctl)"
 if ! command -v shellcheck >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null ||

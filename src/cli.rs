@@ -46,6 +46,14 @@ pub enum AppKind {
     Push,
 }
 
+/// `--io`: how shards move socket bytes (see `server::config::IoMode`).
+#[derive(ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Io {
+    Epoll,
+    Uring,
+}
+
 #[derive(ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum SlowConsumer {
@@ -141,6 +149,10 @@ pub struct ServeArgs {
     /// Connections accepted per shard per loop turn [default: 256].
     #[arg(long)]
     pub accept_batch: Option<usize>,
+    /// Socket reads and writes: one call each (epoll), or a turn's in one io_uring submission
+    /// (uring; falls back to epoll, logged, where the kernel refuses it) [default: uring].
+    #[arg(long, value_enum)]
+    pub io: Option<Io>,
     /// push: the API key for POST /publish/{topic} (sent as `Authorization: Bearer KEY`);
     /// without it, HTTP publishing is refused.
     #[arg(long)]
@@ -296,6 +308,7 @@ impl ServeArgs {
             close_timeout,
             drain_timeout,
             accept_batch,
+            io,
             stats_interval,
             tls_cert,
             tls_key,
@@ -546,6 +559,11 @@ impl ServeArgs {
             status: self.status_access(self.listen.unwrap_or(d.listen)),
             // Loaded by `tls_config`, which can fail.
             tls: None,
+            io: match self.io {
+                Some(Io::Uring) => crate::server::config::IoMode::Uring,
+                Some(Io::Epoll) => crate::server::config::IoMode::Epoll,
+                None => d.io,
+            },
         }
     }
 

@@ -173,7 +173,7 @@ fn count(s: &Server, c: Counter) -> u64 {
 fn every_auth_failure_is_a_401_with_its_reason_and_counter() {
     let s = echo_with(Config {
         jwt: jwt(false, None),
-        ..Config::default()
+        ..common::base_config()
     });
     let addr = s.local_addr();
     let later = unix_now() + 3600;
@@ -261,7 +261,7 @@ fn every_auth_failure_is_a_401_with_its_reason_and_counter() {
 fn a_token_opens_from_the_header_the_query_or_the_cookie() {
     let s = echo_with(Config {
         jwt: jwt(false, Some("fanout_jwt")),
-        ..Config::default()
+        ..common::base_config()
     });
     let addr = s.local_addr();
     let t = token(serde_json::json!({}));
@@ -378,7 +378,7 @@ fn push_enforces_the_topic_claims() {
 fn an_expired_token_closes_its_connection_with_1008() {
     let s = echo_with(Config {
         jwt: jwt(true, None),
-        ..Config::default()
+        ..common::base_config()
     });
     let addr = s.local_addr();
     let soon = sign(
@@ -414,7 +414,7 @@ fn origins_outside_the_allow_list_get_403() {
         allowed_origins: Some(
             OriginPolicy::parse(&["https://app.example.com", "https://*.example.org"]).unwrap(),
         ),
-        ..Config::default()
+        ..common::base_config()
     });
     let addr = s.local_addr();
     for (origin, want) in [
@@ -454,7 +454,7 @@ fn wait_connections(s: &Server, ip: IpAddr, n: u32) {
 fn per_ip_cap_holds_across_shards_while_another_address_connects() {
     let s = echo_with(Config {
         max_conns_per_ip: 3,
-        ..Config::default()
+        ..common::base_config()
     });
     let addr = s.local_addr();
     let mut held: Vec<Reply> = (0..3)
@@ -487,7 +487,7 @@ fn per_ip_cap_holds_across_shards_while_another_address_connects() {
 fn handshake_rate_gets_429_with_retry_after_then_recovers() {
     let s = echo_with(Config {
         handshake_rate_per_ip: Some(RateLimit::new(2.0, Some(2))),
-        ..Config::default()
+        ..common::base_config()
     });
     let addr = s.local_addr();
     for _ in 0..2 {
@@ -522,7 +522,7 @@ fn handshake_rate_gets_429_with_retry_after_then_recovers() {
 fn a_concurrent_flood_from_one_address_gets_exactly_the_cap_across_shards() {
     let s = echo_with(Config {
         max_conns_per_ip: 5,
-        ..Config::default()
+        ..common::base_config()
     });
     let addr = s.local_addr();
     // 8 threads x 15 attempts at once, each holding what it gets: SO_REUSEPORT spreads them
@@ -565,7 +565,7 @@ fn a_refused_upgrade_holds_its_per_ip_slot_until_its_socket_closes() {
     let s = echo_with(Config {
         max_conns_per_ip: 2,
         jwt: jwt(false, None),
-        ..Config::default()
+        ..common::base_config()
     });
     let addr = s.local_addr();
     let refused: Vec<Reply> = (0..2)

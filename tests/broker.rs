@@ -14,12 +14,12 @@ use common::redis::RedisServer;
 use fanout::apps::push::PushConfig;
 use fanout::pubsub::redis::RedisConfig;
 use fanout::pubsub::{BrokerConfig, HistoryConfig, HistoryPolicy};
-use fanout::server::{Config, Server};
+use fanout::server::Server;
 use tungstenite::Message;
 
 fn node(redis_url: &str) -> Server {
     push_server(
-        Config::default(),
+        common::base_config(),
         PushConfig {
             broker: BrokerConfig::Redis(RedisConfig::parse(redis_url).unwrap()),
             ..push_config()
@@ -259,7 +259,7 @@ fn redis_down_at_start_the_server_starts_degraded_and_heals() {
 
 fn history_node(redis_url: &str) -> Server {
     push_server(
-        Config::default(),
+        common::base_config(),
         PushConfig {
             allow_ws_publish: false,
             envelope: true,
@@ -513,7 +513,7 @@ fn rediss_publishes_cross_nodes_over_tls_and_an_untrusted_redis_is_refused() {
             cfg.tls = Some(fanout::client::Trust::CaFile(ca.to_path_buf()));
         }
         push_server(
-            Config::default(),
+            common::base_config(),
             PushConfig {
                 broker: BrokerConfig::Redis(cfg),
                 ..push_config()

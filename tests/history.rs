@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use common::push::{http, json, publish, push_config, push_server, silent, sub, Ws, KEY};
 use fanout::apps::push::PushConfig;
 use fanout::pubsub::{HistoryConfig, HistoryPolicy};
-use fanout::server::{Config, Server};
+use fanout::server::Server;
 use serde_json::Value;
 use tungstenite::Message;
 
 fn server(size: usize, max_recovery: usize) -> Server {
     push_server(
-        Config::default(),
+        common::base_config(),
         PushConfig {
             envelope: true,
             history: HistoryConfig {

@@ -16,7 +16,7 @@ const KEY: &str = common::push::KEY;
 
 #[test]
 fn publish_reaches_exactly_the_subscribers_once_in_order() {
-    let s = push_server(Config::default(), push_config());
+    let s = push_server(common::base_config(), push_config());
     let addr = s.local_addr();
     // Subscribers spread over both shards: by URL and by message.
     let mut by_url: Vec<Ws> = (0..6).map(|_| sub(addr, "?topics=news,misc")).collect();
@@ -50,7 +50,7 @@ fn publish_reaches_exactly_the_subscribers_once_in_order() {
 
 #[test]
 fn websocket_publish_and_unsubscribe() {
-    let s = push_server(Config::default(), push_config());
+    let s = push_server(common::base_config(), push_config());
     let addr = s.local_addr();
     let mut a = sub(addr, "?topics=room");
     let mut b = sub(addr, "?topics=room");
@@ -85,7 +85,7 @@ fn websocket_publish_and_unsubscribe() {
 #[test]
 fn bad_commands_get_clear_errors_and_the_connection_stays_usable() {
     let s = push_server(
-        Config::default(),
+        common::base_config(),
         PushConfig {
             max_topics_per_conn: 2,
             ..push_config()
@@ -138,7 +138,7 @@ fn bad_commands_get_clear_errors_and_the_connection_stays_usable() {
 
 #[test]
 fn publish_api_refusals() {
-    let s = push_server(Config::default(), push_config());
+    let s = push_server(common::base_config(), push_config());
     let addr = s.local_addr();
     assert_eq!(publish(addr, "a", "x", "text/plain", "wrong").0, 401);
     let (status, _) = http(
@@ -159,7 +159,7 @@ fn publish_api_refusals() {
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert!(out.contains("UTF-8"), "{out}");
     // No key configured: publishing over HTTP is refused outright.
-    let closed = push_server(Config::default(), PushConfig::default());
+    let closed = push_server(common::base_config(), PushConfig::default());
     assert_eq!(
         publish(closed.local_addr(), "a", "x", "text/plain", "anything").0,
         403
@@ -171,7 +171,7 @@ fn a_non_reading_subscriber_is_cut_off_while_others_keep_receiving() {
     let s = push_server(
         Config {
             write_queue_limit: 64 << 10,
-            ..Config::default()
+            ..common::base_config()
         },
         push_config(),
     );
@@ -236,7 +236,7 @@ fn a_subscriber_that_reads_late_gets_every_frame_whole_and_in_order() {
     let s = push_server(
         Config {
             write_queue_limit: 64 << 20,
-            ..Config::default()
+            ..common::base_config()
         },
         push_config(),
     );
@@ -261,7 +261,7 @@ fn a_subscriber_that_reads_late_gets_every_frame_whole_and_in_order() {
 
 #[test]
 fn metrics_reflect_connections_and_publishes() {
-    let s = push_server(Config::default(), push_config());
+    let s = push_server(common::base_config(), push_config());
     let addr = s.local_addr();
     let _subs: Vec<Ws> = (0..4).map(|_| sub(addr, "?topics=m")).collect();
     publish(addr, "m", "x", "text/plain", KEY);

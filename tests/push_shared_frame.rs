@@ -2,6 +2,8 @@
 //! the whole process allocates while one 1 MiB publish is queued for 200 subscribers stay
 //! near one copy of the frame (a per-subscriber copy would be 200 MiB).
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -42,7 +44,7 @@ fn one_publish_allocates_one_frame_for_all_subscribers() {
             listen: "127.0.0.1:0".parse().unwrap(),
             shards: 2,
             write_queue_limit: 64 << 20,
-            ..Config::default()
+            ..common::base_config()
         },
         Push::new(PushConfig {
             publish_key: Some("k".into()),

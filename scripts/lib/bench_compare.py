@@ -199,13 +199,18 @@ def paired(mine, theirs, phase, key):
     return {"median": median(each), "rounds": each}
 
 
-def ratios(res):
+OURS = ("fanout", "fanout-uring")
+
+
+def ratios(res, mine="fanout"):
+    """`mine` (fanout's epoll or io_uring path) against every other server: the peers, and
+    for the epoll path its io_uring twin."""
     out = {}
-    f = res.get("fanout")
+    f = res.get(mine)
     if not f:
         return out
     for s, p in res.items():
-        if s == "fanout":
+        if s == mine or (mine != "fanout" and s in OURS):
             continue
         out[s] = {
             "handshake_rate_fanout_over_peer": ratio(f["handshakes_per_second"], p["handshakes_per_second"]),
@@ -236,6 +241,7 @@ def main():
     servers = servers.split()
     res = summarise(work, servers)
     rat = ratios(res)
+    rat_uring = ratios(res, "fanout-uring")
     report = {
         "connections": int(conns),
         "echo_connections": int(echo_conns),
@@ -243,6 +249,8 @@ def main():
         "rounds": int(rounds),
         "medians": res,
         "ratios": rat,
+        # fanout --io uring against the peers (the same keys: "fanout" there is fanout-uring).
+        "ratios_fanout_uring": rat_uring,
         "note": "rate ratios and *_peer_over_fanout > 1 favour fanout; cost_fanout_over_peer < 1 favours fanout",
     }
     with open(out, "w") as fh:
@@ -262,11 +270,13 @@ def main():
             f"{fmt(r['echo_server_user_us_per_message'], 2):>7} {fmt(r['fanout_server_cpu_us_per_delivery'], 3):>7} "
             f"{fmt(r['fanout_lost_total'], 0):>5}"
         )
-    for s, r in rat.items():
+    for mine, s, r in [("fanout", s, r) for s, r in rat.items()] + [
+        ("fanout-uring", s, r) for s, r in rat_uring.items()
+    ]:
         c = r["cost_fanout_over_peer"]
         q = {k: v["median"] for k, v in r["cost_fanout_over_peer_paired"].items()}
         print(
-            f"fanout / {s} (cost, < 1 favours fanout): CPU/echo msg {fmt(c['echo_cpu_per_message'], 2)}x, "
+            f"{mine} / {s} (cost, < 1 favours fanout): CPU/echo msg {fmt(c['echo_cpu_per_message'], 2)}x, "
             f"user CPU/echo msg {fmt(c['echo_user_cpu_per_message'], 2)}x, CPU/handshake {fmt(c['cpu_per_handshake'], 2)}x, "
             f"memory/idle conn {fmt(c['rss_per_idle_connection'], 2)}x, CPU/fan-out delivery {fmt(c['fanout_cpu_per_delivery'], 2)}x; "
             f"handshake rate x{fmt(r['handshake_rate_fanout_over_peer'], 2)}, echo throughput x{fmt(r['echo_throughput_fanout_over_peer'], 2)}"

@@ -39,7 +39,7 @@ def main():
                 with open(base + ".unit") as f:
                     u0, s0, u1, s1, units = f.read().split()
             except (OSError, ValueError):
-                print(f"  {s:<8} (no figures)")
+                print(f"  {s:<12} (no figures)")
                 continue
             if units == "echo":
                 with open(base + ".json") as f:
@@ -51,7 +51,7 @@ def main():
                 f"{k} {v / units:.3f}" for k, v in sorted(c.items(), key=lambda kv: -kv[1]) if v / units >= 0.001 and k != "all"
             )
             print(
-                f"  {s:<8} {c.get('all', 0) / units:.2f} syscalls ({calls}); "
+                f"  {s:<12} {c.get('all', 0) / units:.2f} syscalls ({calls}); "
                 f"server CPU {1e6 * (user + system) / units:.2f} us (user {1e6 * user / units:.2f} us) over {units:,.0f}"
             )
 

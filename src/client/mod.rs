@@ -4,7 +4,7 @@
 //! lifecycle after it (close handshake, deadlines) is each connection's `proto::Connection`.
 //! No async runtime, no threads.
 
-mod batch;
+use crate::rt::batch;
 mod tls;
 mod url;
 

@@ -2,6 +2,7 @@
 //! wheel, the write queue, the process's fd limit and the wall clock. Owns no policy and no
 //! sockets; must not import `server` or `client`.
 
+pub mod batch;
 pub mod limits;
 pub mod timer;
 pub mod write_queue;

@@ -86,6 +86,17 @@ impl WriteQueue {
         f(&mut last[at..]);
     }
 
+    /// Puts owned bytes before everything queued: bytes that were due before the queue (a
+    /// batched write that took only part of them). Nothing of the queue may be written yet.
+    pub fn push_front_bytes(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        debug_assert_eq!(self.head_offset, 0, "the front chunk is partly written");
+        self.len += bytes.len();
+        self.chunks.push_front(Chunk::Owned(bytes.to_vec()));
+    }
+
     pub fn push_owned(&mut self, bytes: Vec<u8>) {
         if bytes.is_empty() {
             return;
@@ -163,6 +174,23 @@ impl WriteQueue {
             }
         }
         Ok((Flush::Done, total))
+    }
+
+    /// The unwritten bytes as slices, at most `MAX_IOVECS` of them (what one `flush` round
+    /// offers), appended to `out`; for a caller that writes them itself (batched) and then
+    /// `consume`s. Returns the bytes offered.
+    pub fn gather<'a>(&'a self, out: &mut Vec<IoSlice<'a>>) -> usize {
+        let mut offered = 0;
+        for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
+            let bytes = if i == 0 {
+                &chunk.bytes()[self.head_offset..]
+            } else {
+                chunk.bytes()
+            };
+            offered += bytes.len();
+            out.push(IoSlice::new(bytes));
+        }
+        offered
     }
 
     /// The bytes still to write when they are one chunk (a client that sends a message and

@@ -68,6 +68,11 @@ impl Stash {
         self.0 = if v.is_empty() { None } else { Some(v) };
     }
 
+    /// The bytes kept (none: empty).
+    pub fn bytes(&self) -> &[u8] {
+        self.0.as_deref().map_or(&[], |v| &v[..])
+    }
+
     pub fn take(&mut self) -> Option<Box<Vec<u8>>> {
         self.0.take()
     }

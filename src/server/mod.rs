@@ -25,7 +25,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 pub use api::Remote;
 pub use api::ShardApi;
-pub use config::{Config, SlowConsumerPolicy};
+pub use config::{Config, IoMode, SlowConsumerPolicy};
 pub use handler::{
     Accept, ConnError, ConnId, ConnInfo, Ctx, Delivery, Handler, HttpReply, HttpResponse,
     SharedFrame, Token,

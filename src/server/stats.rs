@@ -79,6 +79,9 @@ counters! {
     DeflateOutRawBytes => "deflate_out_raw_bytes_total",
     DeflateOutWireBytes => "deflate_out_compressed_bytes_total",
     TlsErrors => "tls_errors_total",
+    UringReads => "uring_reads_total",
+    UringWrites => "uring_writes_total",
+    UringSubmissions => "uring_submissions_total",
     Closed => "connections_closed_total",
 }
 

@@ -10,13 +10,33 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use fanout::apps::echo::Echo;
-use fanout::server::{Config, Server};
+use fanout::server::{Config, IoMode, Server};
+
+/// The I/O path the test run asks for: `FANOUT_TEST_IO=epoll` runs every in-process server of
+/// the suite on the plain calls (`scripts/test.sh` does, once more), `uring` on io_uring
+/// batches; unset: the default (`uring`).
+pub fn test_io() -> IoMode {
+    match std::env::var("FANOUT_TEST_IO").as_deref() {
+        Ok("uring") => IoMode::Uring,
+        Ok("epoll") => IoMode::Epoll,
+        Ok("") | Err(_) => IoMode::default(),
+        Ok(other) => panic!("FANOUT_TEST_IO={other}: expected uring or epoll"),
+    }
+}
+
+/// The server's defaults with the run's I/O path: what every test server starts from.
+pub fn base_config() -> Config {
+    Config {
+        io: test_io(),
+        ..Config::default()
+    }
+}
 
 pub fn config() -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         shards: 2,
-        ..Config::default()
+        ..base_config()
     }
 }
 

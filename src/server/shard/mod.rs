@@ -17,6 +17,7 @@ mod read;
 mod refusals;
 mod status;
 mod tls;
+mod uring;
 mod write;
 
 use mio::net::{TcpListener, TcpStream};
@@ -93,6 +94,8 @@ pub(crate) struct Core<H: Handler> {
     refusals: refusals::RefusalLog,
     /// Viewers of the status page's feed, and its sampler.
     status: crate::server::status::StatusFeed,
+    /// `--io uring`: the ring and the turn's batched reads and writes; None: plain calls.
+    uring: Option<Box<uring::Uring>>,
 }
 
 /// The other shards: their message channels, this shard's inbox, and which of them this turn
@@ -194,6 +197,10 @@ impl<H: Handler> Shard<H> {
             draining_until: None,
             refusals: Default::default(),
             status: Default::default(),
+            uring: match cfg.io {
+                crate::server::config::IoMode::Uring => uring::Uring::new(index),
+                crate::server::config::IoMode::Epoll => None,
+            },
             cfg,
         };
         // With TLS, the buffer must hold an unfinished record plus a whole one.
@@ -233,11 +240,18 @@ impl<H: Handler> Shard<H> {
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                             // With the peer's FIN already in, a short read does not mean
                             // drained: the EOF after the data brings no new edge.
-                            self.read(key, ev.is_read_closed() || ev.is_error());
+                            let to_eof = ev.is_read_closed() || ev.is_error();
+                            if self.batchable_read(key, to_eof) {
+                                self.queue_read(key);
+                            } else {
+                                self.read(key, to_eof);
+                            }
                         }
                     }
                 }
             }
+            // `--io uring`: the reads gathered above, in one submission, then their answers.
+            self.read_batched();
             if self.core.accept.more {
                 // A batch cap was hit or the EMFILE back-off ended: the listener's edge will
                 // not fire again for connections already waiting.

@@ -18,12 +18,16 @@ impl<H: Handler> Shard<H> {
     /// the app or other shards, late answers).
     pub(super) fn flush_dirty(&mut self) {
         let dirty = std::mem::take(&mut self.core.turn.dirty);
-        for &(key, gen) in &dirty {
-            match self.conns.get_mut(key) {
-                Some(c) if c.gen == gen => c.flags &= !DIRTY,
-                _ => continue,
+        if self.core.uring.is_some() {
+            self.flush_dirty_batched(&dirty);
+        } else {
+            for &(key, gen) in &dirty {
+                match self.conns.get_mut(key) {
+                    Some(c) if c.gen == gen => c.flags &= !DIRTY,
+                    _ => continue,
+                }
+                self.flush(key);
             }
-            self.flush(key);
         }
         // Keep the list's allocation.
         let mut dirty = dirty;
@@ -101,7 +105,7 @@ impl<H: Handler> Core<H> {
 
     /// What follows a write: interest in WRITABLE, the slow-consumer policy, and the shutdown
     /// of a finished connection. False: the connection must be dropped.
-    fn after_write(&mut self, key: usize, conn: &mut Conn<H::State>) -> bool {
+    pub(super) fn after_write(&mut self, key: usize, conn: &mut Conn<H::State>) -> bool {
         let backlog = conn.queued() + self.tls_pending(key);
         if backlog == 0 {
             conn.queue = None;
