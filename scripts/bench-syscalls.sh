@@ -78,9 +78,9 @@ start() {
         fanout-uring-*) "${PIN_SERVER[@]}" target/release/fanout serve --listen "127.0.0.1:$PORT" --shards 1 \
                 --ping-interval 0 --io uring 2>"$WORK/server.log" & ;;
         fanout-fanout) "${PIN_SERVER[@]}" target/release/fanout serve --app push --listen "127.0.0.1:$PORT" --shards 1 \
-                --ping-interval 0 --publish-key "$KEY" --write-queue-limit 4MiB 2>"$WORK/server.log" & ;;
+                --ping-interval 0 --publish-key "$KEY" --write-queue-limit 4MiB --io epoll 2>"$WORK/server.log" & ;;
         fanout-*) "${PIN_SERVER[@]}" target/release/fanout serve --listen "127.0.0.1:$PORT" --shards 1 \
-                --ping-interval 0 2>"$WORK/server.log" & ;;
+                --ping-interval 0 --io epoll 2>"$WORK/server.log" & ;;
         uws-fanout) "${PIN_SERVER[@]}" target/uws/uws-pubsub --port "$PORT" --publish-key "$KEY" 2>"$WORK/server.log" & ;;
         uws-*) PORT=$PORT "${PIN_SERVER[@]}" target/uws/uws-echo >"$WORK/server.log" 2>&1 & ;;
         *) echo "unknown server $name" >&2; exit 2 ;;
