@@ -43,11 +43,8 @@ use crate::server::Global;
 pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
 pub(crate) const WAKER: Token = Token(usize::MAX - 2);
 
-/// Full reads of one connection per readiness event before others get a turn (4 x the 64 KiB
-/// read buffer: a quarter of a millisecond to a millisecond of work per event).
-const MAX_READS_PER_EVENT: usize = 4;
-/// The work a loop turn does on connections with input left unread before it polls again.
-const TURN_BUDGET: Duration = Duration::from_millis(1);
+/// Full reads of one connection per readiness event before others get a turn.
+const MAX_READS_PER_EVENT: usize = 16;
 /// The cork buffer is flushed early past this size, and shrunk back after a big message.
 const CORK_FLUSH_AT: usize = 256 << 10;
 const CORK_CAPACITY: usize = 64 << 10;
@@ -261,7 +258,7 @@ impl<H: Handler> Shard<H> {
                 self.accept();
             }
             self.app_hooks();
-            self.resume_pending(busy_from);
+            self.resume_pending();
             self.fire_timers();
             self.flush_dirty();
             self.wake_peers();
