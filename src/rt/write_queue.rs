@@ -146,12 +146,7 @@ impl WriteQueue {
                 let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
                 let mut n = 0;
                 let mut offered = 0;
-                for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
-                    let bytes = if i == 0 {
-                        &chunk.bytes()[self.head_offset..]
-                    } else {
-                        chunk.bytes()
-                    };
+                for bytes in self.unwritten() {
                     slices[n] = IoSlice::new(bytes);
                     offered += bytes.len();
                     n += 1;
@@ -181,16 +176,28 @@ impl WriteQueue {
     /// `consume`s. Returns the bytes offered.
     pub fn gather<'a>(&'a self, out: &mut Vec<IoSlice<'a>>) -> usize {
         let mut offered = 0;
-        for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
-            let bytes = if i == 0 {
-                &chunk.bytes()[self.head_offset..]
-            } else {
-                chunk.bytes()
-            };
+        for bytes in self.unwritten() {
             offered += bytes.len();
             out.push(IoSlice::new(bytes));
         }
         offered
+    }
+
+    /// The unwritten bytes of the first `MAX_IOVECS` chunks, one slice each (the first from
+    /// where the last write stopped).
+    fn unwritten(&self) -> impl Iterator<Item = &[u8]> {
+        self.chunks
+            .iter()
+            .take(MAX_IOVECS)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let bytes = chunk.bytes();
+                if i == 0 {
+                    &bytes[self.head_offset..]
+                } else {
+                    bytes
+                }
+            })
     }
 
     /// The bytes still to write when they are one chunk (a client that sends a message and
