@@ -149,6 +149,12 @@ pub struct ServeArgs {
     /// Connections accepted per shard per loop turn [default: 256].
     #[arg(long)]
     pub accept_batch: Option<usize>,
+    /// TCP_DEFER_ACCEPT: the kernel hands a connection to the server once its first bytes are
+    /// in (accept and request read in one wake-up); a socket silent this long is then handed
+    /// over anyway and gets --handshake-timeout. Whole seconds; 0: off [default: 1s].
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub defer_accept: Option<Duration>,
     /// Socket reads and writes: one call each (epoll), or a turn's in one io_uring submission
     /// (uring; falls back to epoll, logged, where the kernel refuses it) [default: uring].
     #[arg(long, value_enum)]
@@ -308,6 +314,7 @@ impl ServeArgs {
             close_timeout,
             drain_timeout,
             accept_batch,
+            defer_accept,
             io,
             stats_interval,
             tls_cert,
@@ -535,6 +542,7 @@ impl ServeArgs {
             close_timeout: self.close_timeout.unwrap_or(d.close_timeout),
             drain_timeout: self.drain_timeout.unwrap_or(d.drain_timeout),
             accept_batch: self.accept_batch.unwrap_or(d.accept_batch).max(1),
+            defer_accept: self.defer_accept.unwrap_or(d.defer_accept),
             deflate: crate::server::config::DeflateConfig {
                 enabled: self.deflate.unwrap_or(d.deflate.enabled),
                 min_size: self.deflate_min_size.unwrap_or(d.deflate.min_size),

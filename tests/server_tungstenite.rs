@@ -322,6 +322,54 @@ fn silent_socket_is_closed_at_the_handshake_deadline() {
 }
 
 #[test]
+fn with_defer_accept_a_silent_socket_waits_in_the_kernel_then_meets_the_handshake_deadline() {
+    let server = echo_server(Config {
+        handshake_timeout: Duration::from_millis(300),
+        defer_accept: Duration::from_secs(1),
+        ..config()
+    });
+    let addr = server.local_addr();
+    let start = Instant::now();
+    let mut silent = TcpStream::connect(addr).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    // Connected on the client's side, but not handed to the server: nothing of it is held.
+    assert_eq!(stats::total(&server.stats(), Counter::Accepted), 0);
+    // A client that sends its request is accepted and served at once.
+    let (mut ws, _) = connect(format!("ws://{addr}/")).unwrap();
+    ws.send(Message::text("hi")).unwrap();
+    assert_eq!(read_data(&mut ws), Message::text("hi"));
+    assert_eq!(stats::total(&server.stats(), Counter::Accepted), 1);
+    // The silent one is handed over once the deferral has passed, then the handshake
+    // deadline closes it.
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert!(matches!(silent.read(&mut buf), Ok(0) | Err(_)));
+    assert!(
+        start.elapsed() < Duration::from_secs(9),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(stats::total(&server.stats(), Counter::Accepted), 2);
+    assert_eq!(stats::total(&server.stats(), Counter::HandshakeTimeouts), 1);
+}
+
+#[test]
+fn without_defer_accept_a_silent_socket_is_accepted_at_once() {
+    let server = echo_server(Config {
+        defer_accept: Duration::ZERO,
+        ..config()
+    });
+    let _silent = TcpStream::connect(server.local_addr()).unwrap();
+    let start = Instant::now();
+    while stats::total(&server.stats(), Counter::Accepted) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(5), "never accepted");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
 fn unanswered_pings_drop_the_connection_and_answered_ones_keep_it() {
     let server = echo_server(Config {
         ping_interval: Duration::from_millis(200),

@@ -68,6 +68,11 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Connections accepted per listener per loop turn before other work runs.
     pub accept_batch: usize,
+    /// TCP_DEFER_ACCEPT on the listeners: the kernel hands a connection over only once its
+    /// first bytes (the request, a ClientHello) are in, so accepting it and reading it are one
+    /// wake-up, and a socket that never sends is not accepted until this has passed (it then
+    /// gets the handshake timeout). Zero: off.
+    pub defer_accept: Duration,
     /// permessage-deflate (off unless enabled).
     pub deflate: DeflateConfig,
     /// Upgrades need a valid HS256 JWT (401 otherwise). None: no authentication.
@@ -112,6 +117,7 @@ impl Default for Config {
             close_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
             accept_batch: 256,
+            defer_accept: Duration::from_secs(1),
             deflate: DeflateConfig::default(),
             jwt: None,
             allowed_origins: None,

@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -70,7 +71,11 @@ impl ShutdownHandle {
 }
 
 /// Binds one non-blocking SO_REUSEPORT listener.
-fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+fn bind_listener(
+    addr: SocketAddr,
+    backlog: u32,
+    defer_accept: Duration,
+) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -78,9 +83,32 @@ fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpList
     // Accepted sockets inherit TCP_NODELAY from the listener (Linux copies it with the
     // socket): one setsockopt here instead of one per connection.
     socket.set_tcp_nodelay(true)?;
+    if !defer_accept.is_zero() {
+        set_defer_accept(&socket, defer_accept)?;
+    }
     socket.bind(&addr.into())?;
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;
     Ok(socket.into())
+}
+
+/// TCP_DEFER_ACCEPT, in whole seconds (at least one).
+fn set_defer_accept(socket: &Socket, wait: Duration) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let secs = wait.as_secs().clamp(1, i32::MAX as u64) as libc::c_int;
+    // SAFETY: a valid socket and an int option of the right size.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl Server {
@@ -105,11 +133,15 @@ impl Server {
             ),
         });
         // The first listener fixes the port (port 0 picks one); the others share it.
-        let first = bind_listener(config.listen, config.backlog)?;
+        let first = bind_listener(config.listen, config.backlog, config.defer_accept)?;
         let local_addr = first.local_addr()?;
         let mut listeners = vec![first];
         for _ in 1..shards {
-            listeners.push(bind_listener(local_addr, config.backlog)?);
+            listeners.push(bind_listener(
+                local_addr,
+                config.backlog,
+                config.defer_accept,
+            )?);
         }
         let config = Arc::new(config);
         let mut polls = Vec::new();

@@ -587,8 +587,10 @@ fn slow_subscriber(c: &Ctx) -> Outcome {
     o
 }
 
-/// Connects `n` sockets from `source(i)` without sending anything, waits, and reads what each
-/// was told at accept: "http NNN", "eof", or "held" (accepted, or waiting in the backlog).
+/// Connects `n` sockets from `source(i)`, each sending the first line of a request and no more
+/// (a slowloris: a socket that sends nothing is not even handed to a server that uses
+/// TCP_DEFER_ACCEPT until its deferral has passed), waits, and reads what each was told at
+/// accept: "http NNN", "eof", or "held" (accepted, or waiting in the backlog).
 fn flood_accept(
     c: &Ctx,
     o: &mut Outcome,
@@ -598,7 +600,10 @@ fn flood_accept(
     let mut socks = Vec::new();
     for i in 0..n {
         match connect(c.addr, source(i)) {
-            Ok(s) => socks.push(s),
+            Ok(mut s) => {
+                let _ = s.write_all(b"GET / HTTP/1.1\r\n");
+                socks.push(s)
+            }
             Err(e) => o.saw(format!("connect failed: {}", io_outcome(&e))),
         }
     }

@@ -21,14 +21,22 @@ pub(super) struct Acceptor {
 impl<H: Handler> Shard<H> {
     // ----- accepting -----
 
-    pub(super) fn accept(&mut self) {
+    /// Accepts up to the batch cap. `in_dispatch`: called while the turn's events are being
+    /// dispatched, before its batched reads run (see `read_at_accept`).
+    pub(super) fn accept(&mut self, in_dispatch: bool) {
         let c = &mut self.core;
         c.accept.more = false;
         if c.accept.paused_until.is_some() || c.draining_until.is_some() {
             return;
         }
         let max = c.global.max_connections;
-        for _ in 0..c.cfg.accept_batch {
+        // With TCP_DEFER_ACCEPT a connection is handed over once its first bytes are in: read
+        // them now rather than on the readiness its registration reports at the next wait
+        // (which then finds the socket drained and reports nothing). Outside the dispatch, a
+        // batched read would wait a turn and meet that readiness too: leave it to epoll.
+        let read_now = !c.cfg.defer_accept.is_zero() && (in_dispatch || c.uring.is_none());
+        for _ in 0..self.core.cfg.accept_batch {
+            let c = &mut self.core;
             let Some(listener) = c.accept.listener.as_ref() else {
                 return;
             };
@@ -129,9 +137,16 @@ impl<H: Handler> Shard<H> {
             }
             c.stats.open.fetch_add(1, Relaxed);
             c.schedule(key, conn);
+            if read_now {
+                if self.batchable_read(key, false) {
+                    self.queue_read(key);
+                } else {
+                    self.read(key, false);
+                }
+            }
         }
         // The batch cap was hit: more may be waiting, and the edge will not fire again.
-        c.accept.more = true;
+        self.core.accept.more = true;
     }
 }
 

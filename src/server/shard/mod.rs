@@ -231,7 +231,7 @@ impl<H: Handler> Shard<H> {
             self.core.tick();
             for ev in events.iter() {
                 match ev.token() {
-                    LISTENER => self.accept(),
+                    LISTENER => self.accept(true),
                     WAKER => {}
                     Token(key) => {
                         if ev.is_writable() {
@@ -255,7 +255,7 @@ impl<H: Handler> Shard<H> {
             if self.core.accept.more {
                 // A batch cap was hit or the EMFILE back-off ended: the listener's edge will
                 // not fire again for connections already waiting.
-                self.accept();
+                self.accept(false);
             }
             self.app_hooks();
             self.resume_pending();
