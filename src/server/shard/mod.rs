@@ -399,6 +399,28 @@ impl<H: Handler> Shard<H> {
     }
 }
 
+/// Input past a connection's last answer is thrown away in calls of at most this many bytes.
+const DISCARD_PER_CALL: usize = 1 << 20;
+
+/// Throws away up to `max` bytes of the socket's input inside the kernel: TCP's `recv` with
+/// `MSG_TRUNC` drops the data instead of copying it out (tcp(7)), so no buffer is needed.
+fn recv_discard(sock: &TcpStream, max: usize) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: with MSG_TRUNC a TCP socket writes nothing to the buffer; a null one is valid.
+    let r = unsafe {
+        libc::recv(
+            sock.as_raw_fd(),
+            std::ptr::null_mut(),
+            max,
+            libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r as usize)
+}
+
 /// Reads once into `tmp` and appends to `big` (the large-request path).
 fn read_append(sock: &mut TcpStream, big: &mut Vec<u8>, tmp: &mut [u8]) -> io::Result<usize> {
     loop {

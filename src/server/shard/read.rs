@@ -31,6 +31,9 @@ impl<H: Handler> Shard<H> {
             return;
         }
         let tls = conn.flags & TLS != 0;
+        if !tls && discards_input(conn.phase()) {
+            return self.discard(key, to_eof);
+        }
         for round in 0.. {
             if round == MAX_READS_PER_EVENT {
                 conn.flags |= PENDING_READ;
@@ -149,6 +152,46 @@ impl<H: Handler> Shard<H> {
         }
     }
 
+    /// Input after a connection's last answer (a refused request's body, what follows a close
+    /// frame) thrown away in the kernel, without reading it into the buffer; the same fairness
+    /// cap as `read`. TLS input is decrypted as usual instead (rustls' state stays whole).
+    fn discard(&mut self, key: usize, to_eof: bool) {
+        let Self { conns, core, .. } = self;
+        let Some(conn) = conns.get_mut(key) else {
+            return;
+        };
+        for round in 0.. {
+            if round == MAX_READS_PER_EVENT {
+                conn.flags |= PENDING_READ;
+                core.turn.pending_read.push((key, conn.gen));
+                break;
+            }
+            match recv_discard(&conn.sock, DISCARD_PER_CALL) {
+                Ok(0) => {
+                    core.peer_eof(conns, key);
+                    return;
+                }
+                Ok(n) => {
+                    core.stats.add(Counter::BytesIn, n as u64);
+                    core.touch(conn);
+                    if n < DISCARD_PER_CALL && !to_eof {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    core.fail_io(key, conn, e);
+                    core.remove(conns, key);
+                    return;
+                }
+            }
+        }
+        if !core.flush_conn(key, conn) {
+            core.remove(conns, key);
+        }
+    }
+
     /// Continues connections with input left unread.
     pub(super) fn resume_pending(&mut self) {
         let pending = std::mem::take(&mut self.core.turn.pending_read);
@@ -162,6 +205,11 @@ impl<H: Handler> Shard<H> {
             self.read(key, true);
         }
     }
+}
+
+/// The phases whose input `process` throws away whole.
+pub(super) fn discards_input(phase: Phase) -> bool {
+    matches!(phase, Phase::HttpWait | Phase::Finishing | Phase::Draining)
 }
 
 impl<H: Handler> Core<H> {
@@ -205,7 +253,10 @@ impl<H: Handler> Core<H> {
         match conn.phase() {
             Phase::Handshaking | Phase::HttpBody => self.handshake(key, conn, data),
             Phase::Open | Phase::Closing => self.frames(key, conn, data),
-            Phase::HttpWait | Phase::Finishing | Phase::Draining => data.len(),
+            _ => {
+                debug_assert!(discards_input(conn.phase()));
+                data.len()
+            }
         }
     }
 

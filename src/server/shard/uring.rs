@@ -14,6 +14,7 @@ use std::io::IoSlice;
 use std::os::fd::AsRawFd;
 use std::sync::Once;
 
+use super::read::discards_input;
 use super::*;
 use crate::rt::batch::{self, Batch, Op, SendMsg};
 
@@ -87,12 +88,15 @@ impl Uring {
 impl<H: Handler> Shard<H> {
     /// Whether a readable connection's read can wait for the turn's read submission: a
     /// plaintext connection not paused, with little kept (an unfinished frame, copied to the
-    /// front of its slot), and no FIN seen (that one reads to EOF, plain).
+    /// front of its slot), no FIN seen (that one reads to EOF, plain), and input still wanted
+    /// (what is thrown away is dropped in the kernel: `read::discard`).
     pub(super) fn batchable_read(&self, key: usize, to_eof: bool) -> bool {
         !to_eof
             && self.core.uring.is_some()
             && self.conns.get(key).is_some_and(|c| {
-                c.flags & (TLS | READ_PAUSED) == 0 && c.stash.bytes().len() <= MAX_KEPT
+                c.flags & (TLS | READ_PAUSED) == 0
+                    && c.stash.bytes().len() <= MAX_KEPT
+                    && !discards_input(c.phase())
             })
     }
 
