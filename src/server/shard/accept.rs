@@ -35,8 +35,14 @@ impl<H: Handler> Shard<H> {
         // (which then finds the socket drained and reports nothing). Outside the dispatch, a
         // batched read would wait a turn and meet that readiness too: leave it to epoll.
         let read_now = !c.cfg.defer_accept.is_zero() && (in_dispatch || c.uring.is_none());
-        for _ in 0..self.core.cfg.accept_batch {
+        for n in 0..self.core.cfg.accept_batch {
             let c = &mut self.core;
+            // A flood of new connections (each accepted, read and answered here or in the
+            // turn's read batch) waits for the next turn past the budget, so it cannot hold a
+            // message of an open connection for more than about that.
+            if n > 0 && c.over_budget() {
+                break;
+            }
             let Some(listener) = c.accept.listener.as_ref() else {
                 return;
             };
@@ -145,7 +151,8 @@ impl<H: Handler> Shard<H> {
                 }
             }
         }
-        // The batch cap was hit: more may be waiting, and the edge will not fire again.
+        // The batch cap or the turn's budget was hit: more may be waiting, and the edge will
+        // not fire again.
         self.core.accept.more = true;
     }
 }

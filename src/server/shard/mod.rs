@@ -43,8 +43,12 @@ use crate::server::Global;
 pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
 pub(crate) const WAKER: Token = Token(usize::MAX - 2);
 
-/// Full reads of one connection per readiness event before others get a turn.
-const MAX_READS_PER_EVENT: usize = 16;
+/// Full reads of one connection per readiness event before others get a turn (4 x the 64 KiB
+/// read buffer: a quarter of a millisecond to a millisecond of work per event).
+const MAX_READS_PER_EVENT: usize = 4;
+/// The work a loop turn does on new connections, and on connections with input left unread,
+/// before it polls again (at least one of each is served every turn, so none starves).
+const TURN_BUDGET: Duration = Duration::from_millis(1);
 /// The cork buffer is flushed early past this size, and shrunk back after a big message.
 const CORK_FLUSH_AT: usize = 256 << 10;
 const CORK_CAPACITY: usize = 64 << 10;
@@ -110,6 +114,8 @@ struct Peers<M> {
 /// connection removed meanwhile is skipped. Each list keeps its allocation.
 #[derive(Default)]
 struct TurnWork {
+    /// When this turn's work began (after the poll): `TURN_BUDGET` is counted from here.
+    started: Option<Instant>,
     /// Connections with output to flush at the end of the turn.
     dirty: Vec<(usize, u32)>,
     /// Connections with input left unread (fairness cap, or reading resumed).
@@ -228,6 +234,7 @@ impl<H: Handler> Shard<H> {
                 }
             }
             let busy_from = Instant::now();
+            self.core.turn.started = Some(busy_from);
             self.core.tick();
             for ev in events.iter() {
                 match ev.token() {
@@ -436,6 +443,13 @@ fn read_append(sock: &mut TcpStream, big: &mut Vec<u8>, tmp: &mut [u8]) -> io::R
 }
 
 impl<H: Handler> Core<H> {
+    /// Whether this turn has worked its `TURN_BUDGET`.
+    fn over_budget(&self) -> bool {
+        self.turn
+            .started
+            .is_some_and(|t| t.elapsed() >= TURN_BUDGET)
+    }
+
     fn tick(&mut self) {
         self.now = (self.start.elapsed().as_millis() as u64 / TICK_MS) as u32;
     }

@@ -193,15 +193,31 @@ impl<H: Handler> Shard<H> {
     }
 
     /// Continues connections with input left unread.
+    ///
+    /// Within the turn's budget: once the turn has worked `TURN_BUDGET`, the rest wait, first in line, for the next turn, which polls (without
+    /// waiting) before it comes back to them. A few connections sending as fast as they can
+    /// then cannot hold a message from another connection for more than about the budget.
+    /// At least one is continued every turn, so none waits forever behind busy turns.
     pub(super) fn resume_pending(&mut self) {
         let pending = std::mem::take(&mut self.core.turn.pending_read);
-        for (key, gen) in pending {
+        let mut rest = pending.into_iter();
+        let mut continued = 0;
+        while let Some((key, gen)) = rest.next() {
+            if continued > 0 && self.core.over_budget() {
+                let newer = std::mem::take(&mut self.core.turn.pending_read);
+                let waiting = &mut self.core.turn.pending_read;
+                waiting.push((key, gen));
+                waiting.extend(rest);
+                waiting.extend(newer);
+                return;
+            }
             match self.conns.get_mut(key) {
                 Some(c) if c.gen == gen && c.flags & PENDING_READ != 0 => {
                     c.flags &= !PENDING_READ;
                 }
                 _ => continue,
             }
+            continued += 1;
             self.read(key, true);
         }
     }
