@@ -21,8 +21,8 @@ pub(super) struct Acceptor {
 impl<H: Handler> Shard<H> {
     // ----- accepting -----
 
-    /// Accepts up to the batch cap. `in_dispatch`: called while the turn's events are being
-    /// dispatched, before its batched reads run (see `read_at_accept`).
+    /// Accepts up to the batch cap and within the turn's budget. `in_dispatch`: called while
+    /// the turn's events are dispatched, before its batched reads run (see `read_now`).
     pub(super) fn accept(&mut self, in_dispatch: bool) {
         let c = &mut self.core;
         c.accept.more = false;

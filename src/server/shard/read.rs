@@ -194,8 +194,8 @@ impl<H: Handler> Shard<H> {
 
     /// Continues connections with input left unread.
     ///
-    /// Within the turn's budget: once the turn has worked `TURN_BUDGET`, the rest wait, first in line, for the next turn, which polls (without
-    /// waiting) before it comes back to them. A few connections sending as fast as they can
+    /// Within the turn's budget: once the turn has worked `TURN_BUDGET`, the rest wait, first
+    /// in line, for the next turn, which polls (without waiting) before it comes back to them. A few connections sending as fast as they can
     /// then cannot hold a message from another connection for more than about the budget.
     /// At least one is continued every turn, so none waits forever behind busy turns.
     pub(super) fn resume_pending(&mut self) {
