@@ -79,22 +79,7 @@ pub fn enable_rx_timestamps(fd: RawFd) -> io::Result<()> {
         target_arch = "riscv64"
     ))]
     {
-        let on: libc::c_int = 1;
-        // SAFETY: a plain setsockopt with a c_int that lives through the call.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                SO_TIMESTAMPNS,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        super::set_int_option(fd, libc::SOL_SOCKET, SO_TIMESTAMPNS, 1)
     }
     #[cfg(not(any(
         target_arch = "x86_64",

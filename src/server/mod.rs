@@ -94,21 +94,13 @@ fn bind_listener(
 /// TCP_DEFER_ACCEPT, in whole seconds (at least one).
 fn set_defer_accept(socket: &Socket, wait: Duration) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let secs = wait.as_secs().clamp(1, i32::MAX as u64) as libc::c_int;
-    // SAFETY: a valid socket and an int option of the right size.
-    let r = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_DEFER_ACCEPT,
-            (&secs as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    let secs = wait.as_secs().clamp(1, i32::MAX as u64) as i32;
+    crate::rt::set_int_option(
+        socket.as_raw_fd(),
+        libc::IPPROTO_TCP,
+        libc::TCP_DEFER_ACCEPT,
+        secs,
+    )
 }
 
 impl Server {
