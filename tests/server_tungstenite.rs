@@ -370,6 +370,56 @@ fn without_defer_accept_a_silent_socket_is_accepted_at_once() {
 }
 
 #[test]
+fn floods_of_input_and_of_new_connections_wait_their_turn_and_lose_nothing() {
+    // One shard: large messages (each read over several events, continued under the turn's
+    // budget) while 200 connections open at once (accepted under the same budget).
+    let server = echo_server(Config {
+        shards: 1,
+        ..config()
+    });
+    let addr = server.local_addr();
+    let big: Vec<_> = (0..6u8)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut ws = client(addr);
+                bounded(&ws);
+                for round in 0..4u8 {
+                    let msg = Message::binary(vec![i.wrapping_mul(31) ^ round; 900 << 10]);
+                    ws.send(msg.clone()).unwrap();
+                    assert!(read_data(&mut ws) == msg, "client {i}, round {round}");
+                }
+            })
+        })
+        .collect();
+    let small: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut conns: Vec<Ws> = (0..50).map(|_| client(addr)).collect();
+                for (j, ws) in conns.iter_mut().enumerate() {
+                    bounded(ws);
+                    ws.send(Message::text(format!("{t}-{j}"))).unwrap();
+                }
+                for (j, ws) in conns.iter_mut().enumerate() {
+                    assert_eq!(read_data(ws), Message::text(format!("{t}-{j}")));
+                }
+            })
+        })
+        .collect();
+    for h in big.into_iter().chain(small) {
+        h.join().unwrap();
+    }
+    assert_eq!(stats::total(&server.stats(), Counter::Accepted), 206);
+}
+
+/// A read that waits longer than this fails the test instead of hanging it.
+fn bounded(ws: &Ws) {
+    ws.get_ref()
+        .get_ref_tcp()
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+}
+
+#[test]
 fn unanswered_pings_drop_the_connection_and_answered_ones_keep_it() {
     let server = echo_server(Config {
         ping_interval: Duration::from_millis(200),
