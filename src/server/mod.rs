@@ -113,6 +113,13 @@ impl Server {
         } else {
             config.max_connections
         };
+        // Before the shards accept: a descriptor table that grows under a flood of new
+        // connections stalls every shard while it does (see `reserve_fd_table`).
+        let fds = crate::rt::limits::fds_needed(max_connections as u64);
+        match crate::rt::limits::reserve_fd_table(fds) {
+            Ok(size) => tracing::debug!("descriptor table sized for {fds}: {size:?}"),
+            Err(e) => tracing::warn!("cannot size the descriptor table for {fds} descriptors: {e}"),
+        }
         let global = Arc::new(Global {
             open: AtomicUsize::new(0),
             max_connections,
