@@ -103,7 +103,10 @@ pub fn parse_request(
 ) -> Result<Option<(Request<'_>, usize)>, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let n = match req.parse(buf) {
+    // Only the first `max_header_bytes` can hold an acceptable head: what lies past them is
+    // never scanned (a 64 KiB head costs what an 8 KiB one does), and a body or frames that
+    // follow the head in the same read are not the parser's.
+    let n = match req.parse(&buf[..buf.len().min(max_header_bytes)]) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             return if buf.len() >= max_header_bytes {
@@ -730,6 +733,28 @@ mod tests {
         assert_eq!(parse(&big).unwrap_err().status, 431);
         // Still incomplete but already past the cap.
         assert_eq!(parse(&big[..8500]).unwrap_err().status, 431);
+        // A head of exactly the cap is accepted, one byte more is not (only the cap is read).
+        let exact = |len: usize| {
+            let pad = len - "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: \r\n\r\n".len();
+            format!(
+                "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+                "a".repeat(pad)
+            )
+        };
+        let cap = DEFAULT_MAX_HEADER_BYTES;
+        let (_, n) = parse_request(exact(cap).as_bytes(), cap).unwrap().unwrap();
+        assert_eq!(n, cap);
+        let with_body = exact(cap) + "body past the head";
+        assert_eq!(
+            parse_request(with_body.as_bytes(), cap).unwrap().unwrap().1,
+            cap
+        );
+        assert_eq!(
+            parse_request(exact(cap + 1).as_bytes(), cap)
+                .unwrap_err()
+                .status,
+            431
+        );
         let many: String = (0..70).map(|i| format!("X-{i}: v\r\n")).collect();
         let s = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
         assert_eq!(parse(&s).unwrap_err().status, 431);
