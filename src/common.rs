@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::proto::frame::encode_frame;
+use crate::proto::frame::encode_header;
 use crate::proto::OpCode;
 
 /// A connection's identity: its shard, its slab slot and the generation that tells apart
@@ -34,14 +34,29 @@ pub struct SharedFrame {
 impl SharedFrame {
     /// Encodes `payload` as one final frame (server role: unmasked). Text payloads must be
     /// UTF-8; the caller checked it.
+    ///
+    /// The payload is copied once, straight into the shared allocation (a `Vec` turned into an
+    /// `Arc<[u8]>` would be copied again: a 1 MiB publish spent 20% of its CPU there).
     pub fn new(opcode: OpCode, payload: &[u8]) -> Self {
-        let mut v = Vec::with_capacity(payload.len() + crate::proto::MAX_HEADER_LEN);
-        encode_frame(&mut v, true, opcode, payload, None);
-        let header_len = (v.len() - payload.len()) as u8;
+        let mut header = [0u8; crate::proto::MAX_HEADER_LEN];
+        let h = encode_header(&mut header, true, 0, opcode, payload.len() as u64, None);
+        let mut bytes = Arc::<[u8]>::new_uninit_slice(h + payload.len());
+        let Some(dst) = Arc::get_mut(&mut bytes) else {
+            unreachable!("a new Arc has no other owner")
+        };
+        let out = dst.as_mut_ptr().cast::<u8>();
+        // SAFETY: `dst` is `h + payload.len()` bytes, ours alone; the two copies fill it
+        // exactly, from buffers that cannot overlap a fresh allocation. Every byte is then
+        // initialized, as `assume_init` requires.
+        let bytes = unsafe {
+            std::ptr::copy_nonoverlapping(header.as_ptr(), out, h);
+            std::ptr::copy_nonoverlapping(payload.as_ptr(), out.add(h), payload.len());
+            bytes.assume_init()
+        };
         Self {
             opcode,
-            header_len,
-            bytes: v.into(),
+            header_len: h as u8,
+            bytes,
         }
     }
 

@@ -428,17 +428,28 @@ fn recv_discard(sock: &TcpStream, max: usize) -> io::Result<usize> {
     Ok(r as usize)
 }
 
-/// Reads once into `tmp` and appends to `big` (the large-request path).
-fn read_append(sock: &mut TcpStream, big: &mut Vec<u8>, tmp: &mut [u8]) -> io::Result<usize> {
+/// Reads once, at most `max` bytes, straight into `big`'s spare capacity (the large-request
+/// path: a 1 MiB publish body is copied out of the kernel once, not through the read buffer).
+fn read_append(sock: &TcpStream, big: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    big.reserve(max);
+    let spare = big.spare_capacity_mut();
+    let want = spare.len().min(max);
     loop {
-        match sock.read(tmp) {
-            Ok(n) => {
-                big.extend_from_slice(&tmp[..n]);
-                return Ok(n);
+        // SAFETY: `spare` is `want` or more writable bytes of `big`'s allocation; recv writes
+        // at most `want` and tells how many.
+        let r = unsafe { libc::recv(sock.as_raw_fd(), spare.as_mut_ptr().cast(), want, 0) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            return Err(e);
         }
+        let n = r as usize;
+        // SAFETY: recv initialized the first `n` bytes past the length.
+        unsafe { big.set_len(big.len() + n) };
+        return Ok(n);
     }
 }
 

@@ -57,7 +57,7 @@ impl<H: Handler> Shard<H> {
                 // A large unfinished HTTP request: grow it in place rather than through the
                 // read buffer.
                 let mut big = stash.unwrap_or_default();
-                let n = match read_append(&mut conn.sock, &mut big, rbuf) {
+                let n = match read_append(&conn.sock, &mut big, rbuf.len()) {
                     Ok(n) if n > 0 => n,
                     other => {
                         conn.stash.set(big);
