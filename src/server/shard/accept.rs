@@ -18,6 +18,11 @@ pub(super) struct Acceptor {
     pub(super) emfile_logged_at: Option<Instant>,
 }
 
+/// With TCP_DEFER_ACCEPT on io_uring, the accepted connections whose requests are read in one
+/// submission before accepting goes on: enough to share a submission's cost, few enough that
+/// a flood of costly requests (64 KiB heads) is answered within about the turn's budget.
+const ACCEPTED_READS_PER_BATCH: usize = 16;
+
 impl<H: Handler> Shard<H> {
     // ----- accepting -----
 
@@ -35,7 +40,14 @@ impl<H: Handler> Shard<H> {
         // (which then finds the socket drained and reports nothing). Outside the dispatch, a
         // batched read would wait a turn and meet that readiness too: leave it to epoll.
         let read_now = !c.cfg.defer_accept.is_zero() && (in_dispatch || c.uring.is_none());
+        let mut queued = 0;
         for n in 0..self.core.cfg.accept_batch {
+            if queued == ACCEPTED_READS_PER_BATCH {
+                // Their requests are answered before more are accepted, so that the budget
+                // below counts that work too, not only the accepts.
+                self.read_batched();
+                queued = 0;
+            }
             let c = &mut self.core;
             // A flood of new connections (each accepted, read and answered here or in the
             // turn's read batch) waits for the next turn past the budget, so it cannot hold a
@@ -146,6 +158,7 @@ impl<H: Handler> Shard<H> {
             if read_now {
                 if self.batchable_read(key, false) {
                     self.queue_read(key);
+                    queued += 1;
                 } else {
                     self.read(key, false);
                 }
