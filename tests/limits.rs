@@ -365,3 +365,36 @@ fn echo_to_a_reader_that_stops_reading_pauses_before_decoding_past_the_limit() {
     let max = *max_queued.lock().unwrap();
     assert!(max < LIMIT, "a message was decoded with {max} bytes queued");
 }
+
+/// The process's descriptor table is sized for --max-connections when the server starts, so a
+/// flood of new connections never makes the kernel grow it (each doubling, in a process with
+/// several threads, waits an RCU grace period with every shard's accept blocked behind it).
+#[test]
+fn the_descriptor_table_is_sized_for_max_connections_at_start() {
+    let fd_size = || fanout::rt::limits::fd_table_size().unwrap();
+    let max = 3000.min(fanout::rt::limits::socket_capacity());
+    let s = common::echo_server(Config {
+        max_connections: max,
+        ..config()
+    });
+    let at_start = fd_size();
+    assert!(
+        at_start >= fanout::rt::limits::fds_needed(max as u64),
+        "FDSize {at_start} for --max-connections {max}"
+    );
+    // Well past the 64-descriptor table a process starts with.
+    // Each sends a request line, so TCP_DEFER_ACCEPT hands it over at once.
+    let socks: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let mut c = TcpStream::connect(s.local_addr()).unwrap();
+            c.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+            c
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.open_connections() < socks.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(s.open_connections(), socks.len());
+    assert_eq!(fd_size(), at_start, "the table grew while accepting");
+}
