@@ -57,7 +57,8 @@ impl<H: Handler> Shard<H> {
                 // A large unfinished HTTP request: grow it in place rather than through the
                 // read buffer.
                 let mut big = stash.unwrap_or_default();
-                let n = match read_append(&conn.sock, &mut big, rbuf.len()) {
+                let cap = core.cfg.max_header_bytes + core.cfg.max_http_body + rbuf.len();
+                let n = match read_append(&conn.sock, &mut big, rbuf.len(), cap) {
                     Ok(n) if n > 0 => n,
                     other => {
                         conn.stash.set(big);
