@@ -265,20 +265,7 @@ fn a_thousand_concurrent_echo_clients() {
     let server = echo_server(config());
     let addr = server.local_addr();
     let threads: Vec<_> = (0..20)
-        .map(|t| {
-            std::thread::spawn(move || {
-                let mut conns: Vec<Ws> = (0..50).map(|_| client(addr)).collect();
-                for round in 0..5 {
-                    for (i, ws) in conns.iter_mut().enumerate() {
-                        ws.send(Message::text(format!("{t}-{i}-{round}"))).unwrap();
-                    }
-                    for (i, ws) in conns.iter_mut().enumerate() {
-                        assert_eq!(read_data(ws), Message::text(format!("{t}-{i}-{round}")));
-                    }
-                }
-                conns
-            })
-        })
+        .map(|t| std::thread::spawn(move || echo_clients(addr, t, 50, 5)))
         .collect();
     let conns: Vec<Vec<Ws>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     assert_eq!(conns.iter().map(Vec::len).sum::<usize>(), 1000);
@@ -392,23 +379,28 @@ fn floods_of_input_and_of_new_connections_wait_their_turn_and_lose_nothing() {
         })
         .collect();
     let small: Vec<_> = (0..4)
-        .map(|t| {
-            std::thread::spawn(move || {
-                let mut conns: Vec<Ws> = (0..50).map(|_| client(addr)).collect();
-                for (j, ws) in conns.iter_mut().enumerate() {
-                    bounded(ws);
-                    ws.send(Message::text(format!("{t}-{j}"))).unwrap();
-                }
-                for (j, ws) in conns.iter_mut().enumerate() {
-                    assert_eq!(read_data(ws), Message::text(format!("{t}-{j}")));
-                }
-            })
-        })
+        .map(|t| std::thread::spawn(move || drop(echo_clients(addr, t, 50, 1))))
         .collect();
     for h in big.into_iter().chain(small) {
         h.join().unwrap();
     }
     assert_eq!(stats::total(&server.stats(), Counter::Accepted), 206);
+}
+
+/// Opens `n` clients (thread `t`'s) and echoes `rounds` text messages on each, every
+/// client's message sent before any answer is read; returns the clients, still open.
+fn echo_clients(addr: std::net::SocketAddr, t: usize, n: usize, rounds: usize) -> Vec<Ws> {
+    let mut conns: Vec<Ws> = (0..n).map(|_| client(addr)).collect();
+    conns.iter().for_each(bounded);
+    for round in 0..rounds {
+        for (i, ws) in conns.iter_mut().enumerate() {
+            ws.send(Message::text(format!("{t}-{i}-{round}"))).unwrap();
+        }
+        for (i, ws) in conns.iter_mut().enumerate() {
+            assert_eq!(read_data(ws), Message::text(format!("{t}-{i}-{round}")));
+        }
+    }
+    conns
 }
 
 /// A read that waits longer than this fails the test instead of hanging it.
