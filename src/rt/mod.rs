@@ -17,9 +17,8 @@ pub fn set_int_option(
     fd: RawFd,
     level: libc::c_int,
     name: libc::c_int,
-    value: i32,
+    value: libc::c_int,
 ) -> io::Result<()> {
-    let value: libc::c_int = value;
     // SAFETY: a plain setsockopt with a c_int that lives through the call.
     let r = unsafe {
         libc::setsockopt(
