@@ -72,8 +72,10 @@ pub fn reserve_fd_table(fds: u64) -> std::io::Result<Option<u64>> {
         let null = std::fs::File::open("/dev/null")?;
         // F_DUPFD takes the lowest free descriptor at or above `top - 1`: the table grows to
         // hold it, and stays that size once it is closed.
+        // `top` is at most FD_TABLE_RESERVE_MAX, so it fits the c_int fcntl takes.
+        let lowest = (top - 1) as libc::c_int;
         // SAFETY: fcntl on a descriptor we own; the duplicate is closed right after.
-        let dup = unsafe { libc::fcntl(null.as_raw_fd(), libc::F_DUPFD_CLOEXEC, top - 1) };
+        let dup = unsafe { libc::fcntl(null.as_raw_fd(), libc::F_DUPFD_CLOEXEC, lowest) };
         if dup < 0 {
             return Err(std::io::Error::last_os_error());
         }
